@@ -1,0 +1,18 @@
+"""Functional ops: reference semantics, backends and dispatch.
+
+This layer imports nothing from ``sparsity``, ``models``, ``prune`` or ``cli``.
+"""
+
+from .dispatch import available_backends, selective_scan, selective_state_update
+from .layout import MAX_D_STATE, StateLayout
+from .reference import selective_scan_ref, selective_state_update_ref
+
+__all__ = [
+    "MAX_D_STATE",
+    "StateLayout",
+    "available_backends",
+    "selective_scan",
+    "selective_scan_ref",
+    "selective_state_update",
+    "selective_state_update_ref",
+]

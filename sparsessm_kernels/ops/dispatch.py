@@ -1,0 +1,202 @@
+"""Public ops and backend dispatch.
+
+``selective_scan`` and ``selective_state_update`` validate their arguments, turn
+``state_mask`` into a :class:`StateLayout` and call the ``torch.library`` ops registered in
+:mod:`sparsessm_kernels.ops.library` (namespace ``sparsessm``), which run the chosen backend.
+
+Backends:
+
+* ``"torch"``: pure PyTorch, chunked (:mod:`.torch_backend`); any device.
+* ``"triton"``: Triton kernels for CUDA tensors (not part of this release yet).
+* ``"cuda"``: the compiled extension ``sparsessm_kernels._C`` (opt-in build, not part of this
+  release yet).
+* ``"auto"`` (default): cuda if built and the tensors are on CUDA, else triton for CUDA tensors,
+  else torch. ``SPARSESSM_BACKEND`` overrides the default of ``"auto"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from .checks import check_scan_inputs, check_state_update_inputs
+from .layout import StateLayout, as_layout, check_pruned_states
+
+logger = logging.getLogger("sparsessm_kernels")
+
+BACKENDS = ("torch", "triton", "cuda")
+
+
+class BackendUnavailableError(RuntimeError):
+    """Raised when an explicitly requested backend cannot run here."""
+
+
+_BACKEND_STATUS: dict[str, tuple[bool, str]] = {
+    "torch": (True, "pure PyTorch, runs on any device"),
+    "triton": (False, "the Triton kernels are not part of this release yet (use backend='torch')"),
+    "cuda": (
+        False,
+        "the compiled CUDA extension sparsessm_kernels._C is not part of this release yet "
+        "(use backend='torch')",
+    ),
+}
+
+
+def available_backends() -> dict[str, tuple[bool, str]]:
+    """``{backend: (usable, reason)}`` for ``torch``, ``triton`` and ``cuda`` on this machine."""
+    return dict(_BACKEND_STATUS)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Pick the backend that will run for tensors on ``device``."""
+    if backend == "auto":
+        backend = os.environ.get("SPARSESSM_BACKEND", "auto") or "auto"
+    if backend not in (*BACKENDS, "auto"):
+        raise ValueError(f"backend: expected one of {('auto', *BACKENDS)}, got {backend!r}")
+    statuses = _BACKEND_STATUS
+    if backend == "auto":
+        if device.type == "cuda":
+            for candidate in ("cuda", "triton"):
+                if statuses[candidate][0]:
+                    return candidate
+            _warn_once(
+                "auto-torch-on-cuda",
+                "sparsessm_kernels: no Triton or CUDA kernel is usable for CUDA tensors; running the "
+                f"pure PyTorch backend instead (slow path). triton: {statuses['triton'][1]}; "
+                f"cuda: {statuses['cuda'][1]}",
+            )
+        return "torch"
+    usable, reason = statuses[backend]
+    if not usable:
+        raise BackendUnavailableError(f"backend={backend!r} is not usable: {reason}")
+    if backend != "torch" and device.type != "cuda":
+        raise ValueError(f"backend={backend!r} needs CUDA tensors, got tensors on {device}")
+    return backend
+
+
+def _mask_tensor(layout: StateLayout | None, device: torch.device) -> torch.Tensor | None:
+    return None if layout is None else layout.to(device).mask
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    *,
+    state_mask: torch.Tensor | StateLayout | None = None,
+    pruned_states: str = "zero_transition",
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Sparse selective scan, a drop-in for mamba_ssm's ``selective_scan_fn`` (forward only).
+
+    Args:
+        u: ``(b, d, l)`` input (fp16, bf16, fp32 or fp64).
+        delta: ``(b, d, l)`` time step before ``delta_bias`` / softplus.
+        A: ``(d, n)`` real float32 state matrix (``-exp(A_log)``), ``n <= 256``.
+        B, C: ``(b, n, l)`` or grouped ``(b, g, n, l)``.
+        D: ``(d,)`` skip. z: ``(b, d, l)`` gate: ``out * silu(z)``. delta_bias: ``(d,)``.
+        delta_softplus: softplus on ``delta + delta_bias``.
+        return_last_state: also return the final state ``(b, d, n)`` (float32; pruned entries 0).
+        state_mask: ``None`` (dense), bool ``(n,)`` column mask or ``(d, n)`` per-channel mask
+            (True = kept), or a prebuilt :class:`StateLayout` / ``StateSparsity`` (build it once
+            per layer; a raw mask is validated on every call, and under ``torch.compile`` only a
+            prebuilt layout traces without graph breaks).
+        pruned_states: ``"zero_transition"`` (default) or ``"remove"``; see docs/semantics.md.
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``.
+
+    Returns:
+        ``out`` ``(b, d, l)`` in ``u.dtype``; with ``return_last_state``, ``(out, last_state)``.
+    """
+    shape = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    check_pruned_states(pruned_states)
+    layout = as_layout(state_mask, shape.d_inner, shape.d_state)
+    chosen = resolve_backend(backend, u.device)
+    out, last_state = torch.ops.sparsessm.selective_scan(
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D,
+        z,
+        delta_bias,
+        bool(delta_softplus),
+        bool(return_last_state),
+        _mask_tensor(layout, u.device),
+        pruned_states,
+        chosen,
+    )
+    return (out, last_state) if return_last_state else out
+
+
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    *,
+    state_mask: torch.Tensor | StateLayout | None = None,
+    pruned_states: str = "zero_transition",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """One decode step of the (sparse) selective SSM, like mamba_ssm's ``selective_state_update``.
+
+    Args:
+        state: ``(b, d, n)``, or compact ``(b, d, k)`` (kept states in ascending ``n``) when the
+            mask keeps the same ``k`` states in every channel; updated in place, pruned entries 0.
+        x: ``(b, d)``. dt: ``(b, d)``. A: ``(d, n)`` float32. B, C: ``(b, n)`` or ``(b, g, n)``.
+        D: ``(d,)``. z: ``(b, d)``. dt_bias: ``(d,)``. dt_softplus: softplus on ``dt + dt_bias``.
+        state_mask, pruned_states, backend: as in :func:`selective_scan`.
+
+    Returns:
+        ``out`` ``(b, d)`` in ``x.dtype``.
+    """
+    check_pruned_states(pruned_states)
+    n = A.shape[-1] if isinstance(A, torch.Tensor) and A.dim() == 2 else 0
+    d = x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 2 else 0
+    layout = as_layout(state_mask, d, n) if n and d else None
+    n_kept = layout.n_kept if layout is not None and layout.uniform else None
+    check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias, n_kept)
+    chosen = resolve_backend(backend, x.device)
+    return torch.ops.sparsessm.selective_state_update(
+        state,
+        x,
+        dt,
+        A,
+        B,
+        C,
+        D,
+        z,
+        dt_bias,
+        bool(dt_softplus),
+        _mask_tensor(layout, x.device),
+        pruned_states,
+        chosen,
+    )
+
+
+from . import library as _library  # noqa: E402,F401  (registers torch.ops.sparsessm.*)

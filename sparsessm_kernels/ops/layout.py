@@ -1,0 +1,198 @@
+"""Kernel-ready layout of a state mask.
+
+A state mask says which SSM states ``(channel d, state n)`` of a Mamba layer are kept
+(``True``) and which are pruned (``False``). Kernels do not want a boolean mask: they want,
+for every channel, the ascending list of kept state indices, so that pruned states cost no
+work. :class:`StateLayout` validates a mask once and precomputes that table; it lives in
+``ops`` because every backend consumes it, while the richer
+:class:`sparsessm_kernels.sparsity.StateSparsity` (N:M validation, metadata, builders)
+extends it one layer up.
+
+Two kinds of masks exist:
+
+* **column** mask, shape ``(n,)``: the same states are pruned in every channel.
+  ``kept_idx`` has shape ``(k,)``.
+* **channel** mask, shape ``(d, n)``: unstructured or N:M along ``n``.
+  ``kept_idx`` has shape ``(d, k_max)``; row ``d`` holds the ``kept_count[d]`` kept indices in
+  ascending order followed by padding zeros that kernels must ignore.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MAX_D_STATE = 256
+"""Largest state dimension the kernels support (``n <= 256``)."""
+
+PRUNED_STATES_CHOICES = ("zero_transition", "remove")
+
+
+def check_pruned_states(pruned_states: str) -> str:
+    """Validate the ``pruned_states`` keyword and return it."""
+    if pruned_states not in PRUNED_STATES_CHOICES:
+        raise ValueError(f"pruned_states: expected one of {PRUNED_STATES_CHOICES}, got {pruned_states!r}")
+    return pruned_states
+
+
+class StateLayout:
+    """A validated state mask plus the index tables kernels consume.
+
+    Args:
+        mask: bool tensor, ``(n,)`` for a column mask or ``(d, n)`` for a per-channel mask.
+            ``True`` marks a kept state. A channel may keep no state at all (valid: it then
+            only has the zero-transition feed-through, or nothing under ``remove``).
+
+    Attributes:
+        mask: the bool mask (``(n,)`` or ``(d, n)``), contiguous.
+        kind: ``"column"`` or ``"channel"``.
+        d_state: ``n``.
+        d_inner: ``d`` for channel masks, ``None`` for column masks.
+        kept_idx: int32, ``(k,)`` (column) or ``(d, k_max)`` (channel), ascending, zero-padded.
+        kept_count: int32 ``(d,)`` kept states per channel (channel masks), ``None`` for column.
+        n_kept: ``k`` (column) or ``k_max`` (channel).
+        uniform: every channel keeps the same number of states, so a compact
+            ``(b, d, k)`` state cache is possible.
+    """
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"state_mask: expected a bool torch.Tensor, got {type(mask).__name__}")
+        if mask.dtype != torch.bool:
+            raise TypeError(f"state_mask: expected dtype torch.bool (True = kept), got {mask.dtype}")
+        if mask.dim() not in (1, 2):
+            raise ValueError(
+                f"state_mask: expected shape (n,) for a column mask or (d, n) for a per-channel mask, "
+                f"got {tuple(mask.shape)}"
+            )
+        n = mask.shape[-1]
+        if not 1 <= n <= MAX_D_STATE:
+            raise ValueError(f"state_mask: expected 1 <= n <= {MAX_D_STATE} states, got n={n}")
+        self.mask = mask.contiguous()
+        self.d_state = int(n)
+        self._per_device: dict[torch.device, StateLayout] = {}
+        if mask.dim() == 1:
+            self.kind = "column"
+            self.d_inner: int | None = None
+            self.kept_idx = torch.nonzero(mask).flatten().to(torch.int32)
+            self.kept_count: torch.Tensor | None = None
+            self.n_kept = int(self.kept_idx.numel())
+            self.uniform = True
+        else:
+            self.kind = "channel"
+            self.d_inner = int(mask.shape[0])
+            counts = mask.sum(dim=1)
+            self.n_kept = int(counts.max().item()) if counts.numel() else 0
+            # Stable descending sort of the bool rows puts kept indices first, in ascending order.
+            order = torch.sort(mask.to(torch.uint8), dim=1, descending=True, stable=True).indices
+            kept = order[:, : self.n_kept]
+            valid = torch.arange(self.n_kept, device=mask.device)[None, :] < counts[:, None]
+            self.kept_idx = torch.where(valid, kept, torch.zeros_like(kept)).to(torch.int32).contiguous()
+            self.kept_count = counts.to(torch.int32)
+            self.uniform = bool((counts == self.n_kept).all().item()) if counts.numel() else True
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.mask.device
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of pruned states."""
+        return 1.0 - float(self.mask.float().mean().item())
+
+    def channel_mask(self, d_inner: int) -> torch.Tensor:
+        """The mask as a ``(d, n)`` bool tensor (a column mask is broadcast to ``d`` rows)."""
+        if self.kind == "column":
+            return self.mask[None, :].expand(d_inner, self.d_state)
+        self.check_d_inner(d_inner)
+        return self.mask
+
+    def channel_kept_idx(self, d_inner: int) -> torch.Tensor:
+        """Kept indices as a ``(d, k)`` int64 tensor (padding entries are 0)."""
+        if self.kind == "column":
+            return self.kept_idx.long()[None, :].expand(d_inner, self.n_kept)
+        self.check_d_inner(d_inner)
+        return self.kept_idx.long()
+
+    def check_d_inner(self, d_inner: int, name: str = "state_mask") -> None:
+        if self.kind == "channel" and self.d_inner != d_inner:
+            raise ValueError(
+                f"{name}: per-channel mask has d={self.d_inner} rows but the layer has d={d_inner} channels"
+            )
+
+    def to(self, device: torch.device | str) -> StateLayout:
+        """This layout on ``device`` (cached, so repeated calls cost nothing)."""
+        device = torch.device(device)
+        if device == self.device or (device.type == self.device.type and device.index is None):
+            return self
+        cached = self._per_device.get(device)
+        if cached is None:
+            cached = StateLayout.__new__(type(self))
+            cached.__dict__.update(self.__dict__)
+            cached.mask = self.mask.to(device)
+            cached.kept_idx = self.kept_idx.to(device)
+            cached.kept_count = None if self.kept_count is None else self.kept_count.to(device)
+            cached._per_device = {}
+            self._per_device[device] = cached
+        return cached
+
+    # ------------------------------------------------------------------ state caches
+    def compact_state(self, state: torch.Tensor) -> torch.Tensor:
+        """Gather the kept states: ``(..., d, n)`` -> ``(..., d, k)`` (uniform masks only)."""
+        self._require_uniform("compact_state")
+        if state.shape[-1] != self.d_state:
+            raise ValueError(
+                f"state: expected last dimension n={self.d_state}, got shape {tuple(state.shape)}"
+            )
+        idx = self.channel_kept_idx(state.shape[-2]).to(state.device)
+        return torch.gather(state, -1, idx.expand(*state.shape[:-1], self.n_kept))
+
+    def expand_state(self, compact: torch.Tensor) -> torch.Tensor:
+        """Scatter a compact state back: ``(..., d, k)`` -> ``(..., d, n)``, pruned entries 0."""
+        self._require_uniform("expand_state")
+        if compact.shape[-1] != self.n_kept:
+            raise ValueError(
+                f"state: expected a compact state with last dimension k={self.n_kept}, "
+                f"got shape {tuple(compact.shape)}"
+            )
+        idx = self.channel_kept_idx(compact.shape[-2]).to(compact.device)
+        full = compact.new_zeros(*compact.shape[:-1], self.d_state)
+        return full.scatter(-1, idx.expand(*compact.shape[:-1], self.n_kept), compact)
+
+    def _require_uniform(self, what: str) -> None:
+        if not self.uniform:
+            raise ValueError(
+                f"{what}: a compact (b, d, k) state needs the same number of kept states in every "
+                f"channel (column or N:M masks); this mask keeps between "
+                f"{int(self.kept_count.min())} and {self.n_kept} states per channel"
+            )
+
+    def __repr__(self) -> str:
+        shape = tuple(self.mask.shape)
+        return (
+            f"{type(self).__name__}(kind={self.kind!r}, shape={shape}, n_kept={self.n_kept}, "
+            f"uniform={self.uniform}, sparsity={self.sparsity:.3f})"
+        )
+
+
+def as_layout(
+    state_mask: torch.Tensor | StateLayout | None, d_inner: int, d_state: int
+) -> StateLayout | None:
+    """Turn the ``state_mask`` argument of the ops into a validated :class:`StateLayout`.
+
+    Args:
+        state_mask: ``None`` (dense), a bool ``(n,)`` / ``(d, n)`` tensor, or a prebuilt layout
+            (for example a :class:`~sparsessm_kernels.sparsity.StateSparsity`).
+        d_inner: ``d`` of the layer.
+        d_state: ``n`` of the layer (``A.shape[1]``).
+    """
+    if state_mask is None:
+        return None
+    layout = state_mask if isinstance(state_mask, StateLayout) else StateLayout(state_mask)
+    if layout.d_state != d_state:
+        raise ValueError(
+            f"state_mask: expected {d_state} states (A has shape (d, {d_state})), "
+            f"got a mask of shape {tuple(layout.mask.shape)}"
+        )
+    layout.check_d_inner(d_inner)
+    return layout

@@ -1,0 +1,82 @@
+"""``torch.library`` registration of the ops (namespace ``sparsessm``).
+
+Registered as custom ops with fake (meta) implementations so that ``torch.compile(fullgraph=True)``
+traces calls without graph breaks and CUDA graphs can capture them. The op bodies dispatch on the
+``backend`` string already resolved by :mod:`.dispatch`. Forward only: no autograd formula is
+registered (inference and calibration do not need one).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .torch_backend import selective_scan_torch, selective_state_update_torch
+
+
+@torch.library.custom_op("sparsessm::selective_scan", mutates_args=())
+def _selective_scan_op(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    return_last_state: bool,
+    state_mask: torch.Tensor | None,
+    pruned_states: str,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend != "torch":
+        raise RuntimeError(f"sparsessm::selective_scan: backend {backend!r} is not available in this build")
+    out, last_state = selective_scan_torch(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, state_mask, pruned_states
+    )
+    if last_state is None:
+        last_state = out.new_empty((0,), dtype=torch.float32)
+    return out, last_state
+
+
+@_selective_scan_op.register_fake
+def _(
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, state_mask, pruned_states, backend
+):
+    b, d, l = u.shape
+    state_dtype = (
+        torch.float64 if torch.float64 in (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype) else torch.float32
+    )
+    out = u.new_empty((b, d, l))
+    last_state = u.new_empty((b, d, A.shape[1]) if return_last_state else (0,), dtype=state_dtype)
+    return out, last_state
+
+
+@torch.library.custom_op("sparsessm::selective_state_update", mutates_args=("state",))
+def _selective_state_update_op(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    dt_bias: torch.Tensor | None,
+    dt_softplus: bool,
+    state_mask: torch.Tensor | None,
+    pruned_states: str,
+    backend: str,
+) -> torch.Tensor:
+    if backend != "torch":
+        raise RuntimeError(
+            f"sparsessm::selective_state_update: backend {backend!r} is not available in this build"
+        )
+    return selective_state_update_torch(
+        state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_mask, pruned_states
+    )
+
+
+@_selective_state_update_op.register_fake
+def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_mask, pruned_states, backend):
+    return x.new_empty(x.shape)

@@ -1,0 +1,172 @@
+"""Pure PyTorch reference of the sparse selective scan: the oracle every kernel is tested against.
+
+Simple, obviously correct, one timestep at a time, float64-capable. Dense behaviour is exactly
+mamba_ssm's ``selective_scan_fn`` / ``selective_state_update``; the sparse semantics are written
+down in ``docs/semantics.md``. Not meant to be fast: use :func:`sparsessm_kernels.selective_scan`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .checks import check_scan_inputs, check_state_update_inputs, math_dtype
+from .layout import StateLayout, as_layout, check_pruned_states
+
+
+def _bc_per_channel(t: torch.Tensor, d: int, grouped: bool, dtype: torch.dtype) -> torch.Tensor:
+    """B or C ``(b, n, ...)`` / grouped ``(b, g, n, ...)`` -> per-channel ``(b, d, n, ...)``."""
+    t = t.to(dtype)
+    if not grouped:
+        return t.unsqueeze(1).expand(t.shape[0], d, *t.shape[1:])
+    g = t.shape[1]
+    return t.repeat_interleave(d // g, dim=1)
+
+
+def _masks(layout: StateLayout | None, d: int, n: int, pruned_states: str, device: torch.device):
+    """(kept (d, n), feeds (d, n)): which states recur, and which receive delta*B*u."""
+    if layout is None:
+        kept = torch.ones(d, n, dtype=torch.bool, device=device)
+    else:
+        kept = layout.to(device).channel_mask(d)
+    feeds = torch.ones_like(kept) if pruned_states == "zero_transition" else kept
+    return kept, feeds
+
+
+def selective_scan_ref(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    *,
+    state_mask: torch.Tensor | StateLayout | None = None,
+    pruned_states: str = "zero_transition",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan, one timestep at a time.
+
+    Args:
+        u: ``(b, d, l)`` input.
+        delta: ``(b, d, l)`` time step (before ``delta_bias`` / softplus).
+        A: ``(d, n)`` real state matrix (float32, or float64 for a float64 oracle).
+        B, C: ``(b, n, l)`` or grouped ``(b, g, n, l)``; channel ``i`` uses group ``i // (d // g)``.
+        D: ``(d,)`` skip connection. z: ``(b, d, l)`` gate. delta_bias: ``(d,)``.
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+        return_last_state: also return the final state ``(b, d, n)``.
+        state_mask: ``None`` (dense), bool ``(n,)`` column or ``(d, n)`` per-channel mask
+            (True = kept), or a prebuilt :class:`StateLayout`.
+        pruned_states: ``"zero_transition"`` (pruned states have transition 0 but keep the
+            feed-through ``C*delta*B*u``) or ``"remove"`` (pruned states contribute nothing).
+
+    Returns:
+        ``out`` ``(b, d, l)`` in ``u.dtype``, and ``last_state`` ``(b, d, n)`` in float32 (float64
+        when any input is float64) with pruned entries 0, when ``return_last_state``.
+
+    Math runs in float32 (float64 if any input is float64).
+    """
+    shape = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    check_pruned_states(pruned_states)
+    b, d, l, n = shape.batch, shape.d_inner, shape.seqlen, shape.d_state
+    layout = as_layout(state_mask, d, n)
+    dtype = math_dtype(u, delta, A, B, C, D, z, delta_bias)
+
+    u_m = u.to(dtype)
+    delta_m = delta.to(dtype)
+    if delta_bias is not None:
+        delta_m = delta_m + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        delta_m = F.softplus(delta_m)
+    A_m = A.to(dtype)
+    B_ch = _bc_per_channel(B, d, B.dim() == 4, dtype)  # (b, d, n, l)
+    C_ch = _bc_per_channel(C, d, C.dim() == 4, dtype)
+    kept, feeds = _masks(layout, d, n, pruned_states, u.device)
+
+    h = torch.zeros(b, d, n, dtype=dtype, device=u.device)
+    ys = []
+    for t in range(l):
+        dt = delta_m[:, :, t, None]  # (b, d, 1)
+        transition = torch.where(kept, torch.exp(dt * A_m), torch.zeros((), dtype=dtype, device=u.device))
+        drive = torch.where(
+            feeds, dt * B_ch[..., t] * u_m[:, :, t, None], torch.zeros((), dtype=dtype, device=u.device)
+        )
+        h = transition * h + drive
+        ys.append((h * C_ch[..., t]).sum(dim=-1))
+    out = torch.stack(ys, dim=-1)
+    if D is not None:
+        out = out + u_m * D.to(dtype)[:, None]
+    if z is not None:
+        out = out * F.silu(z.to(dtype))
+    out = out.to(u.dtype)
+    if not return_last_state:
+        return out
+    return out, h * kept
+
+
+def selective_state_update_ref(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    *,
+    state_mask: torch.Tensor | StateLayout | None = None,
+    pruned_states: str = "zero_transition",
+) -> torch.Tensor:
+    """One decode step of the selective SSM; ``state`` is updated in place.
+
+    Args:
+        state: ``(b, d, n)`` dense state, or compact ``(b, d, k)`` holding the kept states in
+            ascending ``n`` when the mask keeps the same ``k`` states per channel (column, N:M).
+            Any floating dtype; updated in place (pruned entries of a dense state become 0).
+        x: ``(b, d)`` input. dt: ``(b, d)`` time step. A: ``(d, n)``.
+        B, C: ``(b, n)`` or grouped ``(b, g, n)``. D: ``(d,)``. z: ``(b, d)``. dt_bias: ``(d,)``.
+        dt_softplus: apply softplus to ``dt + dt_bias``.
+        state_mask, pruned_states: as in :func:`selective_scan_ref`.
+
+    Returns:
+        ``out`` ``(b, d)`` in ``x.dtype``. The output is computed from the updated state in the
+        math precision (float32, or float64), before it is rounded to ``state.dtype``.
+    """
+    check_pruned_states(pruned_states)
+    n = A.shape[-1] if isinstance(A, torch.Tensor) and A.dim() == 2 else 0
+    d = x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 2 else 0
+    layout = as_layout(state_mask, d, n) if n else None
+    n_kept = layout.n_kept if layout is not None and layout.uniform else None
+    shape = check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias, n_kept)
+    dtype = math_dtype(state, x, dt, A, B, C, D, z, dt_bias)
+    d, n = shape.d_inner, shape.d_state
+    compact = layout is not None and state.shape[-1] != n
+
+    dt_m = dt.to(dtype)
+    if dt_bias is not None:
+        dt_m = dt_m + dt_bias.to(dtype)
+    if dt_softplus:
+        dt_m = F.softplus(dt_m)
+    x_m = x.to(dtype)
+    B_ch = _bc_per_channel(B, d, B.dim() == 3, dtype)  # (b, d, n)
+    C_ch = _bc_per_channel(C, d, C.dim() == 3, dtype)
+    kept, feeds = _masks(layout, d, n, pruned_states, x.device)
+    h = layout.to(x.device).expand_state(state.to(dtype)) if compact else state.to(dtype)
+
+    zero = torch.zeros((), dtype=dtype, device=x.device)
+    transition = torch.where(kept, torch.exp(dt_m[..., None] * A.to(dtype)), zero)
+    drive = torch.where(feeds, (dt_m * x_m)[..., None] * B_ch, zero)
+    h = transition * h + drive
+    out = (h * C_ch).sum(dim=-1)
+    h = h * kept
+    state.copy_(layout.to(x.device).compact_state(h) if compact else h)
+    if D is not None:
+        out = out + x_m * D.to(dtype)
+    if z is not None:
+        out = out * F.silu(z.to(dtype))
+    return out.to(x.dtype)

@@ -1,0 +1,153 @@
+"""torch.library registration: opcheck, torch.compile(fullgraph=True), backend dispatch."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import sparsessm_kernels as ssk
+from sparsessm_kernels.ops import StateLayout
+from sparsessm_kernels.ops.dispatch import BackendUnavailableError, resolve_backend
+from tests.scan_cases import ScanCase, make_inputs
+
+
+def _scan_args(inputs: dict, mask: torch.Tensor | None, return_last_state: bool = True) -> tuple:
+    return (
+        inputs["u"],
+        inputs["delta"],
+        inputs["A"],
+        inputs["B"],
+        inputs["C"],
+        inputs["D"],
+        inputs["z"],
+        inputs["delta_bias"],
+        True,
+        return_last_state,
+        mask,
+        "zero_transition",
+        "torch",
+    )
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "column", "2:4"])
+@pytest.mark.parametrize("return_last_state", [True, False])
+def test_opcheck_selective_scan(mask_kind: str, return_last_state: bool) -> None:
+    inputs, mask = make_inputs(ScanCase("opcheck", d=8, n=8, seqlen=5, mask=mask_kind))
+    torch.library.opcheck(
+        torch.ops.sparsessm.selective_scan.default, _scan_args(inputs, mask, return_last_state)
+    )
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "2:4"])
+def test_opcheck_selective_state_update(mask_kind: str) -> None:
+    inputs, mask = make_inputs(ScanCase("opcheck", d=8, n=8, seqlen=1, mask=mask_kind))
+    k = 4 if mask is not None else 8
+    state = torch.randn(2, 8, k)
+    args = (
+        state,
+        inputs["u"][..., 0],
+        inputs["delta"][..., 0],
+        inputs["A"],
+        inputs["B"][..., 0],
+        inputs["C"][..., 0],
+        inputs["D"],
+        inputs["z"][..., 0],
+        inputs["delta_bias"],
+        True,
+        mask,
+        "zero_transition",
+        "torch",
+    )
+    torch.library.opcheck(torch.ops.sparsessm.selective_state_update.default, args)
+
+
+def test_compile_fullgraph_traces_without_graph_breaks() -> None:
+    inputs, mask = make_inputs(ScanCase("compile", mask="2:4", seqlen=9))
+    layout = StateLayout(mask)
+
+    def layer(u, delta, A, B, C, D, z, delta_bias):
+        out, last = ssk.selective_scan(u, delta, A, B, C, D, z, delta_bias, True, True, state_mask=layout)
+        return out * 2, last
+
+    args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out, last = compiled(*args)
+    ref_out, ref_last = layer(*args)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(last, ref_last)
+
+
+def test_compile_fullgraph_decode_step() -> None:
+    inputs, mask = make_inputs(ScanCase("compile_step", mask="column", seqlen=1))
+    layout = StateLayout(mask)
+    state = torch.zeros(2, inputs["u"].shape[1], layout.n_kept)
+
+    def step(state, x, dt, A, B, C):
+        return ssk.selective_state_update(state, x, dt, A, B, C, dt_softplus=True, state_mask=layout)
+
+    args = (
+        inputs["u"][..., 0],
+        inputs["delta"][..., 0],
+        inputs["A"],
+        inputs["B"][..., 0],
+        inputs["C"][..., 0],
+    )
+    eager_state = state.clone()
+    expected = step(eager_state, *args)
+    out = torch.compile(step, fullgraph=True, backend="aot_eager")(state, *args)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(state, eager_state)
+
+
+def test_available_backends_reports_reasons() -> None:
+    backends = ssk.available_backends()
+    assert set(backends) == {"torch", "triton", "cuda"}
+    assert backends["torch"][0] is True
+    for usable, reason in backends.values():
+        assert isinstance(usable, bool) and reason
+
+
+def test_unknown_backend_is_rejected() -> None:
+    inputs, _ = make_inputs(ScanCase("bad_backend", seqlen=2))
+    with pytest.raises(ValueError, match=r"backend: expected one of .* got 'fast'"):
+        ssk.selective_scan(**inputs, backend="fast")
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_unusable_backend_says_why(backend: str) -> None:
+    usable, _ = ssk.available_backends()[backend]
+    if usable:
+        pytest.skip(f"{backend} is usable here")
+    inputs, _ = make_inputs(ScanCase("no_backend", seqlen=2))
+    with pytest.raises(BackendUnavailableError, match=backend):
+        ssk.selective_scan(**inputs, backend=backend)
+
+
+def test_auto_picks_torch_on_cpu_and_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    monkeypatch.setenv("SPARSESSM_BACKEND", "torch")
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    monkeypatch.setenv("SPARSESSM_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="nonsense"):
+        resolve_backend("auto", torch.device("cpu"))
+
+
+def test_auto_on_cuda_without_kernels_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    from sparsessm_kernels.ops import dispatch
+
+    if any(dispatch.available_backends()[b][0] for b in ("triton", "cuda")):
+        pytest.skip("a GPU backend is usable here")
+    dispatch._warned.discard("auto-torch-on-cuda")
+    with caplog.at_level(logging.WARNING, logger="sparsessm_kernels"):
+        assert resolve_backend("auto", torch.device("cuda")) == "torch"
+        assert resolve_backend("auto", torch.device("cuda")) == "torch"
+    assert sum("slow path" in r.message for r in caplog.records) == 1
+
+
+def test_chunk_override_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs, _ = make_inputs(ScanCase("chunk_env", seqlen=3))
+    monkeypatch.setenv("SPARSESSM_TORCH_CHUNK", "zero")
+    with pytest.raises(ValueError, match="SPARSESSM_TORCH_CHUNK"):
+        ssk.selective_scan(**inputs)

@@ -1,0 +1,137 @@
+"""The torch backend (chunked scan, vectorised decode step) against the float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sparsessm_kernels as ssk
+from sparsessm_kernels.ops import StateLayout
+from sparsessm_kernels.ops.reference import selective_scan_ref, selective_state_update_ref
+from tests.scan_cases import CASES, ScanCase, assert_close, make_inputs, to_float64
+
+
+@pytest.mark.parametrize("pruned_states", ["zero_transition", "remove"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_scan_matches_reference(case: ScanCase, pruned_states: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if case.chunk is not None:
+        monkeypatch.setenv("SPARSESSM_TORCH_CHUNK", str(case.chunk))
+    inputs, mask = make_inputs(case)
+    out, state = ssk.selective_scan(
+        **inputs, return_last_state=True, state_mask=mask, pruned_states=pruned_states, backend="torch"
+    )
+    ref, ref_state = selective_scan_ref(
+        **to_float64(inputs), return_last_state=True, state_mask=mask, pruned_states=pruned_states
+    )
+    assert out.dtype == inputs["u"].dtype and out.shape == inputs["u"].shape
+    expected_state_dtype = torch.float64 if case.dtype == torch.float64 else torch.float32
+    assert state.dtype == expected_state_dtype
+    assert_close(out, ref, case.dtype, f"{case.name} out")
+    assert_close(
+        state, ref_state, torch.float32 if case.dtype != torch.float64 else case.dtype, f"{case.name} state"
+    )
+
+
+def test_prebuilt_layout_equals_raw_mask() -> None:
+    inputs, mask = make_inputs(ScanCase("layout", mask="2:4"))
+    a = ssk.selective_scan(**inputs, state_mask=mask)
+    b = ssk.selective_scan(**inputs, state_mask=StateLayout(mask))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_non_contiguous_inputs_like_transformers_passes_them() -> None:
+    case = ScanCase("strided", mask="unstructured")
+    inputs, mask = make_inputs(case)
+    # transformers hands over B and C as transposes of (b, l, n) tensors, z as a chunk view.
+    B_t = inputs["B"].transpose(1, 2).contiguous().transpose(1, 2)
+    zz = torch.cat([inputs["z"], inputs["z"]], dim=1)[:, : case.d]
+    strided = {**inputs, "B": B_t, "C": inputs["C"].transpose(1, 2).contiguous().transpose(1, 2), "z": zz}
+    assert not strided["B"].is_contiguous()
+    out = ssk.selective_scan(**strided, state_mask=mask)
+    ref = selective_scan_ref(**to_float64(inputs), state_mask=mask)
+    assert_close(out, ref, torch.float32, "strided")
+
+
+def test_return_last_state_false_returns_only_out() -> None:
+    inputs, _ = make_inputs(ScanCase("plain"))
+    out = ssk.selective_scan(**inputs)
+    assert isinstance(out, torch.Tensor)
+
+
+DECODE_CASES = [
+    ("dense", "none", False, torch.float32),
+    ("column_compact", "column", True, torch.float32),
+    ("column_full", "column", False, torch.float32),
+    ("nm_compact", "2:4", True, torch.float32),
+    ("unstructured_full", "unstructured", False, torch.float32),
+    ("empty_channel", "empty_channel", False, torch.float32),
+    ("nm_compact_fp16_state", "2:4", True, torch.float16),
+    ("fp64", "2:4", True, torch.float64),
+]
+
+
+@pytest.mark.parametrize("pruned_states", ["zero_transition", "remove"])
+@pytest.mark.parametrize(
+    ("name", "mask_kind", "compact", "state_dtype"), DECODE_CASES, ids=[c[0] for c in DECODE_CASES]
+)
+@pytest.mark.parametrize("groups", [0, 2])
+def test_decode_step_matches_reference(
+    name: str, mask_kind: str, compact: bool, state_dtype: torch.dtype, pruned_states: str, groups: int
+) -> None:
+    dtype = torch.float64 if state_dtype == torch.float64 else torch.float32
+    case = ScanCase(name, d=20, n=8, seqlen=1, mask=mask_kind, groups=groups, dtype=dtype)
+    inputs, mask = make_inputs(case, seed=3)
+    b, d, _ = inputs["u"].shape
+    n = inputs["A"].shape[1]
+    k = int(mask.sum(-1).max()) if (compact and mask is not None) else n
+    g = torch.Generator().manual_seed(5)
+    state0 = torch.randn(b, d, k, generator=g).to(state_dtype)
+    step = {
+        "x": inputs["u"][..., 0],
+        "dt": inputs["delta"][..., 0],
+        "A": inputs["A"],
+        "B": inputs["B"][..., 0],
+        "C": inputs["C"][..., 0],
+        "D": inputs["D"],
+        "z": inputs["z"][..., 0],
+        "dt_bias": inputs["delta_bias"],
+        "dt_softplus": True,
+    }
+    ours_state = state0.clone()
+    out = ssk.selective_state_update(
+        ours_state, **step, state_mask=mask, pruned_states=pruned_states, backend="torch"
+    )
+    ref_state = state0.clone().double()
+    ref = selective_state_update_ref(
+        ref_state, **to_float64(step), state_mask=mask, pruned_states=pruned_states
+    )
+    assert out.dtype == step["x"].dtype and ours_state.dtype == state_dtype
+    assert_close(out, ref, dtype, f"{name} out")
+    assert_close(ours_state, ref_state, state_dtype, f"{name} state")
+
+
+def test_decode_chain_equals_scan_with_compact_state() -> None:
+    case = ScanCase("chain", mask="2:4", seqlen=12, groups=0)
+    inputs, mask = make_inputs(case)
+    layout = StateLayout(mask)
+    out, last = ssk.selective_scan(**inputs, return_last_state=True, state_mask=layout)
+    b, d, l = inputs["u"].shape
+    state = torch.zeros(b, d, layout.n_kept)
+    steps = [
+        ssk.selective_state_update(
+            state,
+            inputs["u"][..., t],
+            inputs["delta"][..., t],
+            inputs["A"],
+            inputs["B"][..., t],
+            inputs["C"][..., t],
+            inputs["D"],
+            inputs["z"][..., t],
+            inputs["delta_bias"],
+            True,
+            state_mask=layout,
+        )
+        for t in range(l)
+    ]
+    torch.testing.assert_close(torch.stack(steps, -1), out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layout.expand_state(state), last, rtol=1e-5, atol=1e-5)
