@@ -10,7 +10,8 @@ import os
 
 from setuptools import setup
 
-if os.environ.get("SPARSESSM_BUILD_CUDA", "0") == "1" and not os.path.isdir(os.path.join("csrc", "selective_scan")):
+HAS_CUDA_SOURCES = os.path.isdir(os.path.join("csrc", "selective_scan"))
+if os.environ.get("SPARSESSM_BUILD_CUDA", "0") == "1" and not HAS_CUDA_SOURCES:
     raise SystemExit(
         "SPARSESSM_BUILD_CUDA=1 was set, but this source tree has no CUDA kernels under csrc/ yet; "
         "unset it to install the pure-Python package."

@@ -109,6 +109,27 @@ class _StatePlan:
             self.feedthrough = ft.reshape(groups * n, d)
 
 
+class _ChunkBuffers:
+    """Work buffers for one chunk length ``T``, allocated once and reused chunk after chunk.
+
+    Channel-major ``(b, d, T)`` buffers serve the elementwise prologue / epilogue, time-major
+    ``(b, T, d)`` and ``(b, T, k, d)`` buffers the recurrence.
+    """
+
+    def __init__(
+        self, b: int, T: int, k: int, d: int, dtype: torch.dtype, device: torch.device, select: bool, ft: bool
+    ) -> None:
+        def buffer(*shape: int) -> torch.Tensor:
+            return torch.empty(*shape, dtype=dtype, device=device)
+
+        self.T = T
+        self.dt_cm, self.du_cm, self.gate_cm, self.y_cm = (buffer(b, d, T) for _ in range(4))
+        self.dt_tm, self.du_tm, self.y_tm = (buffer(b, T, d) for _ in range(3))
+        self.ft_tm = buffer(b, T, d) if ft else None
+        self.dA, self.H = buffer(b, T, k, d), buffer(b, T, k, d)
+        self.C = buffer(b, T, k, d) if select else None
+
+
 def selective_scan_torch(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -149,42 +170,42 @@ def selective_scan_torch(
 
     T = _chunk_len(b, k, d, l)
     dev = u.device
-    dt_buf = torch.empty(b, T, d, dtype=dtype, device=dev)
-    u_buf = torch.empty(b, T, d, dtype=dtype, device=dev)
-    y_buf = torch.empty(b, T, d, dtype=dtype, device=dev)
-    dA_buf = torch.empty(b, T, k, d, dtype=dtype, device=dev)
-    H_buf = torch.empty(b, T, k, d, dtype=dtype, device=dev)
-    C_buf = torch.empty(b, T, k, d, dtype=dtype, device=dev) if plan.select is not None else None
-    z_buf = torch.empty(b, T, d, dtype=dtype, device=dev) if z is not None else None
+
     h = torch.zeros(b, k, d, dtype=dtype, device=dev)
     out = torch.empty(b, d, l, dtype=u.dtype, device=dev)
+    write_direct = out.dtype == dtype
+    bufs = _ChunkBuffers(b, T, k, d, dtype, dev, plan.select is not None, plan.feedthrough is not None)
 
     for start in range(0, l, T):
         Tc = min(T, l - start)
         s = slice(start, start + Tc)
-        dt = dt_buf[:, :Tc]
-        _copy_channels_last(dt, delta[:, :, s])
+        if Tc != bufs.T:  # the shorter last chunk gets its own contiguous buffers
+            bufs = _ChunkBuffers(
+                b, Tc, k, d, dtype, dev, plan.select is not None, plan.feedthrough is not None
+            )
+        # Prologue, channel-major: dt = softplus(delta + bias), du = dt * u.
+        dt_c, du_c = bufs.dt_cm, bufs.du_cm
         if bias is not None:
-            dt.add_(bias)
+            torch.add(delta[:, :, s], bias[:, None], out=dt_c)
+        else:
+            dt_c.copy_(delta[:, :, s])
         if delta_softplus:
-            dt.copy_(F.softplus(dt))
-        uc = u_buf[:, :Tc]
-        _copy_channels_last(uc, u[:, :, s])
-        du = dt.mul(uc)  # (b, Tc, d)
-        y = y_buf[:, :Tc]
+            _softplus_(dt_c)
+        torch.mul(dt_c, u[:, :, s], out=du_c)
+        dt, du, y = bufs.dt_tm, bufs.du_tm, bufs.y_tm
+        _copy_channels_last(dt, dt_c)
+        _copy_channels_last(du, du_c)
 
         if k > 0:
-            dA = dA_buf[:, :Tc]
+            dA, H = bufs.dA, bufs.H
             torch.mul(dt[:, :, None, :], plan.A_kd, out=dA)
             dA.exp_()
-            H = H_buf[:, :Tc]
             if plan.select is None:
                 torch.mul(du[:, :, None, :], BT_k[:, s, :, None], out=H)
             else:
                 torch.matmul(BT[:, s], plan.select, out=H.view(b, Tc, k * d))
                 H.mul_(du[:, :, None, :])
-            H_t = H.unbind(1)
-            dA_t = dA.unbind(1)
+            H_t, dA_t = H.unbind(1), dA.unbind(1)
             H_t[0].addcmul_(dA_t[0], h)
             for t in range(1, Tc):
                 H_t[t].addcmul_(dA_t[t], H_t[t - 1])
@@ -192,20 +213,29 @@ def selective_scan_torch(
             if plan.select is None:
                 torch.matmul(CT_k[:, s, None, :], H, out=y.view(b, Tc, 1, d))
             else:
-                Cg = C_buf[:, :Tc]
+                Cg = bufs.C
                 torch.matmul(CT[:, s], plan.select, out=Cg.view(b, Tc, k * d))
                 torch.sum(Cg.mul_(H), dim=2, out=y)
         else:
             y.zero_()
         if plan.feedthrough is not None:
-            y.addcmul_(du, torch.matmul(BT[:, s] * CT[:, s], plan.feedthrough))
+            ft = bufs.ft_tm
+            torch.matmul(BT[:, s] * CT[:, s], plan.feedthrough, out=ft)
+            y.addcmul_(du, ft)
+
+        # Epilogue, channel-major: out = (y + u * D) * silu(z).
+        y_c = out[:, :, s] if write_direct else bufs.y_cm
+        y_c.copy_(y.transpose(1, 2))
         if D_m is not None:
-            y.addcmul_(uc, D_m)
+            y_c.addcmul_(u[:, :, s], D_m[:, None])
         if z is not None:
-            zc = z_buf[:, :Tc]
-            _copy_channels_last(zc, z[:, :, s])
-            y.mul_(F.silu(zc))
-        out[:, :, s].copy_(y.transpose(1, 2))
+            gate, sig = bufs.gate_cm, dt_c  # dt_c is free again here
+            gate.copy_(z[:, :, s])
+            torch.sigmoid(gate, out=sig)
+            gate.mul_(sig)
+            y_c.mul_(gate)
+        if not write_direct:
+            out[:, :, s].copy_(y_c)
 
     last_state = None
     if return_last_state:
@@ -217,6 +247,11 @@ def selective_scan_torch(
 
 
 _CHANNEL_BLOCK = 256
+
+
+def _softplus_(x: torch.Tensor) -> None:
+    """In-place softplus with PyTorch's default threshold (``x`` where ``x > 20``)."""
+    x.copy_(F.softplus(x))
 
 
 def _copy_channels_last(dst: torch.Tensor, src: torch.Tensor) -> None:

@@ -1,0 +1,678 @@
+"""Mamba-1 language model whose selective scans go through the sparse kernels.
+
+Module and parameter names are those of transformers' ``MambaForCausalLM``
+(``backbone.embeddings``, ``backbone.layers.{i}.norm``, ``backbone.layers.{i}.mixer.*``,
+``backbone.norm_f``, ``lm_head``), so ``state_dict()`` keys are HF checkpoint keys. The math is
+transformers' eager path (RMSNorm in float32, residual in float32 when ``residual_in_fp32``,
+depthwise causal conv + SiLU, ``x_proj`` split into ``dt, B, C``, ``dt_proj`` weight then
+``delta_bias = dt_proj.bias`` with softplus inside the scan, ``A = -exp(A_log)``, ``D``, SiLU(z)
+gate); only the scan is :func:`sparsessm_kernels.ops.selective_scan` (prefill / full sequence)
+and :func:`sparsessm_kernels.ops.selective_state_update` (decode), which honour a per-layer state
+mask.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops as _ops
+from ..ops import StateLayout
+from .cache import LayerCache, MambaCache
+from .config import MambaLMConfig
+
+PRUNED_STATES_CHOICES = ("zero_transition", "remove")
+
+
+def a_log_name(layer_idx: int) -> str:
+    """HF parameter name under which layer ``layer_idx``'s state mask is stored."""
+    return f"backbone.layers.{layer_idx}.mixer.A_log"
+
+
+# ---------------------------------------------------------------------- norms
+class RMSNorm(nn.Module):
+    """``weight * x / sqrt(mean(x^2) + eps)``, computed in float32 (transformers' MambaRMSNorm).
+
+    Input ``(..., d)`` of any dtype; the normalised value is cast back to the input dtype before
+    the weight multiply (so the output dtype follows type promotion with ``weight``).
+    """
+
+    def __init__(self, d: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        in_dtype = x.dtype
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(in_dtype)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with weight and bias, computed in float32, output in the input dtype.
+
+    mamba_ssm's norm when ``rms_norm=False``.
+    """
+
+    def __init__(self, d: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.layer_norm(x.float(), (x.shape[-1],), self.weight.float(), self.bias.float(), self.eps)
+        return out.to(x.dtype)
+
+
+def _make_norm(config: MambaLMConfig) -> nn.Module:
+    cls = RMSNorm if config.norm_type == "rms_norm" else LayerNorm
+    return cls(config.d_model, eps=config.norm_eps)
+
+
+# ---------------------------------------------------------------------- mixer
+class MambaMixer(nn.Module):
+    """One Mamba-1 SSM mixer (``in_proj -> conv1d -> x_proj/dt_proj -> scan -> out_proj``).
+
+    Args:
+        d_model, d_inner, d_state, d_conv, dt_rank: sizes (``d_state`` is this layer's ``n``).
+        conv_bias: the convolution has a bias. bias: ``in_proj`` / ``out_proj`` have biases.
+        layer_idx: index in the model (for error messages).
+
+    Attributes:
+        layout: the layer's :class:`StateLayout` (``None`` = dense), built once by
+            :meth:`MambaLM.set_state_mask`.
+        pruned_states: ``"zero_transition"`` or ``"remove"`` for the masked states.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_inner: int,
+        d_state: int,
+        d_conv: int,
+        dt_rank: int,
+        conv_bias: bool = True,
+        bias: bool = False,
+        layer_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        self.d_model, self.d_inner, self.d_state = d_model, d_inner, d_state
+        self.d_conv, self.dt_rank, self.layer_idx = d_conv, dt_rank, layer_idx
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias)
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(d_inner, d_state))
+        self.D = nn.Parameter(torch.empty(d_inner))
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+        self.layout: StateLayout | None = None
+        self.pruned_states: str = "zero_transition"
+
+    # -------------------------------------------------------------- helpers
+    def _layout_on(self, device: torch.device) -> StateLayout | None:
+        return None if self.layout is None else self.layout.to(device)
+
+    def _A(self) -> torch.Tensor:
+        """``A = -exp(A_log)`` ``(d_inner, n)`` float32."""
+        return -torch.exp(self.A_log.float())
+
+    def _check_cache(self, lc: LayerCache) -> None:
+        if lc.layout is not self.layout:
+            raise RuntimeError(
+                f"layer {self.layer_idx}: the state mask changed after the cache was allocated; "
+                "allocate a new cache with model.allocate_cache()"
+            )
+
+    # -------------------------------------------------------------- full sequence / prefill
+    def forward(self, hidden: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """Mix a whole sequence.
+
+        Args:
+            hidden: ``(b, l, d_model)`` normalised input.
+            cache: when given, filled in place as a *prefill* from an empty state: ``conv_state``
+                gets the last ``d_conv`` conv inputs and ``ssm_state`` the final SSM state.
+
+        Returns:
+            ``(b, l, d_model)`` in ``hidden.dtype``.
+        """
+        dtype = hidden.dtype
+        seqlen = hidden.shape[1]
+        xz = self.in_proj(hidden).transpose(1, 2)  # (b, 2*d_inner, l)
+        x, z = xz.chunk(2, dim=1)  # (b, d_inner, l) each
+        if cache is not None:
+            self._check_cache(cache)
+            keep = min(seqlen, self.d_conv)
+            cache.conv_state.zero_()
+            cache.conv_state[:, :, self.d_conv - keep :] = x[:, :, seqlen - keep :].to(cache.conv_state.dtype)
+        w = self.conv1d.weight
+        x = F.conv1d(x.to(w.dtype), w, self.conv1d.bias, padding=self.d_conv - 1, groups=self.d_inner)
+        x = F.silu(x[:, :, :seqlen]).to(dtype)  # (b, d_inner, l)
+        x_dbl = self.x_proj(x.transpose(1, 2))  # (b, l, dt_rank + 2n)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = self.dt_proj.weight @ dt.transpose(1, 2)  # (b, d_inner, l)
+        result = _ops.selective_scan(
+            x,
+            dt,
+            self._A(),
+            B.transpose(1, 2).contiguous(),  # (b, n, l)
+            C.transpose(1, 2).contiguous(),
+            D=self.D.float(),
+            z=z,
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
+            return_last_state=cache is not None,
+            state_mask=self._layout_on(x.device),
+            pruned_states=self.pruned_states,
+        )
+        if cache is not None:
+            y, last_state = result  # last_state: (b, d_inner, n) float32, pruned entries 0
+            if cache.compact:
+                last_state = cache.layout.to(last_state.device).compact_state(last_state)
+            cache.ssm_state.copy_(last_state)
+        else:
+            y = result
+        return self.out_proj(y.transpose(1, 2).to(dtype))
+
+    # -------------------------------------------------------------- decode
+    def step(self, hidden: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """One decode step; ``cache`` is updated in place.
+
+        Args:
+            hidden: ``(b, d_model)`` normalised input of the new token.
+            cache: this layer's cache (``conv_state`` ``(b, d_inner, d_conv)``, ``ssm_state``
+                ``(b, d_inner, n)`` or compact ``(b, d_inner, k)``).
+
+        Returns:
+            ``(b, d_model)`` in ``hidden.dtype``.
+        """
+        self._check_cache(cache)
+        dtype = hidden.dtype
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (b, d_inner) each
+        conv_state = cache.conv_state
+        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+        conv_state[:, :, -1] = x.to(conv_state.dtype)
+        w = self.conv1d.weight[:, 0, :]  # (d_inner, d_conv)
+        xc = (conv_state.to(w.dtype) * w).sum(dim=-1)
+        if self.conv1d.bias is not None:
+            xc = xc + self.conv1d.bias
+        x = F.silu(xc).to(dtype)  # (b, d_inner)
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)  # (b, d_inner)
+        y = _ops.selective_state_update(
+            cache.ssm_state,
+            x,
+            dt,
+            self._A(),
+            B.contiguous(),
+            C.contiguous(),
+            D=self.D.float(),
+            z=z,
+            dt_bias=self.dt_proj.bias.float(),
+            dt_softplus=True,
+            state_mask=self._layout_on(x.device),
+            pruned_states=self.pruned_states,
+        )
+        return self.out_proj(y.to(dtype))
+
+
+class MambaBlock(nn.Module):
+    """Pre-norm residual block: ``h + mixer(norm(h))`` (residual in float32 when configured)."""
+
+    def __init__(self, config: MambaLMConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.norm = _make_norm(config)
+        self.mixer = MambaMixer(
+            config.d_model,
+            config.d_inner,
+            config.layer_d_state(layer_idx),
+            config.d_conv,
+            int(config.dt_rank),
+            config.conv_bias,
+            config.bias,
+            layer_idx,
+        )
+
+    def _pre(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        residual = hidden
+        normed = self.norm(hidden.to(self.norm.weight.dtype))
+        if self.residual_in_fp32:
+            residual = residual.float()
+        return normed, residual
+
+    def forward(self, hidden: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """``(b, l, d_model)`` -> ``(b, l, d_model)`` (float32 when ``residual_in_fp32``)."""
+        normed, residual = self._pre(hidden)
+        return residual + self.mixer(normed, cache)
+
+    def step(self, hidden: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """``(b, d_model)`` -> ``(b, d_model)``, one decode step."""
+        normed, residual = self._pre(hidden)
+        return residual + self.mixer.step(normed, cache)
+
+
+class MambaBackbone(nn.Module):
+    """Embedding, blocks and final norm (``backbone.*`` in HF names)."""
+
+    def __init__(self, config: MambaLMConfig) -> None:
+        super().__init__()
+        self.embeddings = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList([MambaBlock(config, i) for i in range(config.n_layer)])
+        self.norm_f = _make_norm(config)
+
+
+# ---------------------------------------------------------------------- the LM
+class MambaLM(nn.Module):
+    """Mamba-1 causal LM with per-layer state masks and a (sparse) decode cache.
+
+    Build with :meth:`from_pretrained` (a local HF or mamba_ssm checkpoint) or
+    :meth:`from_config` (random weights). ``model(input_ids)`` returns float32 logits.
+    """
+
+    def __init__(self, config: MambaLMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = MambaBackbone(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.backbone.embeddings.weight
+
+    # -------------------------------------------------------------- construction
+    @classmethod
+    def from_config(
+        cls,
+        config: MambaLMConfig,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        seed: int | None = None,
+    ) -> MambaLM:
+        """A model with **random** weights (Mamba's usual initialisation), for tests and demos.
+
+        Args:
+            config: the architecture.
+            device, dtype: where / in which dtype the weights live (default CPU float32).
+            seed: seed the initialisation (the global RNG state is restored afterwards).
+        """
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = cls(config)
+            model._init_weights()
+        return model.to(device=device, dtype=dtype or torch.float32)
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.backbone.embeddings.weight, std=0.02)
+        for block in self.backbone.layers:
+            m = block.mixer
+            n = m.d_state
+            m.A_log.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).expand(m.d_inner, n))
+            m.D.fill_(1.0)
+            std = m.dt_rank**-0.5
+            nn.init.uniform_(m.dt_proj.weight, -std, std)
+            dt = torch.exp(torch.rand(m.d_inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+            dt = dt.clamp(min=1e-4)
+            m.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            for lin in (m.in_proj, m.out_proj):
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
+        if not self.config.tie_embeddings:
+            nn.init.normal_(self.lm_head.weight, std=0.02)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> MambaLM:
+        """Load a local Mamba-1 checkpoint directory (HF ``MambaForCausalLM`` or mamba_ssm format).
+
+        Keys are matched strictly (missing / unexpected keys and shape mismatches raise
+        :class:`~sparsessm_kernels.models.config.CheckpointFormatError` listing them); per-layer
+        state sizes are read from the ``A_log`` tensors. A ``sparsity.safetensors`` file in the
+        directory (written by :meth:`save_pretrained`) restores the state masks.
+
+        Args:
+            path: the checkpoint directory.
+            device: where to put the weights (default CPU).
+            dtype: weight dtype (default float32); logits are always float32.
+        """
+        from .checkpoint import read_checkpoint, validate_state_dict
+
+        ckpt = read_checkpoint(path)
+        with torch.device("meta"):
+            model = cls(ckpt.config)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if ckpt.config.tie_embeddings:
+            expected.pop("lm_head.weight", None)
+        validate_state_dict(ckpt.tensors, expected, ckpt.config, ckpt.source)
+        dtype = dtype or torch.float32
+        tensors = {k: v.to(device=device, dtype=dtype) for k, v in ckpt.tensors.items()}
+        if ckpt.config.tie_embeddings:
+            tensors["lm_head.weight"] = tensors["backbone.embeddings.weight"]
+        model.load_state_dict(tensors, strict=True, assign=True)
+        if ckpt.config.tie_embeddings:
+            model.lm_head.weight = model.backbone.embeddings.weight
+        for layer_idx, (layout, pruned) in ckpt.layer_masks.items():
+            model.set_state_mask(layer_idx, layout, pruned_states=pruned)
+        return model
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write this model as an HF-layout checkpoint that :meth:`from_pretrained` restores exactly.
+
+        Files (each written atomically): ``config.json`` (``model_type: "mamba"``, HF field names),
+        ``model.safetensors`` (HF keys, ``lm_head.weight`` omitted when tied) and, when any layer
+        has a state mask, ``sparsity.safetensors`` (masks keyed by ``backbone.layers.{i}.mixer.A_log``
+        with the per-layer ``pruned_states`` as JSON metadata). A stale ``sparsity.safetensors``
+        is removed when the model has no masks.
+
+        Dense models with uniform state size and RMSNorm are plain transformers checkpoints; masks
+        need this package (use :meth:`export_for_stock_kernels` for stock kernels).
+        """
+        from .checkpoint import write_hf_checkpoint
+
+        write_hf_checkpoint(
+            directory,
+            self.config,
+            self.state_dict(),
+            dtype=self.dtype,
+            masks={a_log_name(i): lay for i, (lay, _) in self._layer_masks().items()},
+            pruned_states={a_log_name(i): ps for i, (_, ps) in self._layer_masks().items()},
+        )
+
+    def export_for_stock_kernels(self, directory: str | os.PathLike, *, format: str = "hf") -> None:
+        """Write a dense checkpoint that stock transformers / mamba_ssm run with this model's outputs.
+
+        See :func:`sparsessm_kernels.models.export.export_for_stock_kernels`.
+        """
+        from .export import export_for_stock_kernels
+
+        export_for_stock_kernels(self, directory, format=format)
+
+    # -------------------------------------------------------------- masks
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the weights."""
+        return self.backbone.embeddings.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return self.backbone.embeddings.weight.device
+
+    def mixer(self, layer_idx: int) -> MambaMixer:
+        """The mixer of layer ``layer_idx`` (raises ``IndexError`` naming the valid range)."""
+        n = len(self.backbone.layers)
+        if isinstance(layer_idx, bool) or not isinstance(layer_idx, int) or not 0 <= layer_idx < n:
+            raise IndexError(f"layer_idx: expected an integer in [0, {n}), got {layer_idx!r}")
+        return self.backbone.layers[layer_idx].mixer
+
+    def set_state_mask(
+        self,
+        layer_idx: int,
+        mask: torch.Tensor | StateLayout | None,
+        pruned_states: str = "zero_transition",
+    ) -> None:
+        """Set (or clear) the state mask of one layer.
+
+        Args:
+            layer_idx: the layer.
+            mask: ``None`` (dense), bool ``(n,)`` column or ``(d_inner, n)`` per-channel mask
+                (``True`` = kept), or a prebuilt :class:`StateLayout` (e.g. a ``StateSparsity``).
+                A tensor is turned into a :class:`StateLayout` once, here.
+            pruned_states: ``"zero_transition"`` or ``"remove"`` (see ``docs/semantics.md``).
+
+        Caches allocated before the change become invalid.
+        """
+        mixer = self.mixer(layer_idx)
+        if pruned_states not in PRUNED_STATES_CHOICES:
+            raise ValueError(f"pruned_states: expected one of {PRUNED_STATES_CHOICES}, got {pruned_states!r}")
+        if mask is None:
+            mixer.layout, mixer.pruned_states = None, "zero_transition"
+            return
+        if isinstance(mask, StateLayout):
+            layout = mask
+        elif isinstance(mask, torch.Tensor):
+            dev = mixer.A_log.device
+            layout = StateLayout(mask.to("cpu" if dev.type == "meta" else dev))
+        else:
+            raise TypeError(f"mask: expected None, a bool tensor or a StateLayout, got {type(mask).__name__}")
+        if layout.d_state != mixer.d_state:
+            raise ValueError(
+                f"layer {layer_idx}: mask has n={layout.d_state} states but the layer has "
+                f"d_state={mixer.d_state} (mask shape {tuple(layout.mask.shape)})"
+            )
+        if layout.kind == "channel" and layout.d_inner != mixer.d_inner:
+            raise ValueError(
+                f"layer {layer_idx}: per-channel mask has {layout.d_inner} rows but the layer has "
+                f"d_inner={mixer.d_inner} channels"
+            )
+        mixer.layout, mixer.pruned_states = layout, pruned_states
+
+    def state_layout(self, layer_idx: int) -> tuple[StateLayout | None, str]:
+        """``(layout or None, pruned_states)`` of layer ``layer_idx``."""
+        mixer = self.mixer(layer_idx)
+        return mixer.layout, mixer.pruned_states
+
+    def _layer_masks(self) -> dict[int, tuple[StateLayout, str]]:
+        return {
+            i: (blk.mixer.layout, blk.mixer.pruned_states)
+            for i, blk in enumerate(self.backbone.layers)
+            if blk.mixer.layout is not None
+        }
+
+    def state_masks(self) -> dict[str, torch.Tensor]:
+        """Masks of the masked layers: ``{"backbone.layers.{i}.mixer.A_log": bool (n,) or (d, n)}``."""
+        return {a_log_name(i): lay.mask for i, (lay, _) in self._layer_masks().items()}
+
+    def pruned_states_map(self) -> dict[str, str]:
+        """``pruned_states`` of the masked layers, keyed like :meth:`state_masks`."""
+        return {a_log_name(i): ps for i, (_, ps) in self._layer_masks().items()}
+
+    def clear_state_masks(self) -> None:
+        """Remove every state mask (dense model)."""
+        for i in range(len(self.backbone.layers)):
+            self.set_state_mask(i, None)
+
+    # -------------------------------------------------------------- cache
+    def allocate_cache(
+        self,
+        batch_size: int,
+        *,
+        compact: bool = True,
+        device: torch.device | str | None = None,
+    ) -> MambaCache:
+        """An empty inference cache for the current state masks.
+
+        Args:
+            batch_size: ``b``.
+            compact: store only the kept states, ``(b, d_inner, k)``, for layers whose mask is
+                uniform (column or N:M) and keeps ``0 < k < n`` states; other layers get a dense
+                ``(b, d_inner, n)`` float32 state.
+            device: default: the model's device.
+        """
+        device = torch.device(device) if device is not None else self.device
+        layers = []
+        for blk in self.backbone.layers:
+            m = blk.mixer
+            lay = m.layout
+            use_compact = compact and lay is not None and lay.uniform and 0 < lay.n_kept < m.d_state
+            n = lay.n_kept if use_compact else m.d_state
+            layers.append(
+                LayerCache(
+                    conv_state=torch.zeros(batch_size, m.d_inner, m.d_conv, dtype=self.dtype, device=device),
+                    ssm_state=torch.zeros(batch_size, m.d_inner, n, dtype=torch.float32, device=device),
+                    layout=lay,
+                    compact=use_compact,
+                )
+            )
+        return MambaCache(layers=layers, batch_size=batch_size)
+
+    # -------------------------------------------------------------- forward
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone.norm_f(hidden)
+        return self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: MambaCache | None = None,
+        *,
+        last_logits_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits of a token sequence.
+
+        Args:
+            input_ids: ``(b, l)`` int64 token ids.
+            cache: optional :class:`MambaCache` (updated in place). Empty cache
+                (``seqlen_offset == 0``): prefill with the scan kernel, storing the final states.
+                Non-empty: the tokens continue the cached sequence and run through the decode
+                step (``selective_state_update``) one token at a time.
+            last_logits_only: return only the last position's logits, ``(b, 1, vocab)``.
+
+        Returns:
+            ``(b, l, vocab)`` float32 logits (``(b, 1, vocab)`` with ``last_logits_only``).
+        """
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            shape = (
+                tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            )
+            raise ValueError(f"input_ids: expected a (b, l) integer tensor, got {shape}")
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids: expected an integer dtype, got {input_ids.dtype}")
+        b, seqlen = input_ids.shape
+        if seqlen < 1:
+            raise ValueError("input_ids: expected at least one token")
+        if cache is not None:
+            if cache.batch_size != b:
+                raise ValueError(f"cache: allocated for batch size {cache.batch_size}, got input batch {b}")
+            if len(cache.layers) != len(self.backbone.layers):
+                raise ValueError(
+                    f"cache: has {len(cache.layers)} layers, the model has {len(self.backbone.layers)}"
+                )
+        if cache is not None and cache.seqlen_offset > 0:
+            steps = [self._step(input_ids[:, t], cache) for t in range(seqlen)]
+            logits = torch.stack(steps, dim=1)
+            return logits[:, -1:] if last_logits_only else logits
+
+        hidden = self.backbone.embeddings(input_ids)
+        for i, blk in enumerate(self.backbone.layers):
+            hidden = blk(hidden, None if cache is None else cache.layers[i])
+        if cache is not None:
+            cache.seqlen_offset += seqlen
+        if last_logits_only:
+            hidden = hidden[:, -1:]
+        return self._logits(hidden)
+
+    def _step(self, token: torch.Tensor, cache: MambaCache) -> torch.Tensor:
+        """``(b,)`` token ids -> ``(b, vocab)`` float32 logits, advancing ``cache`` by one token."""
+        hidden = self.backbone.embeddings(token)
+        for i, blk in enumerate(self.backbone.layers):
+            hidden = blk.step(hidden, cache.layers[i])
+        cache.seqlen_offset += 1
+        return self._logits(hidden)
+
+    # -------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        compact_cache: bool = True,
+    ) -> torch.Tensor:
+        """Autoregressive generation with the prefill + decode cache.
+
+        Args:
+            input_ids: ``(b, l)`` prompt.
+            max_new_tokens: tokens to add (``>= 0``).
+            do_sample: sample (``temperature`` / ``top_k`` / ``top_p``) instead of greedy argmax.
+            eos_token_id: a sequence that emits one of these ids is finished; it is padded with
+                the (first) eos id afterwards, and generation stops early once every sequence
+                is finished (so the result may be shorter than ``l + max_new_tokens``).
+            generator: RNG for sampling.
+            compact_cache: use compact SSM states for uniform masks (see :meth:`allocate_cache`).
+
+        Returns:
+            ``(b, l + generated)`` int64 tokens, prompt included.
+        """
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: expected an integer >= 0, got {max_new_tokens!r}")
+        if do_sample and not temperature > 0:
+            raise ValueError(f"temperature: expected > 0 when sampling, got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k: expected None or an integer >= 1, got {top_k!r}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p: expected None or a float in (0, 1], got {top_p!r}")
+        eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+        input_ids = input_ids.to(self.device)
+        if max_new_tokens == 0:
+            return input_ids.clone()
+        b = input_ids.shape[0]
+        cache = self.allocate_cache(b, compact=compact_cache)
+        logits = self(input_ids, cache=cache, last_logits_only=True)[:, -1]
+        eos_t = torch.tensor(eos, dtype=torch.long, device=self.device)
+        finished = torch.zeros(b, dtype=torch.bool, device=self.device)
+        out = [input_ids.long()]
+        for i in range(max_new_tokens):
+            if do_sample:
+                nxt = _sample(logits, temperature, top_k, top_p, generator)
+            else:
+                nxt = logits.argmax(dim=-1)
+            if eos:
+                nxt = torch.where(finished, eos_t[0], nxt)
+                finished = finished | torch.isin(nxt, eos_t)
+            out.append(nxt[:, None])
+            if (eos and bool(finished.all())) or i == max_new_tokens - 1:
+                break
+            logits = self(nxt[:, None], cache=cache)[:, -1]
+        return torch.cat(out, dim=1)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        masked = len(self._layer_masks())
+        return f"d_model={c.d_model}, n_layer={c.n_layer}, vocab={c.vocab_size}, masked_layers={masked}"
+
+
+def _sample(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Sample one token per row of ``logits`` ``(b, vocab)`` -> ``(b,)`` int64."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p (the top one always stays).
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def load_model(path: str | os.PathLike | Path, **kwargs) -> MambaLM:
+    """Shorthand for :meth:`MambaLM.from_pretrained`."""
+    return MambaLM.from_pretrained(path, **kwargs)
