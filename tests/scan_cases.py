@@ -27,7 +27,8 @@ class ScanCase:
     seqlen: int = 33
     groups: int = 0  # 0: B/C (b, n, l); g >= 1: grouped (b, g, n, l)
     dtype: torch.dtype = torch.float32
-    mask: str = "none"  # none | column | unstructured | 2:4 | empty_channel | all_pruned_column
+    mask: str = "none"  # none | column | unstructured | unstructured_sparse | 2:4 | empty_channel
+    #                      | all_pruned_column
     with_D: bool = True
     with_z: bool = True
     with_bias: bool = True
@@ -49,7 +50,9 @@ CASES = [
     ScanCase("no_optionals", with_D=False, with_z=False, with_bias=False, softplus=False),
     ScanCase("column_mask", mask="column"),
     ScanCase("column_mask_chunks", mask="column", seqlen=41, chunk=16),
-    ScanCase("unstructured_mask", mask="unstructured"),
+    ScanCase("unstructured_mask_masked_dense_path", mask="unstructured"),
+    ScanCase("unstructured_sparse_gather_path", mask="unstructured_sparse", seqlen=21, chunk=8),
+    ScanCase("unstructured_sparse_grouped", mask="unstructured_sparse", groups=3),
     ScanCase("nm_2_4_mask", mask="2:4", seqlen=40, chunk=16),
     ScanCase("nm_2_4_grouped", mask="2:4", groups=2),
     ScanCase("channel_with_no_state", mask="empty_channel"),
@@ -70,6 +73,10 @@ def make_mask(kind: str, d: int, n: int, gen: torch.Generator) -> torch.Tensor |
         return mask
     if kind == "all_pruned_column":
         return torch.zeros(n, dtype=torch.bool)
+    if kind == "unstructured_sparse":  # few kept states: k_max well below the masked-dense cut-off
+        mask = torch.rand(d, n, generator=gen) > 0.8
+        mask[0] = False
+        return mask
     if kind in ("unstructured", "empty_channel"):
         mask = torch.rand(d, n, generator=gen) > 0.5
         if kind == "empty_channel":

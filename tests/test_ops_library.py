@@ -13,6 +13,14 @@ from sparsessm_kernels.ops.dispatch import BackendUnavailableError, resolve_back
 from tests.scan_cases import ScanCase, make_inputs
 
 
+def _layout_args(mask: torch.Tensor | None) -> tuple:
+    """``(mask, kept_idx, kept_count)`` as the public ops pass them to the registered op."""
+    if mask is None:
+        return None, None, None
+    layout = StateLayout(mask)
+    return layout.mask, layout.kept_idx, layout.kept_count
+
+
 def _scan_args(inputs: dict, mask: torch.Tensor | None, return_last_state: bool = True) -> tuple:
     return (
         inputs["u"],
@@ -25,7 +33,7 @@ def _scan_args(inputs: dict, mask: torch.Tensor | None, return_last_state: bool 
         inputs["delta_bias"],
         True,
         return_last_state,
-        mask,
+        *_layout_args(mask),
         "zero_transition",
         "torch",
     )
@@ -56,7 +64,7 @@ def test_opcheck_selective_state_update(mask_kind: str) -> None:
         inputs["z"][..., 0],
         inputs["delta_bias"],
         True,
-        mask,
+        *_layout_args(mask),
         "zero_transition",
         "torch",
     )

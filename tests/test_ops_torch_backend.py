@@ -135,3 +135,15 @@ def test_decode_chain_equals_scan_with_compact_state() -> None:
     ]
     torch.testing.assert_close(torch.stack(steps, -1), out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(layout.expand_state(state), last, rtol=1e-5, atol=1e-5)
+
+
+def test_case_masks_exercise_both_per_channel_paths() -> None:
+    from sparsessm_kernels.ops.torch_backend import MASKED_DENSE_FRACTION
+
+    ks = {}
+    for kind in ("unstructured", "unstructured_sparse", "2:4"):
+        _, mask = make_inputs(ScanCase("paths", mask=kind))
+        ks[kind] = StateLayout(mask).n_kept / mask.shape[1]
+    assert ks["unstructured"] > MASKED_DENSE_FRACTION  # masked-dense path
+    assert ks["unstructured_sparse"] <= MASKED_DENSE_FRACTION  # gather path, unequal counts
+    assert ks["2:4"] <= MASKED_DENSE_FRACTION  # gather path, uniform counts

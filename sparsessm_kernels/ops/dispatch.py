@@ -85,8 +85,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def _mask_tensor(layout: StateLayout | None, device: torch.device) -> torch.Tensor | None:
-    return None if layout is None else layout.to(device).mask
+def _layout_tensors(
+    layout: StateLayout | None, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``(mask, kept_idx, kept_count)`` of ``layout`` on ``device`` (all None when dense)."""
+    if layout is None:
+        return None, None, None
+    on_device = layout.to(device)
+    return on_device.mask, on_device.kept_idx, on_device.kept_count
 
 
 def selective_scan(
@@ -140,7 +146,7 @@ def selective_scan(
         delta_bias,
         bool(delta_softplus),
         bool(return_last_state),
-        _mask_tensor(layout, u.device),
+        *_layout_tensors(layout, u.device),
         pruned_states,
         chosen,
     )
@@ -193,7 +199,7 @@ def selective_state_update(
         z,
         dt_bias,
         bool(dt_softplus),
-        _mask_tensor(layout, x.device),
+        *_layout_tensors(layout, x.device),
         pruned_states,
         chosen,
     )

@@ -26,13 +26,28 @@ def _selective_scan_op(
     delta_softplus: bool,
     return_last_state: bool,
     state_mask: torch.Tensor | None,
+    kept_idx: torch.Tensor | None,
+    kept_count: torch.Tensor | None,
     pruned_states: str,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if backend != "torch":
         raise RuntimeError(f"sparsessm::selective_scan: backend {backend!r} is not available in this build")
     out, last_state = selective_scan_torch(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, state_mask, pruned_states
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D,
+        z,
+        delta_bias,
+        delta_softplus,
+        return_last_state,
+        state_mask,
+        kept_idx,
+        kept_count,
+        pruned_states,
     )
     if last_state is None:
         last_state = out.new_empty((0,), dtype=torch.float32)
@@ -41,7 +56,21 @@ def _selective_scan_op(
 
 @_selective_scan_op.register_fake
 def _(
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, state_mask, pruned_states, backend
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D,
+    z,
+    delta_bias,
+    delta_softplus,
+    return_last_state,
+    state_mask,
+    kept_idx,
+    kept_count,
+    pruned_states,
+    backend,
 ):
     b, d, l = u.shape
     state_dtype = (
@@ -65,6 +94,8 @@ def _selective_state_update_op(
     dt_bias: torch.Tensor | None,
     dt_softplus: bool,
     state_mask: torch.Tensor | None,
+    kept_idx: torch.Tensor | None,
+    kept_count: torch.Tensor | None,
     pruned_states: str,
     backend: str,
 ) -> torch.Tensor:
@@ -73,10 +104,26 @@ def _selective_state_update_op(
             f"sparsessm::selective_state_update: backend {backend!r} is not available in this build"
         )
     return selective_state_update_torch(
-        state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_mask, pruned_states
+        state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_mask, kept_idx, kept_count, pruned_states
     )
 
 
 @_selective_state_update_op.register_fake
-def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_mask, pruned_states, backend):
+def _(
+    state,
+    x,
+    dt,
+    A,
+    B,
+    C,
+    D,
+    z,
+    dt_bias,
+    dt_softplus,
+    state_mask,
+    kept_idx,
+    kept_count,
+    pruned_states,
+    backend,
+):
     return x.new_empty(x.shape)

@@ -11,12 +11,15 @@ contiguous channels.
 Sparsity is handled by working only on the ``k`` kept states:
 
 * dense or column masks (one B/C group): B and C are sliced to the kept states once;
-* per-channel masks (and grouped B/C): B and C rows are gathered per channel with one small
-  matmul against a 0/1 selection matrix ``(g*n, k*d)`` per chunk;
-* under ``zero_transition`` the pruned states' feed-through ``delta*u*sum_{pruned} B*C`` is a
-  ``(b, T, g*n) @ (g*n, d)`` matmul, never a recurrence.
+* per-channel masks (and grouped B/C): for every kept slot ``j`` the B/C row of each channel is
+  gathered with a small ``(b, T, g*n) @ (g*n, d)`` matmul against a 0/1 selection matrix;
+* under ``zero_transition`` the pruned states' feed-through ``delta*u*sum_{pruned} B*C`` is one
+  more such matmul, never a recurrence;
+* a per-channel mask that keeps most states in some channel (``k_max > 0.65 n``, typical of
+  unstructured masks) gains nothing from gathering, so it runs the dense recurrence with the
+  pruned transitions (``zero_transition``) or drives (``remove``) multiplied by 0.
 
-So a 50 % mask halves the work of the recurrence and of every per-state op.
+So a 50 % column or N:M mask halves the work of the recurrence and of every per-state op.
 """
 
 from __future__ import annotations
@@ -48,16 +51,29 @@ def _chunk_len(batch: int, n_kept: int, d: int, seqlen: int) -> int:
     return max(1, min(seqlen, max(8, min(256, _TARGET_CHUNK_ELEMENTS // per_step))))
 
 
+MASKED_DENSE_FRACTION = 0.65
+"""Per-channel masks keeping more than this fraction of ``n`` in some channel run masked-dense."""
+
+
 class _StatePlan:
-    """Which states each channel works on, derived once per call from the mask tensors.
+    """Which states each channel works on, built from the layout tensors of a ``StateLayout``.
+
+    Args:
+        A: ``(d, n)``. groups: B/C groups. state_mask: None, bool ``(n,)`` or ``(d, n)``.
+        kept_idx: ``(k,)`` (column) or ``(d, k_max)`` (per-channel) ascending kept indices.
+        kept_count: ``(d,)`` kept states per channel (per-channel masks), else None.
+        for_scan: build the chunked-scan tables (selection matrices); the decode step gathers.
 
     Attributes:
-        k: number of kept states per channel (max over channels).
-        A_kd: ``(k, d)`` kept ``A`` values (padding 0, so padded states stay exactly 0).
-        kept_cols: ``(k,)`` kept state indices when B/C can be sliced once (dense / column, g = 1).
-        select: ``(g*n, k*d)`` 0/1 matrix gathering B/C rows per channel, else None.
-        feedthrough: ``(g*n, d)`` 0/1 matrix of pruned states that still feed through, or None.
-        scatter_idx: ``(d, k)`` int64 state index of every kept slot (for ``last_state``).
+        k: state slots per channel that the recurrence runs on.
+        A_kd: ``(k, d)`` ``A`` of every slot (0 on padding, so padded slots stay exactly 0).
+        slots: ``(d, k)`` int64 state index of every slot; valid: ``(d, k)`` bool (not padding).
+        kept_cols: ``(k,)`` shared slot indices when B/C can be sliced once (dense, column, g = 1).
+        select: ``(g*n, k, d)`` 0/1 tensor, ``select[:, j]`` gathers the B/C row of slot ``j`` of
+            every channel (per-channel slots or grouped B/C), else None.
+        slot_mask: ``(k, d)`` 0/1 multiplier of the masked-dense mode, else None.
+        feedthrough: ``(g*n, d)`` 0/1 matrix of pruned states that still feed through
+            (``zero_transition``, when the recurrence skips them), else None.
     """
 
     def __init__(
@@ -65,48 +81,64 @@ class _StatePlan:
         A: torch.Tensor,
         groups: int,
         state_mask: torch.Tensor | None,
+        kept_idx: torch.Tensor | None,
+        kept_count: torch.Tensor | None,
         pruned_states: str,
         dtype: torch.dtype,
-        build_select: bool = True,
+        *,
+        for_scan: bool = True,
     ) -> None:
         d, n = A.shape
-        device = A.device
-        if state_mask is None:
-            kept = torch.ones(d, n, dtype=torch.bool, device=device)
+        dev = A.device
+        self.slot_mask = None
+        self.feedthrough = None
+        self.masked_dense = (
+            for_scan
+            and state_mask is not None
+            and state_mask.dim() == 2
+            and kept_idx.shape[1] > MASKED_DENSE_FRACTION * n
+        )
+        if state_mask is None or self.masked_dense:
+            shared = torch.arange(n, device=dev)
         elif state_mask.dim() == 1:
-            kept = state_mask[None, :].expand(d, n)
+            shared = kept_idx.long()
         else:
-            kept = state_mask
-        counts = kept.sum(dim=1)
-        self.k = int(counts.max().item()) if d else 0
-        order = torch.sort(kept.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, : self.k]
-        valid = torch.arange(self.k, device=device)[None, :] < counts[:, None]  # (d, k)
-        self.scatter_idx = torch.where(valid, order, torch.zeros_like(order))
-        A_kept = torch.gather(A.to(dtype), 1, self.scatter_idx) * valid
-        self.A_kd = A_kept.t().contiguous()
-        self.valid = valid
+            shared = None
+        if shared is not None:
+            self.k = int(shared.numel())
+            self.slots = shared[None, :].expand(d, self.k)
+            self.valid = torch.ones(d, self.k, dtype=torch.bool, device=dev)
+            self.A_kd = A.to(dtype).index_select(1, shared).t().contiguous()
+        else:
+            self.k = int(kept_idx.shape[1])
+            self.slots = kept_idx.long()
+            self.valid = torch.arange(self.k, device=dev)[None, :] < kept_count[:, None].long()
+            self.A_kd = (torch.gather(A.to(dtype), 1, self.slots) * self.valid).t().contiguous()
 
-        column_like = state_mask is None or state_mask.dim() == 1
+        if self.masked_dense:
+            self.valid = state_mask
+            self.slot_mask = state_mask.t().to(dtype).contiguous()  # (n, d)
+
+        self.kept_cols = shared if (shared is not None and groups == 1 and for_scan) else None
         self.select = None
-        if not build_select:
-            self.kept_cols = None
-        elif column_like and groups == 1:
-            self.kept_cols = self.scatter_idx[0] if d else torch.zeros(0, dtype=torch.long, device=device)
-        else:
-            self.kept_cols = None
-            rows = (torch.arange(d, device=device) // (d // groups))[:, None] * n + self.scatter_idx  # (d, k)
-            cols = torch.arange(self.k, device=device)[None, :] * d + torch.arange(d, device=device)[:, None]
-            select = torch.zeros(groups * n, self.k * d, dtype=dtype, device=device)
-            select[rows[valid], cols[valid]] = 1.0
+        if for_scan and self.kept_cols is None and self.k > 0:
+            group_of = torch.arange(d, device=dev) // (d // groups)
+            select = torch.zeros(groups * n, self.k, d, dtype=dtype, device=dev)
+            rows = group_of[:, None] * n + self.slots  # (d, k)
+            slot_of = torch.arange(self.k, device=dev)[None, :].expand(d, self.k)
+            chan_of = torch.arange(d, device=dev)[:, None].expand(d, self.k)
+            ok = self.valid if not self.masked_dense else torch.ones_like(self.valid)
+            select[rows[ok], slot_of[ok], chan_of[ok]] = 1.0
             self.select = select
 
-        self.feedthrough = None
-        if pruned_states == "zero_transition" and state_mask is not None and not bool(kept.all()):
-            pruned = (~kept).to(dtype)  # (d, n)
-            ft = torch.zeros(groups, n, d, dtype=dtype, device=device)
-            group_of = torch.arange(d, device=device) // (d // groups)
-            ft[group_of, :, torch.arange(d, device=device)] = pruned
-            self.feedthrough = ft.reshape(groups * n, d)
+        pruned_skipped = state_mask is not None and not self.masked_dense
+        if for_scan and pruned_states == "zero_transition" and pruned_skipped:
+            full = state_mask if state_mask.dim() == 2 else state_mask[None, :].expand(d, n)
+            if not bool(full.all()):
+                group_of = torch.arange(d, device=dev) // (d // groups)
+                ft = torch.zeros(groups, n, d, dtype=dtype, device=dev)
+                ft[group_of, :, torch.arange(d, device=dev)] = (~full).to(dtype)
+                self.feedthrough = ft.reshape(groups * n, d)
 
 
 class _ChunkBuffers:
@@ -127,7 +159,7 @@ class _ChunkBuffers:
         self.dt_tm, self.du_tm, self.y_tm = (buffer(b, T, d) for _ in range(3))
         self.ft_tm = buffer(b, T, d) if ft else None
         self.dA, self.H = buffer(b, T, k, d), buffer(b, T, k, d)
-        self.C = buffer(b, T, k, d) if select else None
+        self.slot = buffer(b, T, d) if select else None
 
 
 def selective_scan_torch(
@@ -142,12 +174,15 @@ def selective_scan_torch(
     delta_softplus: bool,
     return_last_state: bool,
     state_mask: torch.Tensor | None,
+    kept_idx: torch.Tensor | None,
+    kept_count: torch.Tensor | None,
     pruned_states: str,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked selective scan; arguments validated by the caller (see ``ops.dispatch``).
 
     Shapes: u, delta, z ``(b, d, l)``; A ``(d, n)``; B, C ``(b, n, l)`` or ``(b, g, n, l)``;
-    D, delta_bias ``(d,)``; state_mask None, bool ``(n,)`` or ``(d, n)``.
+    D, delta_bias ``(d,)``; state_mask None, bool ``(n,)`` or ``(d, n)`` with the ``kept_idx`` /
+    ``kept_count`` tables of its ``StateLayout``.
 
     Returns ``(out (b, d, l) in u.dtype, last_state (b, d, n) or None)``.
     """
@@ -160,7 +195,7 @@ def selective_scan_torch(
     # (b, l, g*n) time-major copies of B and C in math precision: small next to (b, l, k, d).
     BT = _time_major_bc(B, groups, dtype)
     CT = _time_major_bc(C, groups, dtype)
-    plan = _StatePlan(A, groups, state_mask, pruned_states, dtype)
+    plan = _StatePlan(A, groups, state_mask, kept_idx, kept_count, pruned_states, dtype)
     k = plan.k
     if plan.kept_cols is not None:
         BT_k = BT.index_select(2, plan.kept_cols)
@@ -200,11 +235,17 @@ def selective_scan_torch(
             dA, H = bufs.dA, bufs.H
             torch.mul(dt[:, :, None, :], plan.A_kd, out=dA)
             dA.exp_()
+            if plan.slot_mask is not None and pruned_states == "zero_transition":
+                dA.mul_(plan.slot_mask)
             if plan.select is None:
                 torch.mul(du[:, :, None, :], BT_k[:, s, :, None], out=H)
-            else:
-                torch.matmul(BT[:, s], plan.select, out=H.view(b, Tc, k * d))
-                H.mul_(du[:, :, None, :])
+            else:  # per kept slot j: gather B per channel with a (g*n, d) 0/1 matmul, scale by du
+                gathered = bufs.slot
+                for j in range(k):
+                    torch.matmul(BT[:, s], plan.select[:, j], out=gathered)
+                    torch.mul(gathered, du, out=H[:, :, j])
+            if plan.slot_mask is not None and pruned_states == "remove":
+                H.mul_(plan.slot_mask)
             H_t, dA_t = H.unbind(1), dA.unbind(1)
             H_t[0].addcmul_(dA_t[0], h)
             for t in range(1, Tc):
@@ -213,9 +254,11 @@ def selective_scan_torch(
             if plan.select is None:
                 torch.matmul(CT_k[:, s, None, :], H, out=y.view(b, Tc, 1, d))
             else:
-                Cg = bufs.C
-                torch.matmul(CT[:, s], plan.select, out=Cg.view(b, Tc, k * d))
-                torch.sum(Cg.mul_(H), dim=2, out=y)
+                gathered = bufs.slot
+                y.zero_()
+                for j in range(k):
+                    torch.matmul(CT[:, s], plan.select[:, j], out=gathered)
+                    y.addcmul_(gathered, H[:, :, j])
         else:
             y.zero_()
         if plan.feedthrough is not None:
@@ -229,11 +272,8 @@ def selective_scan_torch(
         if D_m is not None:
             y_c.addcmul_(u[:, :, s], D_m[:, None])
         if z is not None:
-            gate, sig = bufs.gate_cm, dt_c  # dt_c is free again here
-            gate.copy_(z[:, :, s])
-            torch.sigmoid(gate, out=sig)
-            gate.mul_(sig)
-            y_c.mul_(gate)
+            _silu_into(bufs.gate_cm, z[:, :, s])
+            y_c.mul_(bufs.gate_cm)
         if not write_direct:
             out[:, :, s].copy_(y_c)
 
@@ -241,8 +281,8 @@ def selective_scan_torch(
     if return_last_state:
         last_state = torch.zeros(b, d, n, dtype=dtype, device=dev)
         if k > 0:
-            h_dk = h.transpose(1, 2) * plan.valid  # (b, d, k)
-            last_state.scatter_add_(2, plan.scatter_idx.expand(b, d, k), h_dk)
+            h_dk = h.transpose(1, 2) * plan.valid  # (b, d, k); padding and pruned slots -> 0
+            last_state.scatter_add_(2, plan.slots.expand(b, d, k), h_dk)
     return out, last_state
 
 
@@ -251,7 +291,27 @@ _CHANNEL_BLOCK = 256
 
 def _softplus_(x: torch.Tensor) -> None:
     """In-place softplus with PyTorch's default threshold (``x`` where ``x > 20``)."""
-    x.copy_(F.softplus(x))
+    if _SOFTPLUS_OUT is not None:
+        _SOFTPLUS_OUT(x, 1.0, 20.0, out=x)
+    else:
+        x.copy_(F.softplus(x))
+
+
+def _silu_into(out: torch.Tensor, x: torch.Tensor) -> None:
+    """``out <- silu(x)`` without a temporary (``x`` may have another dtype)."""
+    if x.dtype != out.dtype:
+        out.copy_(x)
+        x = out
+    if _SILU_OUT is not None:
+        _SILU_OUT(x, out=out)
+    else:
+        out.copy_(F.silu(x))
+
+
+# The ``out=`` variants of the ATen ops save a temporary and a copy per chunk; they are not part
+# of the public functional API, so fall back to the public ops if a build lacks them.
+_SOFTPLUS_OUT = getattr(torch._C._nn, "softplus", None)
+_SILU_OUT = getattr(torch._C._nn, "silu", None)
 
 
 def _copy_channels_last(dst: torch.Tensor, src: torch.Tensor) -> None:
@@ -288,6 +348,8 @@ def selective_state_update_torch(
     dt_bias: torch.Tensor | None,
     dt_softplus: bool,
     state_mask: torch.Tensor | None,
+    kept_idx: torch.Tensor | None,
+    kept_count: torch.Tensor | None,
     pruned_states: str,
 ) -> torch.Tensor:
     """One decode step, vectorised over batch and channels; ``state`` updated in place.
@@ -313,20 +375,29 @@ def selective_state_update_torch(
         y = (h * C_ch).sum(dim=-1)
         state.copy_(h)
     else:
-        plan = _StatePlan(A, 1, state_mask, pruned_states, dtype, build_select=False)
+        plan = _StatePlan(A, 1, state_mask, kept_idx, kept_count, pruned_states, dtype, for_scan=False)
         k = plan.k
-        idx = plan.scatter_idx.expand(b, d, k)
         compact = state.shape[-1] != n
-        s_k = state.to(dtype) if compact else torch.gather(state.to(dtype), 2, idx)
+        state_m = state.to(dtype)
+        if state_mask.dim() == 1:  # column: the same slots in every channel
+            cols = plan.slots[0]
+            s_k = state_m if compact else state_m.index_select(2, cols)
+            B_k, C_k = B_ch.index_select(2, cols), C_ch.index_select(2, cols)
+        else:
+            idx = plan.slots.expand(b, d, k)
+            s_k = state_m if compact else torch.gather(state_m, 2, idx)
+            B_k, C_k = torch.gather(B_ch, 2, idx), torch.gather(C_ch, 2, idx)
         decay = torch.exp(dt_m[..., None] * plan.A_kd.t())  # (b, d, k)
-        h_k = (s_k * decay + dtx[..., None] * torch.gather(B_ch, 2, idx)) * plan.valid
-        y = (h_k * torch.gather(C_ch, 2, idx)).sum(dim=-1)
-        if plan.feedthrough is not None:
-            y = y + dtx * ((B_ch * C_ch) * (plan.feedthrough.t() > 0)).sum(dim=-1)
+        h_k = (s_k * decay + dtx[..., None] * B_k) * plan.valid
+        y = (h_k * C_k).sum(dim=-1)
+        if pruned_states == "zero_transition":
+            pruned = ~(state_mask if state_mask.dim() == 2 else state_mask[None, :].expand(d, n))
+            y = y + dtx * (B_ch * C_ch * pruned).sum(dim=-1)
         if compact:
             state.copy_(h_k)
         else:
-            state.copy_(torch.zeros(b, d, n, dtype=dtype, device=state.device).scatter_add_(2, idx, h_k))
+            full = torch.zeros(b, d, n, dtype=dtype, device=state.device)
+            state.copy_(full.scatter_add_(2, plan.slots.expand(b, d, k), h_k))
     if D is not None:
         y = y + x_m * D.to(dtype)
     if z is not None:

@@ -1,0 +1,303 @@
+"""Reusable pieces of the benchmark scripts (``bench_scan.py``, later ``bench_e2e.py``).
+
+Nothing here is specific to one benchmark: environment and version collection, timing with
+the right clock for the device, robust summary statistics, atomic JSON output and plain-text
+tables. The module imports only the standard library and torch, so it is cheap to load and
+works both as ``benchmarks._common`` and, when a script in this folder runs directly, as
+``_common``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+
+# ------------------------------------------------------------------------------ environment
+def utc_now_iso() -> str:
+    """Current time as an ISO 8601 UTC string with second precision, e.g. ``2025-01-31T12:00:00Z``."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def slugify(text: str) -> str:
+    """Lower-case ``text`` and squash every run of non-alphanumerics into one ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> ``cuda`` when a GPU is visible, else ``cpu``; otherwise ``torch.device(name)``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA was requested but torch.cuda.is_available() is False")
+    return device
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    """What ran the benchmark: the CPU model and thread counts, plus the GPU on CUDA."""
+    info: dict[str, Any] = {
+        "type": device.type,
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        info.update(
+            {
+                "name": props.name,
+                "index": index,
+                "compute_capability": f"{props.major}.{props.minor}",
+                "memory_gib": round(props.total_memory / 2**30, 1),
+                "cuda": torch.version.cuda,
+            }
+        )
+    else:
+        info["name"] = info["cpu"]
+    return info
+
+
+def device_kind(device: torch.device) -> str:
+    """Short tag for file names: ``cpu`` or ``cuda_<gpu-name-slug>`` (e.g. ``cuda_nvidia_h100_80gb_hbm3``)."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda_{slugify(torch.cuda.get_device_name(index))}"
+    return slugify(device.type)
+
+
+def package_version(module: str, dists: Sequence[str] = (), *, import_module: bool = False) -> str | None:
+    """Version of an installed package, or ``None`` when it is missing (or fails to import).
+
+    Distribution metadata is tried first (cheap, no import). With ``import_module=True`` the
+    module is also imported, so a package that is installed but broken (for example a CUDA
+    extension without a GPU) reports ``None``.
+    """
+    version = None
+    for dist in (*dists, module):
+        try:
+            version = importlib.metadata.version(dist)
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if import_module or version is None:
+        try:
+            mod = importlib.import_module(module)
+        except Exception:
+            return None
+        version = version or str(getattr(mod, "__version__", "unknown"))
+    return version
+
+
+def collect_versions(extra: Mapping[str, str | None] | None = None) -> dict[str, str | None]:
+    """Versions of python, torch, triton, transformers, sparsessm_kernels and mamba_ssm.
+
+    Packages that are not installed (or, for ``mamba_ssm``, do not import) are left out.
+    ``extra`` entries are merged in as given.
+    """
+    import sparsessm_kernels
+
+    versions: dict[str, str | None] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "sparsessm_kernels": sparsessm_kernels.__version__,
+    }
+    optional = {
+        "triton": package_version("triton", ("triton", "pytorch-triton")),
+        "transformers": package_version("transformers"),
+        "mamba_ssm": package_version("mamba_ssm", ("mamba-ssm", "mamba_ssm"), import_module=True),
+    }
+    versions.update({k: v for k, v in optional.items() if v is not None})
+    if extra:
+        versions.update(extra)
+    return versions
+
+
+# ----------------------------------------------------------------------------------- timing
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class TimingStats:
+    """Summary of repeated timings, all in milliseconds."""
+
+    median_ms: float
+    min_ms: float
+    iqr_ms: float
+    mean_ms: float
+    max_ms: float
+    repeats: int
+
+
+def summarize(samples_ms: Sequence[float]) -> TimingStats:
+    """Median, min, interquartile range (Q3 - Q1, inclusive quartiles), mean and max."""
+    if not samples_ms:
+        raise ValueError("summarize: no samples")
+    values = sorted(float(s) for s in samples_ms)
+    if len(values) >= 2:
+        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+        iqr = q3 - q1
+    else:
+        iqr = 0.0
+    return TimingStats(
+        median_ms=statistics.median(values),
+        min_ms=values[0],
+        iqr_ms=iqr,
+        mean_ms=statistics.fmean(values),
+        max_ms=values[-1],
+        repeats=len(values),
+    )
+
+
+def time_fn(
+    fn: Callable[[], Any],
+    device: torch.device,
+    *,
+    warmup: int,
+    repeats: int,
+    inner: int = 1,
+) -> TimingStats:
+    """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` samples of ``inner`` calls each.
+
+    Every sample is the time of ``inner`` back-to-back calls divided by ``inner`` (use
+    ``inner > 1`` for sub-millisecond ops such as a decode step). On CUDA the samples come from
+    ``torch.cuda.Event`` pairs around the calls, with the device synchronised before the first
+    event and after the last; on CPU from :func:`time.perf_counter`.
+    """
+    import time
+
+    if repeats < 1 or inner < 1 or warmup < 0:
+        raise ValueError(
+            f"time_fn: need repeats >= 1, inner >= 1, warmup >= 0 (got {repeats}, {inner}, {warmup})"
+        )
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    samples: list[float] = []
+    if device.type == "cuda":
+        for _ in range(repeats):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            synchronize(device)
+            start.record()
+            for _ in range(inner):
+                fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / inner)
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples.append((time.perf_counter() - t0) * 1e3 / inner)
+    return summarize(samples)
+
+
+def stats_dict(stats: TimingStats) -> dict[str, float | int]:
+    return asdict(stats)
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator`` when both are known positive numbers, else ``None``."""
+    if numerator is None or denominator is None or denominator <= 0 or not math.isfinite(numerator):
+        return None
+    return numerator / denominator
+
+
+# ------------------------------------------------------------------------------------ output
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (torch.dtype, torch.device, Path)):
+        return str(obj)
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
+    """Write ``payload`` as indented JSON to ``path`` atomically (temp file + ``os.replace``)."""
+    from sparsessm_kernels._io import atomic_path
+
+    target = Path(path)
+    text = json.dumps(payload, indent=2, default=_json_default, allow_nan=False) + "\n"
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return target
+
+
+def fmt_float(value: float | None, digits: int = 3, suffix: str = "") -> str:
+    """Compact number formatting for tables; ``None`` -> ``-``."""
+    if value is None:
+        return "-"
+    if value == 0:
+        return f"0{suffix}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}{suffix}"
+    if abs(value) < 10 ** -(digits - 1) or abs(value) >= 10**digits:
+        return f"{value:.{max(1, digits - 2)}e}{suffix}"
+    return f"{value:.{digits}g}{suffix}"
+
+
+def format_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """Plain-text table. ``columns`` is ``[(key, header), ...]``; values are ``str()``-ed.
+
+    Numeric-looking columns are right-aligned, everything else left-aligned.
+    """
+    rows = list(rows)
+    cells = [[("-" if row.get(key) is None else str(row.get(key))) for key, _ in columns] for row in rows]
+    headers = [header for _, header in columns]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
+
+    def is_num(text: str) -> bool:
+        return bool(re.fullmatch(r"[-+]?[\d.,]+(e[-+]?\d+)?x?", text)) or text == "-"
+
+    right = [all(is_num(c[i]) for c in cells) and bool(cells) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)]
+        return "  ".join(parts).rstrip()
+
+    out = [line(headers), "  ".join("-" * w for w in widths)]
+    out.extend(line(c) for c in cells)
+    return "\n".join(out)
+
+
+def log(message: str) -> None:
+    """Progress message on stderr (stdout carries the final table)."""
+    print(message, file=sys.stderr, flush=True)

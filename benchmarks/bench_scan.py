@@ -1,0 +1,899 @@
+"""Benchmark the sparse selective scan (prefill) and the decode step against baselines.
+
+Run from the repository root::
+
+    python benchmarks/bench_scan.py                 # full default run on this machine
+    python benchmarks/bench_scan.py --quick         # tiny smoke run (seconds; used by the tests)
+    python benchmarks/bench_scan.py --shapes 130m 1.4b --seqlen 4096 --pruned-states both
+
+What is measured (see benchmarks/README.md for every output field):
+
+* ``scan``: :func:`sparsessm_kernels.selective_scan` on every usable backend of ours, for each
+  shape, mask and ``pruned_states``, plus the baselines ``transformers-fallback`` (the pure
+  PyTorch scan of ``transformers``' Mamba, CPU only, when its ``(b, d, l, n)`` intermediates fit
+  in ``--max-baseline-gb``) and ``mamba_ssm`` (its CUDA ``selective_scan_fn``, when it imports).
+* ``decode``: :func:`sparsessm_kernels.selective_state_update` for each batch size, with a compact
+  ``(b, d, k)`` state for uniform masks (dense, column, N:M) and a full ``(b, d, n)`` state
+  otherwise, plus ``transformers``' fallback step (and ``mamba_ssm``'s Triton step on CUDA).
+
+Before a configuration is timed, its output on a truncated problem is checked against the float64
+reference :func:`sparsessm_kernels.selective_scan_ref` / ``selective_state_update_ref``; the run
+aborts (exit status 1, nothing written) when the error exceeds the tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if __package__:  # imported as benchmarks.bench_scan
+    from . import _common as common
+else:  # run as a script: python benchmarks/bench_scan.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _common as common
+
+import sparsessm_kernels as ssk
+from sparsessm_kernels import StateLayout
+from sparsessm_kernels.ops.dispatch import BackendUnavailableError
+from sparsessm_kernels.sparsity import column_mask, nm_mask, unstructured_mask
+
+# d_inner of each Mamba-1 size (d_model * expand 2); all use d_state n = 16.
+PRESETS: dict[str, int] = {"130m": 1536, "370m": 2048, "790m": 3072, "1.4b": 4096, "2.8b": 5120}
+DEFAULT_SEQLEN = 2048
+DEFAULT_STATE = 16
+DEFAULT_MASKS = ("dense", "column50", "2:4", "unstructured50")
+PRUNED_STATES = ("zero_transition", "remove")
+TOLERANCE = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TF_BACKEND = "transformers-fallback"
+MAMBA_BACKEND = "mamba_ssm"
+
+# Quick smoke configuration (tests / CI): everything runs, nothing is big.
+QUICK = {
+    "shapes": ["1x64x16x128"],
+    "repeats": 2,
+    "warmup": 1,
+    "decode_batch": [1, 4],
+    "decode_steps": 2,
+    "check_len": 32,
+    "pruned_states": "both",
+}
+
+
+class CorrectnessError(RuntimeError):
+    """A backend disagrees with the reference by more than the tolerance."""
+
+
+# ------------------------------------------------------------------------------------ shapes
+@dataclass(frozen=True)
+class Shape:
+    b: int
+    d: int
+    n: int
+    l: int
+    name: str
+
+    def as_dict(self) -> dict[str, int]:
+        return {"b": self.b, "d": self.d, "n": self.n, "l": self.l}
+
+    def label(self) -> str:
+        return f"b{self.b} d{self.d} n{self.n} l{self.l}"
+
+
+def parse_shape(text: str, batch: int | None, seqlen: int | None) -> Shape:
+    """A preset (``130m`` ... ``2.8b``, see ``PRESETS``) or ``BxDxNxL`` (e.g. ``1x1536x16x2048``)."""
+    key = text.strip().lower()
+    if key in PRESETS:
+        b, d, n, l = 1, PRESETS[key], DEFAULT_STATE, DEFAULT_SEQLEN
+        name = key
+    else:
+        match = re.fullmatch(r"(\d+)x(\d+)x(\d+)x(\d+)", key)
+        if not match:
+            raise argparse.ArgumentTypeError(
+                f"shape {text!r}: expected a preset ({', '.join(PRESETS)}) or BxDxNxL such as 1x1536x16x2048"
+            )
+        b, d, n, l = (int(v) for v in match.groups())
+        name = key
+    b = batch if batch is not None else b
+    l = seqlen if seqlen is not None else l
+    if min(b, d, n, l) < 1:
+        raise argparse.ArgumentTypeError(
+            f"shape {text!r}: every dimension must be >= 1, got b={b} d={d} n={n} l={l}"
+        )
+    return Shape(b=b, d=d, n=n, l=l, name=name)
+
+
+# ------------------------------------------------------------------------------------- masks
+@dataclass(frozen=True)
+class MaskSpec:
+    name: str
+    kind: str  # dense | column | unstructured | nm
+    sparsity: float = 0.0
+    nm: tuple[int, int] | None = None
+
+
+def parse_mask(text: str) -> MaskSpec:
+    """``dense``, ``column<pct>`` / ``unstructured<pct>`` (e.g. ``column50``) or ``N:M`` (e.g. ``2:4``)."""
+    key = text.strip().lower()
+    if key == "dense":
+        return MaskSpec("dense", "dense")
+    match = re.fullmatch(r"(column|unstructured)(\d+(?:\.\d+)?)", key)
+    if match:
+        pct = float(match.group(2))
+        if not 0 <= pct < 100:
+            raise argparse.ArgumentTypeError(f"mask {text!r}: the percentage must be in [0, 100)")
+        return MaskSpec(key, match.group(1), pct / 100.0)
+    match = re.fullmatch(r"(\d+):(\d+)", key)
+    if match:
+        keep, m = int(match.group(1)), int(match.group(2))
+        if not 1 <= keep <= m:
+            raise argparse.ArgumentTypeError(f"mask {text!r}: N:M needs 1 <= N <= M")
+        return MaskSpec(key, "nm", 1.0 - keep / m, (keep, m))
+    raise argparse.ArgumentTypeError(
+        f"mask {text!r}: expected dense, column<pct>, unstructured<pct> or N:M (e.g. column50, 2:4)"
+    )
+
+
+def build_layout(spec: MaskSpec, d: int, n: int, device: torch.device, seed: int) -> StateLayout | None:
+    """The prebuilt layout a model would hold for this mask (random importance scores)."""
+    if spec.kind == "dense":
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.rand(d, n, generator=gen)
+    if spec.kind == "column":
+        mask = column_mask(scores, spec.sparsity)
+    elif spec.kind == "unstructured":
+        mask = unstructured_mask(scores, spec.sparsity)
+    else:
+        assert spec.nm is not None
+        mask = nm_mask(scores, *spec.nm)
+    return StateLayout(mask.to(device))
+
+
+# ------------------------------------------------------------------------------------ inputs
+def _randn(gen: torch.Generator, *shape: int, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen) * std + mean
+
+
+def make_A(d: int, n: int) -> torch.Tensor:
+    """Mamba's S4D-real init: ``A_log = log(1..n)``, ``A = -exp(A_log)``, so ``A[:, j] = -(j + 1)``."""
+    A_log = torch.log(torch.arange(1, n + 1, dtype=torch.float32)).expand(d, n)
+    return -torch.exp(A_log).contiguous()
+
+
+def scan_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+    """Realistic prefill inputs: raw ``delta ~ N(-2, 0.5)`` (softplus applied by the op, ~0.13)."""
+    gen = torch.Generator().manual_seed(seed)
+    b, d, n, l = shape.b, shape.d, shape.n, shape.l
+    tensors = {
+        "u": _randn(gen, b, d, l).to(dtype),
+        "delta": _randn(gen, b, d, l, mean=-2.0, std=0.5).to(dtype),
+        "A": make_A(d, n),
+        "B": _randn(gen, b, n, l).to(dtype),
+        "C": _randn(gen, b, n, l).to(dtype),
+        "D": torch.ones(d) + 0.1 * _randn(gen, d),
+        "z": _randn(gen, b, d, l).to(dtype),
+        "delta_bias": 0.1 * _randn(gen, d),
+    }
+    return {k: v.to(device).contiguous() for k, v in tensors.items()}
+
+
+def truncate(inputs: dict[str, torch.Tensor], length: int) -> dict[str, torch.Tensor]:
+    """The first ``length`` timesteps of the sequence tensors (others unchanged)."""
+    out = dict(inputs)
+    for key in ("u", "delta", "B", "C", "z"):
+        out[key] = inputs[key][..., :length].contiguous()
+    return out
+
+
+def decode_inputs(
+    d: int, n: int, batch: int, dtype: torch.dtype, device: torch.device, seed: int
+) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {
+        "state": _randn(gen, batch, d, n, std=0.5),  # float32 SSM state, as Mamba keeps it
+        "x": _randn(gen, batch, d).to(dtype),
+        "dt": _randn(gen, batch, d, mean=-2.0, std=0.5).to(dtype),
+        "A": make_A(d, n),
+        "B": _randn(gen, batch, n).to(dtype),
+        "C": _randn(gen, batch, n).to(dtype),
+        "D": torch.ones(d) + 0.1 * _randn(gen, d),
+        "z": _randn(gen, batch, d).to(dtype),
+        "dt_bias": 0.1 * _randn(gen, d),
+    }
+    return {k: v.to(device).contiguous() for k, v in tensors.items()}
+
+
+SCAN_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+STEP_ARGS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")
+
+
+def scan_args(t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Positional ``u, delta, A, B, C, D, z, delta_bias`` (mamba_ssm's selective_scan_fn order)."""
+    return tuple(t[k] for k in SCAN_ARGS)
+
+
+def step_args(t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Positional ``x, dt, A, B, C, D, z, dt_bias`` (after ``state``) of selective_state_update."""
+    return tuple(t[k] for k in STEP_ARGS)
+
+
+def _f64(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.double() for k, v in inputs.items()}
+
+
+# --------------------------------------------------------------------------------- baselines
+@dataclass
+class Baselines:
+    tf_scan: Callable[..., Any] | None = None
+    tf_step: Callable[..., Any] | None = None
+    tf_reason: str = ""
+    mamba_scan: Callable[..., Any] | None = None
+    mamba_step: Callable[..., Any] | None = None
+    mamba_reason: str = ""
+
+
+def load_baselines(enabled: bool) -> Baselines:
+    """Find transformers' pure PyTorch fallbacks and mamba_ssm's kernels, with reasons when absent.
+
+    transformers wraps its fallbacks so that they dispatch to mamba_ssm when that is installed;
+    the wrapper is peeled off with :func:`inspect.unwrap`, so ``transformers-fallback`` always
+    measures the PyTorch path (and prints no fallback notice).
+    """
+    base = Baselines()
+    if not enabled:
+        base.tf_reason = base.mamba_reason = "baselines disabled (--no-baselines)"
+        return base
+    try:
+        from transformers.models.mamba import modeling_mamba
+    except Exception as exc:
+        base.tf_reason = f"transformers' Mamba model does not import: {type(exc).__name__}: {exc}"
+    else:
+        scan = getattr(modeling_mamba, "mamba_selective_scan", None)
+        step = getattr(modeling_mamba, "mamba_selective_state_update", None)
+        base.tf_scan = inspect.unwrap(scan) if scan is not None else None
+        base.tf_step = inspect.unwrap(step) if step is not None else None
+        if scan is None or step is None:
+            base.tf_reason = (
+                "this transformers version has no module-level mamba_selective_scan / "
+                "mamba_selective_state_update fallback"
+            )
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        base.mamba_scan = selective_scan_fn
+    except Exception as exc:
+        base.mamba_reason = f"mamba_ssm does not import: {type(exc).__name__}: {exc}"
+    else:
+        try:
+            from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+
+            base.mamba_step = selective_state_update
+        except Exception as exc:
+            base.mamba_reason = f"mamba_ssm's Triton selective_state_update does not import: {exc}"
+    return base
+
+
+def tf_scan_bytes(shape: Shape) -> int:
+    """Peak extra memory of transformers' fallback scan: three float32 (b, d, l, n) tensors."""
+    return 3 * shape.b * shape.d * shape.l * shape.n * 4
+
+
+# ------------------------------------------------------------------------------------ runner
+class Bench:
+    def __init__(self, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
+        self.args = args
+        self.device = device
+        self.dtype = dtype
+        self.tol = args.tolerance if args.tolerance is not None else TOLERANCE[dtype]
+        self.results: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, str]] = []
+
+    # -- bookkeeping
+    def skip(self, what: str, reason: str) -> None:
+        self.skipped.append({"what": what, "reason": reason})
+        common.log(f"  skip {what}: {reason}")
+
+    def _guard(self, what: str, err: float) -> float:
+        if not err <= self.tol:  # also catches NaN
+            raise CorrectnessError(
+                f"CORRECTNESS FAILURE: {what}: max_abs_err vs the float64 reference = {err:.3e} "
+                f"> tolerance {self.tol:.1e}. Refusing to time a wrong kernel; nothing was written."
+            )
+        return err
+
+    def _time(self, fn: Callable[[], Any], inner: int = 1) -> common.TimingStats:
+        return common.time_fn(
+            fn, self.device, warmup=self.args.warmup, repeats=self.args.repeats, inner=inner
+        )
+
+    def _record(
+        self,
+        kind: str,
+        backend: str,
+        shape: dict[str, int],
+        mask: MaskSpec,
+        layout: StateLayout | None,
+        pruned: str | None,
+        state: str | None,
+        stats: common.TimingStats,
+        err: float,
+    ) -> None:
+        row = {
+            "kind": kind,
+            "backend": backend,
+            "shape": shape,
+            "mask": mask.name,
+            "sparsity": round(layout.sparsity, 6) if layout is not None else 0.0,
+            "pruned_states": pruned,
+            "state": state,
+            "median_ms": stats.median_ms,
+            "min_ms": stats.min_ms,
+            "iqr_ms": stats.iqr_ms,
+            "mean_ms": stats.mean_ms,
+            "repeats": stats.repeats,
+            "speedup_vs_dense": None,
+            "speedup_vs_transformers": None,
+            "max_abs_err_vs_reference": err,
+        }
+        self.results.append(row)
+        common.log(
+            f"  {kind:6s} {backend:22s} {mask.name:15s} {pruned or '-':15s} {state or '-':8s} "
+            f"median {stats.median_ms:9.3f} ms  err {err:.1e}"
+        )
+
+    # -- prefill scan
+    def run_scan(
+        self, shape: Shape, backends: list[str], masks: list[MaskSpec], pruned: list[str], base: Baselines
+    ) -> None:
+        common.log(f"[scan] {shape.label()} ({shape.name}), dtype {self.args.dtype}")
+        inputs = scan_inputs(shape, self.dtype, self.device, self.args.seed)
+        check = truncate(inputs, min(self.args.check_len, shape.l))
+        check64 = _f64(check)
+        ref_cache: dict[tuple[str, str | None], torch.Tensor] = {}
+
+        def reference(mask: MaskSpec, layout: StateLayout | None, ps: str | None) -> torch.Tensor:
+            key = (mask.name, ps)
+            if key not in ref_cache:
+                c = check64
+                ref_cache[key] = ssk.selective_scan_ref(
+                    *scan_args(c),
+                    True,
+                    state_mask=layout,
+                    pruned_states=ps or "zero_transition",
+                )
+            return ref_cache[key]
+
+        def err_of(
+            run: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+            mask: MaskSpec,
+            layout: StateLayout | None,
+            ps: str | None,
+        ) -> float:
+            out = run(check)
+            common.synchronize(self.device)
+            return float((out.double() - reference(mask, layout, ps)).abs().max().item())
+
+        for backend in backends:
+            for mask in masks:
+                try:
+                    layout = build_layout(mask, shape.d, shape.n, self.device, self.args.seed)
+                except ValueError as exc:
+                    self.skip(f"scan {backend} {shape.label()} mask {mask.name}", str(exc))
+                    continue
+                for ps in pruned if layout is not None else [None]:
+
+                    def run(
+                        t: dict[str, torch.Tensor], layout=layout, ps=ps, backend=backend
+                    ) -> torch.Tensor:
+                        return ssk.selective_scan(
+                            *scan_args(t),
+                            True,
+                            state_mask=layout,
+                            pruned_states=ps or "zero_transition",
+                            backend=backend,
+                        )
+
+                    what = f"scan {backend} {shape.label()} mask {mask.name} pruned_states {ps}"
+                    try:
+                        err = self._guard(what, err_of(run, mask, layout, ps))
+                    except (NotImplementedError, BackendUnavailableError) as exc:
+                        self.skip(what, f"{type(exc).__name__}: {exc}")
+                        continue
+                    stats = self._time(lambda run=run: run(inputs))
+                    self._record("scan", backend, shape.as_dict(), mask, layout, ps, None, stats, err)
+
+        dense = MaskSpec("dense", "dense")
+        # transformers' fallback: pure PyTorch, materialises (b, d, l, n) tensors.
+        what = f"scan {TF_BACKEND} {shape.label()}"
+        if base.tf_scan is None:
+            self.skip(what, base.tf_reason)
+        elif self.device.type != "cpu":
+            self.skip(
+                what,
+                "transformers' PyTorch fallback scan is only benchmarked on CPU (mamba_ssm is the "
+                "GPU baseline)",
+            )
+        elif tf_scan_bytes(shape) > self.args.max_baseline_gb * 2**30:
+            self.skip(
+                what,
+                f"estimated {tf_scan_bytes(shape) / 2**30:.1f} GiB of (b, d, l, n) intermediates > "
+                f"--max-baseline-gb {self.args.max_baseline_gb:g}",
+            )
+        else:
+            fn = base.tf_scan
+
+            def tf_run(t: dict[str, torch.Tensor]) -> torch.Tensor:
+                return fn(*scan_args(t), True)
+
+            err = self._guard(what, err_of(tf_run, dense, None, None))
+            stats = self._time(lambda: tf_run(inputs))
+            self._record("scan", TF_BACKEND, shape.as_dict(), dense, None, None, None, stats, err)
+
+        what = f"scan {MAMBA_BACKEND} {shape.label()}"
+        if base.mamba_scan is None:
+            self.skip(what, base.mamba_reason)
+        elif self.device.type != "cuda":
+            self.skip(what, "mamba_ssm's selective_scan_fn needs CUDA tensors")
+        else:
+            mfn = base.mamba_scan
+
+            def m_run(t: dict[str, torch.Tensor]) -> torch.Tensor:
+                return mfn(*scan_args(t), True)
+
+            err = self._guard(what, err_of(m_run, dense, None, None))
+            stats = self._time(lambda: m_run(inputs))
+            self._record("scan", MAMBA_BACKEND, shape.as_dict(), dense, None, None, None, stats, err)
+
+    # -- decode step
+    def run_decode(
+        self,
+        d: int,
+        n: int,
+        batch: int,
+        backends: list[str],
+        masks: list[MaskSpec],
+        pruned: list[str],
+        base: Baselines,
+    ) -> None:
+        shape = {"b": batch, "d": d, "n": n, "l": 1}
+        label = f"b{batch} d{d} n{n}"
+        common.log(f"[decode] {label}, dtype {self.args.dtype}")
+        inputs = decode_inputs(d, n, batch, self.dtype, self.device, self.args.seed)
+        inner = self.args.decode_steps
+
+        def check(
+            run: Callable[[torch.Tensor], torch.Tensor],
+            state0: torch.Tensor,
+            layout: StateLayout | None,
+            ps: str | None,
+        ) -> float:
+            """Error of one step from ``state0`` (output and updated state) vs the float64 reference."""
+            mine = state0.clone()
+            out = run(mine)
+            ref_state = state0.double().clone()
+            c = _f64(inputs)
+            ref = ssk.selective_state_update_ref(
+                ref_state,
+                *step_args(c),
+                True,
+                state_mask=layout,
+                pruned_states=ps or "zero_transition",
+            )
+            common.synchronize(self.device)
+            return max(
+                float((out.double() - ref).abs().max().item()),
+                float((mine.double() - ref_state).abs().max().item()),
+            )
+
+        for backend in backends:
+            for mask in masks:
+                try:
+                    layout = build_layout(mask, d, n, self.device, self.args.seed)
+                except ValueError as exc:
+                    self.skip(f"decode {backend} {label} mask {mask.name}", str(exc))
+                    continue
+                if layout is None:
+                    state0, state_kind = inputs["state"], "full"
+                else:
+                    full = inputs["state"] * layout.channel_mask(d)
+                    if layout.uniform:
+                        state0, state_kind = layout.compact_state(full).contiguous(), "compact"
+                    else:
+                        state0, state_kind = full.contiguous(), "full"
+                for ps in pruned if layout is not None else [None]:
+
+                    def run(state: torch.Tensor, layout=layout, ps=ps, backend=backend) -> torch.Tensor:
+                        t = inputs
+                        return ssk.selective_state_update(
+                            state,
+                            *step_args(t),
+                            True,
+                            state_mask=layout,
+                            pruned_states=ps or "zero_transition",
+                            backend=backend,
+                        )
+
+                    what = (
+                        f"decode {backend} {label} mask {mask.name} pruned_states {ps} ({state_kind} state)"
+                    )
+                    try:
+                        err = self._guard(what, check(run, state0, layout, ps))
+                    except (NotImplementedError, BackendUnavailableError) as exc:
+                        self.skip(what, f"{type(exc).__name__}: {exc}")
+                        continue
+                    state = state0.clone()
+                    stats = self._time(lambda run=run, state=state: run(state), inner=inner)
+                    self._record("decode", backend, shape, mask, layout, ps, state_kind, stats, err)
+
+        dense = MaskSpec("dense", "dense")
+        t = inputs
+        baselines: list[tuple[str, Callable[..., Any] | None, str]] = [
+            (TF_BACKEND, base.tf_step, base.tf_reason),
+            (MAMBA_BACKEND, base.mamba_step, base.mamba_reason),
+        ]
+        for name, fn, reason in baselines:
+            what = f"decode {name} {label}"
+            if fn is None:
+                self.skip(what, reason)
+                continue
+            if name == MAMBA_BACKEND and self.device.type != "cuda":
+                self.skip(what, "mamba_ssm's Triton selective_state_update needs CUDA tensors")
+                continue
+
+            def b_run(state: torch.Tensor, fn=fn) -> torch.Tensor:
+                return fn(
+                    state,
+                    t["x"],
+                    t["dt"],
+                    t["A"],
+                    t["B"],
+                    t["C"],
+                    D=t["D"],
+                    z=t["z"],
+                    dt_bias=t["dt_bias"],
+                    dt_softplus=True,
+                )
+
+            err = self._guard(what, check(b_run, inputs["state"], None, None))
+            state = inputs["state"].clone()
+            stats = self._time(lambda b_run=b_run, state=state: b_run(state), inner=inner)
+            self._record("decode", name, shape, dense, None, None, "full", stats, err)
+
+    # -- speedups
+    def fill_speedups(self) -> None:
+        def key(row: dict[str, Any]) -> tuple:
+            s = row["shape"]
+            return row["kind"], s["b"], s["d"], s["n"], s["l"]
+
+        dense_time: dict[tuple, float] = {}
+        tf_time: dict[tuple, float] = {}
+        for row in self.results:
+            if row["mask"] == "dense":
+                dense_time[(*key(row), row["backend"])] = row["median_ms"]
+            if row["backend"] == TF_BACKEND:
+                tf_time[key(row)] = row["median_ms"]
+        for row in self.results:
+            row["speedup_vs_dense"] = common.ratio(
+                dense_time.get((*key(row), row["backend"])), row["median_ms"]
+            )
+            row["speedup_vs_transformers"] = common.ratio(tf_time.get(key(row)), row["median_ms"])
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench_scan.py",
+        description=(
+            "Benchmark sparsessm_kernels' sparse selective scan (prefill) and decode step against "
+            "transformers' PyTorch fallback and mamba_ssm. Prints a table and writes JSON. Every "
+            "configuration is checked against the float64 reference before it is timed."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=None,
+        metavar="SHAPE",
+        help=f"prefill shapes: presets {', '.join(f'{k} (d={v})' for k, v in PRESETS.items())} "
+        f"(n={DEFAULT_STATE}, l={DEFAULT_SEQLEN}, b=1) or explicit BxDxNxL such as 1x1536x16x2048. "
+        "Decode uses each distinct (d, n). Default: 130m (--quick: 1x64x16x128)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="override the batch size b of every prefill shape"
+    )
+    parser.add_argument(
+        "--seqlen", type=int, default=None, help="override the sequence length l of every prefill shape"
+    )
+    parser.add_argument(
+        "--masks",
+        nargs="+",
+        type=parse_mask,
+        default=None,
+        metavar="MASK",
+        help="state masks: dense, column<pct> (same states pruned in every channel), unstructured<pct> "
+        "(per-channel, global top-k), N:M (e.g. 2:4). Masks use random importance scores and are "
+        f"prebuilt once as a StateLayout, as a model does. Default: {' '.join(DEFAULT_MASKS)}",
+    )
+    parser.add_argument(
+        "--pruned-states",
+        choices=[*PRUNED_STATES, "both"],
+        default=None,
+        help="semantics of pruned states for sparse masks (see docs/semantics.md); 'both' times each. "
+        "Default: zero_transition (--quick: both)",
+    )
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=None,
+        metavar="BACKEND",
+        help="our backends to time (torch, triton, cuda). Default: every backend that "
+        "sparsessm_kernels.available_backends() reports usable for the device; unusable ones are "
+        "recorded under 'skipped' with the reason",
+    )
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="skip the transformers-fallback and mamba_ssm baselines"
+    )
+    parser.add_argument(
+        "--max-baseline-gb",
+        type=float,
+        default=4.0,
+        help="skip transformers' fallback scan when its estimated (b, d, l, n) float32 intermediates "
+        "(3 tensors) exceed this many GiB",
+    )
+    parser.add_argument(
+        "--scan", action=argparse.BooleanOptionalAction, default=True, help="benchmark the prefill scan"
+    )
+    parser.add_argument(
+        "--decode",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="benchmark the single-token decode step (selective_state_update)",
+    )
+    parser.add_argument(
+        "--decode-batch",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="B",
+        help="decode batch sizes. Default: 1 16 64 on CPU, 1 64 256 on CUDA (--quick: 1 4)",
+    )
+    parser.add_argument(
+        "--decode-steps",
+        type=int,
+        default=None,
+        help="decode steps per timed sample (the reported time is per step). Default: 10 on CPU, "
+        "50 on CUDA (--quick: 2)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed samples per configuration. Default: 10 on CPU, 30 on CUDA (--quick: 2)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed warm-up calls per configuration. Default: 2 on CPU, 10 on CUDA (--quick: 1)",
+    )
+    parser.add_argument(
+        "--check-len",
+        type=int,
+        default=None,
+        help="sequence length of the correctness check against the reference. Default: 64 (--quick: 32)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="abort when max_abs_err vs the float64 reference exceeds this. Default: 1e-3 for float32, "
+        "1e-2 for float16, 5e-2 for bfloat16",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="float32",
+        help="dtype of u, delta, B, C, z (A, D, biases and the decode state stay float32); "
+        "float16/bfloat16 only on CUDA",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda if visible, else cpu), cpu, cuda or cuda:N"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for CPU runs. Default: torch's default",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and mask scores")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny smoke configuration (1x64x16x128, 2 repeats, both pruned_states); "
+        "explicit options still win",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON output path (written atomically). Default: benchmarks/results/scan_<device-kind>.json, "
+        "e.g. scan_cpu.json or scan_cuda_nvidia_h100_80gb_hbm3.json",
+    )
+    return parser
+
+
+def resolve_args(args: argparse.Namespace, device: torch.device) -> None:
+    """Fill the defaults that depend on --quick and on the device."""
+    cuda = device.type == "cuda"
+    defaults: dict[str, Any] = {
+        "shapes": ["130m"],
+        "repeats": 30 if cuda else 10,
+        "warmup": 10 if cuda else 2,
+        "decode_batch": [1, 64, 256] if cuda else [1, 16, 64],
+        "decode_steps": 50 if cuda else 10,
+        "check_len": 64,
+        "pruned_states": "zero_transition",
+        "masks": [parse_mask(m) for m in DEFAULT_MASKS],
+    }
+    if args.quick:
+        defaults.update(QUICK)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for name in ("repeats", "decode_steps", "check_len"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')}: must be >= 1")
+    if args.warmup < 0:
+        raise SystemExit("--warmup: must be >= 0")
+    if any(b < 1 for b in args.decode_batch):
+        raise SystemExit("--decode-batch: batch sizes must be >= 1")
+
+
+def select_backends(requested: list[str] | None, device: torch.device, bench: Bench) -> list[str]:
+    status = ssk.available_backends()
+    chosen = []
+    for name, (usable, reason) in status.items():
+        if requested is not None and name not in requested:
+            continue
+        if not usable:
+            bench.skip(f"backend {name}", reason)
+        elif name != "torch" and device.type != "cuda":
+            bench.skip(f"backend {name}", f"needs CUDA tensors; this run is on {device.type}")
+        else:
+            chosen.append(name)
+    for name in requested or []:
+        if name not in status:
+            raise SystemExit(f"--backends: unknown backend {name!r}; known: {', '.join(status)}")
+    return chosen
+
+
+TABLE_COLUMNS = [
+    ("kind", "kind"),
+    ("backend", "backend"),
+    ("shape_s", "shape"),
+    ("mask", "mask"),
+    ("pruned_s", "pruned_states"),
+    ("state_s", "state"),
+    ("median_s", "median ms"),
+    ("min_s", "min ms"),
+    ("iqr_s", "IQR ms"),
+    ("dense_s", "vs dense"),
+    ("tf_s", "vs HF"),
+    ("err_s", "max err"),
+]
+
+
+def render_table(results: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in results:
+        s = r["shape"]
+        rows.append(
+            {
+                "kind": r["kind"],
+                "backend": r["backend"],
+                "shape_s": f"b{s['b']} d{s['d']} n{s['n']}" + (f" l{s['l']}" if r["kind"] == "scan" else ""),
+                "mask": r["mask"],
+                "pruned_s": r["pruned_states"],
+                "state_s": r["state"],
+                "median_s": common.fmt_float(r["median_ms"]),
+                "min_s": common.fmt_float(r["min_ms"]),
+                "iqr_s": common.fmt_float(r["iqr_ms"]),
+                "dense_s": common.fmt_float(r["speedup_vs_dense"], suffix="x"),
+                "tf_s": common.fmt_float(r["speedup_vs_transformers"], suffix="x"),
+                "err_s": f"{r['max_abs_err_vs_reference']:.1e}",
+            }
+        )
+    return common.format_table(rows, TABLE_COLUMNS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    device = common.resolve_device(args.device)
+    dtype = DTYPES[args.dtype]
+    if dtype != torch.float32 and device.type != "cuda":
+        parser.error(f"--dtype {args.dtype} is only benchmarked on CUDA; use float32 on {device.type}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    resolve_args(args, device)
+    try:
+        shapes = [parse_shape(s, args.batch, args.seqlen) for s in args.shapes]
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    pruned = list(PRUNED_STATES) if args.pruned_states == "both" else [args.pruned_states]
+    out_path = args.out or common.RESULTS_DIR / f"scan_{common.device_kind(device)}.json"
+
+    bench = Bench(args, device, dtype)
+    backends = select_backends(args.backends, device, bench)
+    if not backends:
+        bench.skip("our backends", "no requested backend is usable on this device")
+    base = load_baselines(not args.no_baselines)
+    common.log(
+        f"device {device} ({common.device_info(device)['name']}), threads {torch.get_num_threads()}, "
+        f"backends {backends}, tolerance {bench.tol:g}"
+    )
+    try:
+        with torch.inference_mode():
+            if args.scan:
+                for shape in shapes:
+                    bench.run_scan(shape, backends, args.masks, pruned, base)
+            if args.decode:
+                seen: set[tuple[int, int]] = set()
+                for shape in shapes:
+                    if (shape.d, shape.n) in seen:
+                        continue
+                    seen.add((shape.d, shape.n))
+                    for batch in args.decode_batch:
+                        bench.run_decode(shape.d, shape.n, batch, backends, args.masks, pruned, base)
+    except CorrectnessError as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return 1
+    bench.fill_speedups()
+
+    config = {k: v for k, v in vars(args).items() if k not in ("masks", "shapes", "out")}
+    config.update(
+        {
+            "shapes": [{"name": s.name, **s.as_dict()} for s in shapes],
+            "masks": [m.name for m in args.masks],
+            "pruned_states": pruned,
+            "backends": backends,
+            "tolerance": bench.tol,
+            "device": str(device),
+            "out": str(out_path),
+            "argv": sys.argv[1:] if argv is None else list(argv),
+            "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SPARSESSM_")},
+        }
+    )
+    payload = {
+        "benchmark": "scan",
+        "device": common.device_info(device),
+        "date": common.utc_now_iso(),
+        "versions": common.collect_versions(),
+        "backends": {k: {"usable": u, "reason": r} for k, (u, r) in ssk.available_backends().items()},
+        "config": config,
+        "results": bench.results,
+        "skipped": bench.skipped,
+    }
+    common.write_json_atomic(out_path, payload)
+    print(render_table(bench.results))
+    if bench.skipped:
+        print("\nskipped:")
+        for item in bench.skipped:
+            print(f"  {item['what']}: {item['reason']}")
+    print(f"\nwrote {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Project-level checks: one-way layers, the README example runs, documented env variables."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "sparsessm_kernels"
+
+# layer -> package-internal modules it may import
+ALLOWED = {
+    "ops": {"ops", "_io", "_version"},
+    "sparsity": {"ops", "sparsity", "_io", "_version"},
+    "models": {"ops", "sparsity", "models", "_io", "_version"},
+}
+
+
+def _internal_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 0 and node.module and node.module.startswith("sparsessm_kernels."):
+                found.add(node.module.split(".")[1])
+            elif node.level >= 2 and node.module:
+                found.add(node.module.split(".")[0])
+            elif node.level >= 2:
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("sparsessm_kernels."):
+                    found.add(alias.name.split(".")[1])
+    return found
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_layers_import_only_downwards(layer: str) -> None:
+    for path in (PACKAGE / layer).rglob("*.py"):
+        bad = _internal_imports(path) - ALLOWED[layer]
+        assert not bad, (
+            f"{path.relative_to(ROOT)} imports {sorted(bad)}, outside what layer {layer!r} may use"
+        )
+
+
+def test_readme_api_example_runs() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    example = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    namespace: dict = {}
+    exec(
+        compile(example.replace("l = 1, 1536, 16, 2048", "l = 1, 64, 16, 40"), "README.md", "exec"), namespace
+    )
+    assert namespace["out"].shape == namespace["u"].shape
+    assert namespace["state"].shape[-1] == 8
+
+
+def test_every_sparsessm_variable_read_is_documented() -> None:
+    documented = set(re.findall(r"`(SPARSESSM_[A-Z_]+)`", (ROOT / "docs" / "environment.md").read_text()))
+    used: set[str] = set()
+    for path in [*PACKAGE.rglob("*.py"), ROOT / "setup.py"]:
+        used |= set(re.findall(r"\"(SPARSESSM_[A-Z_]+)\"", path.read_text(encoding="utf-8")))
+    assert used <= documented, f"undocumented: {sorted(used - documented)}"
