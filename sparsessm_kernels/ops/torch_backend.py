@@ -11,8 +11,8 @@ contiguous channels.
 Sparsity is handled by working only on the ``k`` kept states:
 
 * dense or column masks (one B/C group): B and C are sliced to the kept states once;
-* per-channel masks (and grouped B/C): for every kept slot ``j`` the B/C row of each channel is
-  gathered with a small ``(b, T, g*n) @ (g*n, d)`` matmul against a 0/1 selection matrix;
+* per-channel masks (and grouped B/C): the B/C row of every (kept slot, channel) pair is
+  gathered with one ``(b, T, g*n) @ (g*n, k*d)`` matmul against a 0/1 selection matrix;
 * under ``zero_transition`` the pruned states' feed-through ``delta*u*sum_{pruned} B*C`` is one
   more such matmul, never a recurrence;
 * a per-channel mask that keeps most states in some channel (``k_max > 0.65 n``, typical of
@@ -69,8 +69,8 @@ class _StatePlan:
         A_kd: ``(k, d)`` ``A`` of every slot (0 on padding, so padded slots stay exactly 0).
         slots: ``(d, k)`` int64 state index of every slot; valid: ``(d, k)`` bool (not padding).
         kept_cols: ``(k,)`` shared slot indices when B/C can be sliced once (dense, column, g = 1).
-        select: ``(g*n, k, d)`` 0/1 tensor, ``select[:, j]`` gathers the B/C row of slot ``j`` of
-            every channel (per-channel slots or grouped B/C), else None.
+        select: ``(g*n, k*d)`` 0/1 matrix; ``BT @ select`` gathers the B/C row of every
+            (slot, channel) pair (per-channel slots or grouped B/C), else None.
         slot_mask: ``(k, d)`` 0/1 multiplier of the masked-dense mode, else None.
         feedthrough: ``(g*n, d)`` 0/1 matrix of pruned states that still feed through
             (``zero_transition``, when the recurrence skips them), else None.
@@ -123,13 +123,13 @@ class _StatePlan:
         self.select = None
         if for_scan and self.kept_cols is None and self.k > 0:
             group_of = torch.arange(d, device=dev) // (d // groups)
-            select = torch.zeros(groups * n, self.k, d, dtype=dtype, device=dev)
+            select = torch.zeros(groups * n, self.k, d, dtype=dtype, device=dev)  # viewed (g*n, k*d)
             rows = group_of[:, None] * n + self.slots  # (d, k)
             slot_of = torch.arange(self.k, device=dev)[None, :].expand(d, self.k)
             chan_of = torch.arange(d, device=dev)[:, None].expand(d, self.k)
             ok = self.valid if not self.masked_dense else torch.ones_like(self.valid)
             select[rows[ok], slot_of[ok], chan_of[ok]] = 1.0
-            self.select = select
+            self.select = select.view(groups * n, self.k * d)
 
         pruned_skipped = state_mask is not None and not self.masked_dense
         if for_scan and pruned_states == "zero_transition" and pruned_skipped:
@@ -159,7 +159,9 @@ class _ChunkBuffers:
         self.dt_tm, self.du_tm, self.y_tm = (buffer(b, T, d) for _ in range(3))
         self.ft_tm = buffer(b, T, d) if ft else None
         self.dA, self.H = buffer(b, T, k, d), buffer(b, T, k, d)
-        self.slot = buffer(b, T, d) if select else None
+        # Per-timestep views, made once: building 2*T views per chunk costs more than the math.
+        self.dA_t, self.H_t = self.dA.unbind(1), self.H.unbind(1)
+        self.C = buffer(b, T, k, d) if select else None
 
 
 def selective_scan_torch(
@@ -228,8 +230,8 @@ def selective_scan_torch(
             _softplus_(dt_c)
         torch.mul(dt_c, u[:, :, s], out=du_c)
         dt, du, y = bufs.dt_tm, bufs.du_tm, bufs.y_tm
-        _copy_channels_last(dt, dt_c)
-        _copy_channels_last(du, du_c)
+        dt.copy_(dt_c.transpose(1, 2))  # chunk-sized transposes stay in cache
+        du.copy_(du_c.transpose(1, 2))
 
         if k > 0:
             dA, H = bufs.dA, bufs.H
@@ -239,14 +241,12 @@ def selective_scan_torch(
                 dA.mul_(plan.slot_mask)
             if plan.select is None:
                 torch.mul(du[:, :, None, :], BT_k[:, s, :, None], out=H)
-            else:  # per kept slot j: gather B per channel with a (g*n, d) 0/1 matmul, scale by du
-                gathered = bufs.slot
-                for j in range(k):
-                    torch.matmul(BT[:, s], plan.select[:, j], out=gathered)
-                    torch.mul(gathered, du, out=H[:, :, j])
+            else:  # gather the B row of every (slot, channel) with one 0/1 matmul, scale by du
+                torch.matmul(BT[:, s], plan.select, out=H.view(b, Tc, k * d))
+                H.mul_(du[:, :, None, :])
             if plan.slot_mask is not None and pruned_states == "remove":
                 H.mul_(plan.slot_mask)
-            H_t, dA_t = H.unbind(1), dA.unbind(1)
+            H_t, dA_t = bufs.H_t, bufs.dA_t
             H_t[0].addcmul_(dA_t[0], h)
             for t in range(1, Tc):
                 H_t[t].addcmul_(dA_t[t], H_t[t - 1])
@@ -254,11 +254,9 @@ def selective_scan_torch(
             if plan.select is None:
                 torch.matmul(CT_k[:, s, None, :], H, out=y.view(b, Tc, 1, d))
             else:
-                gathered = bufs.slot
-                y.zero_()
-                for j in range(k):
-                    torch.matmul(CT[:, s], plan.select[:, j], out=gathered)
-                    y.addcmul_(gathered, H[:, :, j])
+                Cg = bufs.C
+                torch.matmul(CT[:, s], plan.select, out=Cg.view(b, Tc, k * d))
+                torch.sum(Cg.mul_(H), dim=2, out=y)
         else:
             y.zero_()
         if plan.feedthrough is not None:
@@ -286,9 +284,6 @@ def selective_scan_torch(
     return out, last_state
 
 
-_CHANNEL_BLOCK = 256
-
-
 def _softplus_(x: torch.Tensor) -> None:
     """In-place softplus with PyTorch's default threshold (``x`` where ``x > 20``)."""
     if _SOFTPLUS_OUT is not None:
@@ -312,18 +307,6 @@ def _silu_into(out: torch.Tensor, x: torch.Tensor) -> None:
 # of the public functional API, so fall back to the public ops if a build lacks them.
 _SOFTPLUS_OUT = getattr(torch._C._nn, "softplus", None)
 _SILU_OUT = getattr(torch._C._nn, "silu", None)
-
-
-def _copy_channels_last(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """``dst (b, T, d) <- src (b, d, T)`` (any strides, any dtype), in cache-friendly channel blocks.
-
-    A plain ``dst.copy_(src.transpose(1, 2))`` walks ``src`` with a stride of ``l`` elements for
-    every output element; copying 256 channels at a time keeps the source lines in L1 and is
-    about 3x faster on a 130M-sized layer.
-    """
-    d = dst.shape[-1]
-    for c in range(0, d, _CHANNEL_BLOCK):
-        dst[:, :, c : c + _CHANNEL_BLOCK].copy_(src[:, c : c + _CHANNEL_BLOCK].transpose(1, 2))
 
 
 def _time_major_bc(t: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
@@ -367,37 +350,43 @@ def selective_state_update_torch(
         dt_m = F.softplus(dt_m)
     x_m = x.to(dtype)
     dtx = dt_m * x_m  # (b, d)
-    B_ch = _per_channel_state(B, d, dtype)  # (b, d, n)
-    C_ch = _per_channel_state(C, d, dtype)
+    B_m, C_m = _state_rows(B, d, dtype), _state_rows(C, d, dtype)  # (b, 1 or d, n)
 
     if state_mask is None:
-        h = state.to(dtype) * torch.exp(dt_m[..., None] * A.to(dtype)) + dtx[..., None] * B_ch
-        y = (h * C_ch).sum(dim=-1)
-        state.copy_(h)
+        A_m, cols = A.to(dtype), None
     else:
         plan = _StatePlan(A, 1, state_mask, kept_idx, kept_count, pruned_states, dtype, for_scan=False)
-        k = plan.k
-        compact = state.shape[-1] != n
-        state_m = state.to(dtype)
-        if state_mask.dim() == 1:  # column: the same slots in every channel
-            cols = plan.slots[0]
-            s_k = state_m if compact else state_m.index_select(2, cols)
-            B_k, C_k = B_ch.index_select(2, cols), C_ch.index_select(2, cols)
+        A_m = plan.A_kd.t()  # (d, k)
+        cols = plan.slots[0] if state_mask.dim() == 1 else plan.slots  # (k,) or (d, k)
+    compact = state_mask is not None and state.shape[-1] != n
+
+    # h = exp(dt * A) * state + dt * x * B on the k worked states, in the math precision.
+    h = torch.exp(dt_m[..., None] * A_m)  # (b, d, k)
+    h.mul_(state.to(dtype) if state_mask is None or compact else _take_states(state.to(dtype), cols))
+    h.addcmul_(dtx[..., None], B_m if cols is None else _take_states(B_m, cols))
+    if state_mask is not None and state_mask.dim() == 2:
+        h.mul_(plan.valid)  # padding slots of unequal per-channel masks stay 0
+    C_k = C_m if cols is None else _take_states(C_m, cols)  # (b, 1 or d, k)
+    if C_k.shape[1] == 1:  # shared rows: one (d, k) @ (k, 1) matmul per batch row
+        y = torch.matmul(h, C_k.transpose(1, 2)).reshape(b, d)
+    else:
+        y = (h * C_k).sum(dim=-1)
+    if state_mask is not None and pruned_states == "zero_transition":
+        # feed-through of the pruned states: dt * x * sum_{pruned} B * C
+        pruned = ~state_mask
+        bc = B_m * C_m  # (b, 1 or d, n)
+        if state_mask.dim() == 1:
+            y = y + dtx * (bc * pruned).sum(dim=-1)
+        elif bc.shape[1] == 1:
+            y = y + dtx * (bc[:, 0] @ pruned.t().to(dtype))
         else:
-            idx = plan.slots.expand(b, d, k)
-            s_k = state_m if compact else torch.gather(state_m, 2, idx)
-            B_k, C_k = torch.gather(B_ch, 2, idx), torch.gather(C_ch, 2, idx)
-        decay = torch.exp(dt_m[..., None] * plan.A_kd.t())  # (b, d, k)
-        h_k = (s_k * decay + dtx[..., None] * B_k) * plan.valid
-        y = (h_k * C_k).sum(dim=-1)
-        if pruned_states == "zero_transition":
-            pruned = ~(state_mask if state_mask.dim() == 2 else state_mask[None, :].expand(d, n))
-            y = y + dtx * (B_ch * C_ch * pruned).sum(dim=-1)
-        if compact:
-            state.copy_(h_k)
-        else:
-            full = torch.zeros(b, d, n, dtype=dtype, device=state.device)
-            state.copy_(full.scatter_add_(2, plan.slots.expand(b, d, k), h_k))
+            y = y + dtx * (bc * pruned).sum(dim=-1)
+
+    if state_mask is None or compact:
+        state.copy_(h)
+    else:
+        full = torch.zeros(b, d, n, dtype=dtype, device=state.device)  # pruned entries -> 0
+        state.copy_(full.scatter_add_(2, cols.expand(b, d, plan.k), h))  # padding slots add 0
     if D is not None:
         y = y + x_m * D.to(dtype)
     if z is not None:
@@ -405,9 +394,22 @@ def selective_state_update_torch(
     return y.to(x.dtype)
 
 
-def _per_channel_state(t: torch.Tensor, d: int, dtype: torch.dtype) -> torch.Tensor:
-    """B/C ``(b, n)`` or ``(b, g, n)`` -> ``(b, d, n)`` (expanded view when ungrouped)."""
+def _state_rows(t: torch.Tensor, d: int, dtype: torch.dtype) -> torch.Tensor:
+    """B/C ``(b, n)`` -> ``(b, 1, n)`` (broadcast over channels); grouped ``(b, g, n)`` -> ``(b, d, n)``."""
     t = t.to(dtype)
     if t.dim() == 2:
-        return t[:, None, :].expand(t.shape[0], d, t.shape[1])
+        return t[:, None, :]
     return t.repeat_interleave(d // t.shape[1], dim=1)
+
+
+def _take_states(t: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Pick states along the last axis: ``cols`` ``(k,)`` (shared) or ``(d, k)`` (per channel).
+
+    ``t`` is ``(b, 1 or d, n)``; the result is ``(b, 1 or d, k)`` for shared ``cols`` and
+    ``(b, d, k)`` for per-channel ``cols``.
+    """
+    if cols.dim() == 1:
+        return t.index_select(-1, cols)
+    b = t.shape[0]
+    d, k = cols.shape
+    return torch.gather(t.expand(b, d, t.shape[-1]), 2, cols.expand(b, d, k))
