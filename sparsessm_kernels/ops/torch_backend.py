@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -141,18 +142,60 @@ class _StatePlan:
                 self.feedthrough = ft.reshape(groups * n, d)
 
 
+_workspaces = threading.local()
+
+
+def _workspace(slot: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A flat scratch tensor of at least ``numel`` elements, kept per thread between calls.
+
+    Freshly allocated multi-megabyte CPU buffers are page-faulted in on first touch, which cost
+    as much as the math of a small layer and made timings depend on allocator history; reusing
+    one arena per thread removes that. The arena only ever holds scratch data: nothing returned
+    to the caller aliases it. Its size is bounded by the chunk size (about 10 chunk buffers of
+    ~1.5 M elements at most), not by the sequence length.
+    """
+    if device.type != "cpu":  # GPU memory is the caching allocator's business
+        return torch.empty(numel, dtype=dtype, device=device)
+    arenas = _workspaces.__dict__.setdefault("arenas", {})
+    key = (slot, dtype, device)
+    arena = arenas.get(key)
+    if arena is None or arena.numel() < numel:
+        arena = torch.empty(numel, dtype=dtype, device=device)
+        arenas[key] = arena
+    return arena[:numel]
+
+
 class _ChunkBuffers:
-    """Work buffers for one chunk length ``T``, allocated once and reused chunk after chunk.
+    """Work buffers for one chunk length ``T``, carved from a per-thread arena, reused per chunk.
 
     Channel-major ``(b, d, T)`` buffers serve the elementwise prologue / epilogue, time-major
-    ``(b, T, d)`` and ``(b, T, k, d)`` buffers the recurrence.
+    ``(b, T, d)`` and ``(b, T, k, d)`` buffers the recurrence. ``slot`` names the arena (the
+    regular chunks and the shorter last chunk use different ones, so both stay cached).
     """
 
     def __init__(
-        self, b: int, T: int, k: int, d: int, dtype: torch.dtype, device: torch.device, select: bool, ft: bool
+        self,
+        b: int,
+        T: int,
+        k: int,
+        d: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        select: bool,
+        ft: bool,
+        slot: str = "chunk",
     ) -> None:
+        small, large = b * d * T, b * T * k * d
+        total = small * (7 + int(ft)) + large * (2 + int(select))
+        arena = _workspace(slot, total, dtype, device)
+        offset = 0
+
         def buffer(*shape: int) -> torch.Tensor:
-            return torch.empty(*shape, dtype=dtype, device=device)
+            nonlocal offset
+            numel = math.prod(shape)
+            view = arena[offset : offset + numel].view(shape)
+            offset += numel
+            return view
 
         self.T = T
         self.dt_cm, self.du_cm, self.gate_cm, self.y_cm = (buffer(b, d, T) for _ in range(4))
@@ -218,7 +261,7 @@ def selective_scan_torch(
         s = slice(start, start + Tc)
         if Tc != bufs.T:  # the shorter last chunk gets its own contiguous buffers
             bufs = _ChunkBuffers(
-                b, Tc, k, d, dtype, dev, plan.select is not None, plan.feedthrough is not None
+                b, Tc, k, d, dtype, dev, plan.select is not None, plan.feedthrough is not None, slot="tail"
             )
         # Prologue, channel-major: dt = softplus(delta + bias), du = dt * u.
         dt_c, du_c = bufs.dt_cm, bufs.du_cm
