@@ -100,7 +100,7 @@ MASK_ERRORS = [
         "mask_3d",
         torch.ones(1, 8, 4, dtype=torch.bool),
         ValueError,
-        r"state_mask: expected shape \(n,\) .* got \(1, 8, 4\)",
+        r"state_mask: expected shape \(n,\) .* got shape \(1, 8, 4\)",
     ),
     (
         "mask_wrong_n",

@@ -34,6 +34,25 @@ def check_pruned_states(pruned_states: str) -> str:
     return pruned_states
 
 
+def validate_state_mask(mask: object, name: str = "state_mask") -> torch.Tensor:
+    """Check that ``mask`` is a bool ``(n,)`` or ``(d, n)`` tensor with ``1 <= n <= 256``; return it."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name}: expected a bool torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name}: expected dtype torch.bool (True = kept), got {mask.dtype}")
+    if mask.dim() not in (1, 2):
+        raise ValueError(
+            f"{name}: expected shape (n,) for a column mask or (d, n) for a per-channel mask, "
+            f"got shape {tuple(mask.shape)}"
+        )
+    n = mask.shape[-1]
+    if not 1 <= n <= MAX_D_STATE:
+        raise ValueError(
+            f"{name}: expected 1 <= n <= {MAX_D_STATE} states, got n={n} (shape {tuple(mask.shape)})"
+        )
+    return mask
+
+
 class StateLayout:
     """A validated state mask plus the index tables kernels consume.
 
@@ -55,18 +74,7 @@ class StateLayout:
     """
 
     def __init__(self, mask: torch.Tensor) -> None:
-        if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"state_mask: expected a bool torch.Tensor, got {type(mask).__name__}")
-        if mask.dtype != torch.bool:
-            raise TypeError(f"state_mask: expected dtype torch.bool (True = kept), got {mask.dtype}")
-        if mask.dim() not in (1, 2):
-            raise ValueError(
-                f"state_mask: expected shape (n,) for a column mask or (d, n) for a per-channel mask, "
-                f"got {tuple(mask.shape)}"
-            )
-        n = mask.shape[-1]
-        if not 1 <= n <= MAX_D_STATE:
-            raise ValueError(f"state_mask: expected 1 <= n <= {MAX_D_STATE} states, got n={n}")
+        n = validate_state_mask(mask).shape[-1]
         self.mask = mask.contiguous()
         self.d_state = int(n)
         self._per_device: dict[torch.device, StateLayout] = {}

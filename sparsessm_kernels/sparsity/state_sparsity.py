@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from sparsessm_kernels.ops.layout import MAX_D_STATE, StateLayout
+from sparsessm_kernels.ops.layout import StateLayout, validate_state_mask
 
 __all__ = ["PATTERNS", "StateSparsity", "parse_pattern"]
 
@@ -71,22 +71,7 @@ def _check_mask(mask: Any, name: str = "mask") -> torch.Tensor:
     """Type / dtype / shape checks shared by every pattern (same rules as :class:`StateLayout`)."""
     if isinstance(mask, StateLayout):
         mask = mask.mask
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{name}: expected a bool torch.Tensor, got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise TypeError(f"{name}: expected dtype torch.bool (True = kept), got {mask.dtype}")
-    if mask.dim() not in (1, 2):
-        raise ValueError(
-            f"{name}: expected shape (n,) for a column mask or (d, n) for a per-channel mask, "
-            f"got shape {tuple(mask.shape)}"
-        )
-    n = mask.shape[-1]
-    if not 1 <= n <= MAX_D_STATE:
-        raise ValueError(
-            f"{name}: expected 1 <= n <= {MAX_D_STATE} states (last dimension), "
-            f"got n={n} (shape {tuple(mask.shape)})"
-        )
-    return mask
+    return validate_state_mask(mask, name)
 
 
 def _to_column(mask: torch.Tensor, name: str) -> torch.Tensor:
