@@ -147,3 +147,14 @@ def test_case_masks_exercise_both_per_channel_paths() -> None:
     assert ks["unstructured"] > MASKED_DENSE_FRACTION  # masked-dense path
     assert ks["unstructured_sparse"] <= MASKED_DENSE_FRACTION  # gather path, unequal counts
     assert ks["2:4"] <= MASKED_DENSE_FRACTION  # gather path, uniform counts
+
+
+def test_scratch_arena_survives_switching_inference_mode() -> None:
+    inputs, mask = make_inputs(ScanCase("modes", mask="column"))
+    with torch.inference_mode():
+        inside = ssk.selective_scan(**inputs, state_mask=mask)
+    outside = ssk.selective_scan(**inputs, state_mask=mask)
+    with torch.inference_mode():
+        again = ssk.selective_scan(**inputs, state_mask=mask)
+    torch.testing.assert_close(inside, outside, rtol=0, atol=0)
+    torch.testing.assert_close(again, outside, rtol=0, atol=0)

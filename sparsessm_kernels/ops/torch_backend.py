@@ -157,7 +157,9 @@ def _workspace(slot: str, numel: int, dtype: torch.dtype, device: torch.device) 
     if device.type != "cpu":  # GPU memory is the caching allocator's business
         return torch.empty(numel, dtype=dtype, device=device)
     arenas = _workspaces.__dict__.setdefault("arenas", {})
-    key = (slot, dtype, device)
+    # Tensors made under inference_mode can't be written outside it (and vice versa for views),
+    # so each mode has its own arena.
+    key = (slot, dtype, device, torch.is_inference_mode_enabled())
     arena = arenas.get(key)
     if arena is None or arena.numel() < numel:
         arena = torch.empty(numel, dtype=dtype, device=device)
@@ -377,12 +379,34 @@ def selective_state_update_torch(
     kept_idx: torch.Tensor | None,
     kept_count: torch.Tensor | None,
     pruned_states: str,
+    state_batch_indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decode step, vectorised over batch and channels; ``state`` updated in place.
 
     Shapes: state ``(b, d, n)`` or compact ``(b, d, k)``; x, dt, z ``(b, d)``; A ``(d, n)``;
     B, C ``(b, n)`` or ``(b, g, n)``; D, dt_bias ``(d,)``. Returns ``(b, d)`` in ``x.dtype``.
+    With ``state_batch_indices`` ``(b,)`` the state is ``(S, d, ...)`` and row ``i`` uses
+    ``state[state_batch_indices[i]]``; rows with an index outside ``[0, S)`` are skipped (output
+    0). Selecting the valid rows synchronises with the device (boolean indexing).
     """
+    if state_batch_indices is not None:
+        valid = (state_batch_indices >= 0) & (state_batch_indices < state.shape[0])
+        rows = valid.nonzero().flatten()
+        idx = state_batch_indices[rows].long()
+        out = torch.zeros_like(x)
+        if rows.numel() == 0:
+            return out
+        sub = state.index_select(0, idx)
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.index_select(0, rows)
+
+        out[rows] = selective_state_update_torch(
+            sub, pick(x), pick(dt), A, pick(B), pick(C), D, pick(z), dt_bias, dt_softplus,
+            state_mask, kept_idx, kept_count, pruned_states,
+        )  # fmt: skip
+        state.index_copy_(0, idx, sub)
+        return out
     dtype = math_dtype(state, x, dt, A, B, C, D, z, dt_bias)
     b, d = x.shape
     n = A.shape[1]

@@ -1,0 +1,205 @@
+// Dispatcher of the sparse selective scan: validates params, plans the launch (kept-state kernel,
+// time segments, feed-through workspace) and calls the per-dtype instantiations.
+#include <atomic>
+#include <cstdint>
+
+#if !defined(SPARSESSM_EMULATE)
+#include <cuda_runtime.h>
+#endif
+
+#include "selective_scan.h"
+#include "selective_scan_launch.h"
+
+namespace sparsessm {
+namespace detail {
+namespace {
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+int gcd(int a, int b) {
+  while (b != 0) {
+    const int t = a % b;
+    a = b;
+    b = t;
+  }
+  return a;
+}
+
+// Slots the recurrence runs per channel.
+int slot_count(const SelectiveScanParams& p) { return p.mode == StateMode::kDense ? p.dstate : p.n_kept; }
+
+bool needs_feedthrough(const SelectiveScanParams& p) {
+  if (p.pruned_states != PrunedStates::kZeroTransition) return false;
+  if (p.mode == StateMode::kColumn) return p.n_kept < p.dstate;
+  return p.mode == StateMode::kChannel;
+}
+
+int feed_groups(const SelectiveScanParams& p) {
+  return p.n_groups_B / gcd(p.n_groups_B, p.n_groups_C) * p.n_groups_C;
+}
+
+int64_t feed_pitch(const SelectiveScanParams& p) { return round_up(p.seqlen, kItems); }
+
+int multiprocessor_count() {
+#if defined(SPARSESSM_EMULATE)
+  return 2;
+#else
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0) return 132;
+  if (device < kMaxDevices) {
+    const int cached = cache[device].load(std::memory_order_relaxed);
+    if (cached > 0) return cached;
+  }
+  int sms = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) {
+    cudaGetLastError();  // a failed query leaves a (non-sticky) error behind: clear it
+    return 132;
+  }
+  if (device < kMaxDevices) cache[device].store(sms, std::memory_order_relaxed);
+  return sms;
+#endif
+}
+
+bool is_pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
+
+}  // namespace
+
+int plan_segments(const SelectiveScanParams& p, int k) {
+  // Carried states of a block: (kThreads / P) * k floats must fit in kCarrySmemBytes.
+  int pmin = 1;
+  while (static_cast<int64_t>(kThreads / pmin) * k * 4 > kCarrySmemBytes) pmin *= 2;
+  // No more lanes than needed to cover the sequence in one chunk.
+  int pmax = 1;
+  while (pmax < kMaxSegments && static_cast<int64_t>(pmax) * kItems < p.seqlen) pmax *= 2;
+  if (pmax < pmin) pmax = pmin;
+  if (p.time_segments > 0) {
+    int P = p.time_segments;
+    if (P < pmin) P = pmin;
+    return P;
+  }
+  // Blocks live for the whole sequence, so the grid should be one wave: the largest P whose
+  // grid still fits the resident block slots (SMs x kMinBlocksPerSM); more lanes per channel
+  // mean more warps to hide latency, fewer mean less scan work per timestep.
+  const int64_t slots = static_cast<int64_t>(multiprocessor_count()) * kMinBlocksPerSM;
+  const int64_t channels = static_cast<int64_t>(p.batch) * p.dim;
+  auto blocks = [&](int P) { return (channels * P + kThreads - 1) / kThreads; };
+  int P = pmin;
+  while (P < pmax && blocks(2 * P) <= slots) P *= 2;
+  return P;
+}
+
+template <typename T>
+cudaError_t dispatch_k(const SelectiveScanParams& p, const LaunchPlan& plan, cudaStream_t stream) {
+  switch (plan.k) {
+#define SPARSESSM_CASE(K) \
+  case K:                 \
+    return launch_fwd<T, K>(p, plan, stream);
+    SPARSESSM_FOR_EACH_STATIC_K(SPARSESSM_CASE)
+#undef SPARSESSM_CASE
+    default:
+      return launch_fwd<T, 0>(p, plan, stream);
+  }
+}
+
+}  // namespace detail
+
+size_t selective_scan_fwd_workspace_bytes(const SelectiveScanParams& p) {
+  if (!detail::needs_feedthrough(p)) return 0;
+  return static_cast<size_t>(p.batch) * detail::feed_groups(p) * detail::feed_pitch(p) * sizeof(float);
+}
+
+bool selective_scan_fwd_has_static_kernel(int n_kept) {
+  switch (n_kept) {
+#define SPARSESSM_CASE(K) \
+  case K:                 \
+    return true;
+    SPARSESSM_FOR_EACH_STATIC_K(SPARSESSM_CASE)
+#undef SPARSESSM_CASE
+    default:
+      return false;
+  }
+}
+
+const char* selective_scan_fwd_check(const SelectiveScanParams& p) {
+  if (p.batch < 1) return "batch: expected >= 1";
+  if (p.batch > 65535) return "batch: at most 65535 batch rows per launch";
+  if (p.dim < 1) return "dim: expected >= 1";
+  if (p.seqlen < 1) return "seqlen: expected >= 1";
+  if (p.dstate < 1 || p.dstate > kMaxStates) return "dstate: expected 1 <= n <= 256";
+  if (p.n_groups_B < 1 || p.dim % p.n_groups_B != 0) return "n_groups_B: expected a divisor of dim";
+  if (p.n_groups_C < 1 || p.dim % p.n_groups_C != 0) return "n_groups_C: expected a divisor of dim";
+  if (p.dtype != ScalarType::kFloat32 && p.dtype != ScalarType::kFloat16 && p.dtype != ScalarType::kBFloat16) {
+    return "dtype: expected float32, float16 or bfloat16";
+  }
+  if (p.u == nullptr) return "u: null pointer";
+  if (p.delta == nullptr) return "delta: null pointer";
+  if (p.out == nullptr) return "out: null pointer";
+  if (p.B == nullptr) return "B: null pointer";
+  if (p.C == nullptr) return "C: null pointer";
+  if (p.A == nullptr) return "A: null pointer";
+  if (p.pruned_states != PrunedStates::kZeroTransition && p.pruned_states != PrunedStates::kRemove) {
+    return "pruned_states: expected kZeroTransition or kRemove";
+  }
+  switch (p.mode) {
+    case StateMode::kDense:
+      break;
+    case StateMode::kColumn:
+      if (p.kept_idx == nullptr && p.n_kept > 0) return "kept_idx: null pointer for a column mask";
+      if (p.n_kept < 0 || p.n_kept > p.dstate) return "n_kept: expected 0 <= k <= dstate for a column mask";
+      break;
+    case StateMode::kChannel:
+      if (p.kept_count == nullptr) return "kept_count: null pointer for a per-channel mask";
+      if (p.kept_idx == nullptr && p.n_kept > 0) return "kept_idx: null pointer for a per-channel mask";
+      if (p.n_kept < 0 || p.n_kept > p.dstate) return "n_kept: expected 0 <= k_max <= dstate";
+      if (p.n_kept > 0 && p.kept_idx_row_stride < p.n_kept) {
+        return "kept_idx_row_stride: expected >= n_kept for a per-channel mask";
+      }
+      break;
+    default:
+      return "mode: expected kDense, kColumn or kChannel";
+  }
+  if (p.time_segments < 0 || (p.time_segments > 0 && (!detail::is_pow2(p.time_segments) ||
+                                                       p.time_segments > detail::kMaxSegments))) {
+    return "time_segments: expected 0 (auto) or a power of two <= 32";
+  }
+  const size_t need = selective_scan_fwd_workspace_bytes(p);
+  if (need > 0) {
+    if (detail::feed_groups(p) > 65535) return "n_groups_B, n_groups_C: lcm(g_B, g_C) must be <= 65535";
+    if (p.workspace == nullptr) return "workspace: null pointer (see selective_scan_fwd_workspace_bytes)";
+    if (p.workspace_bytes < need) return "workspace_bytes: smaller than selective_scan_fwd_workspace_bytes()";
+    if ((reinterpret_cast<uintptr_t>(p.workspace) & 15u) != 0) return "workspace: expected 16-byte alignment";
+  }
+  return nullptr;
+}
+
+int selective_scan_fwd_time_segments(const SelectiveScanParams& p) {
+  return detail::plan_segments(p, detail::slot_count(p));
+}
+
+cudaError_t selective_scan_fwd(const SelectiveScanParams& p, cudaStream_t stream) {
+  if (selective_scan_fwd_check(p) != nullptr) return cudaErrorInvalidValue;
+  detail::LaunchPlan plan;
+  plan.k = detail::slot_count(p);
+  plan.segments = detail::plan_segments(p, plan.k);
+  plan.segment_shift = 0;
+  while ((1 << plan.segment_shift) < plan.segments) ++plan.segment_shift;
+  if (detail::needs_feedthrough(p)) {
+    plan.feed = static_cast<float*>(p.workspace);
+    plan.feed_pitch = detail::feed_pitch(p);
+    plan.feed_groups = detail::feed_groups(p);
+    plan.feed_excludes_kept = p.mode == StateMode::kColumn;
+  }
+  switch (p.dtype) {
+    case ScalarType::kFloat32:
+      return detail::dispatch_k<float>(p, plan, stream);
+    case ScalarType::kFloat16:
+      return detail::dispatch_k<__half>(p, plan, stream);
+    case ScalarType::kBFloat16:
+      return detail::dispatch_k<__nv_bfloat16>(p, plan, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace sparsessm

@@ -1,0 +1,274 @@
+"""mamba_ssm-compatible entry points: import these instead of mamba_ssm's.
+
+::
+
+    # before
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn, mamba_inner_fn
+    from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+    # after
+    from sparsessm_kernels.compat import selective_scan_fn, mamba_inner_fn, selective_state_update
+
+Same names, positional signatures and return conventions as mamba_ssm 2.x (Mamba-1 shapes), run
+by :func:`sparsessm_kernels.ops.selective_scan` / :func:`~sparsessm_kernels.ops.selective_state_update`
+on the best backend for the tensors' device. Every function also takes the keyword-only
+``state_mask``, ``pruned_states`` and ``backend`` of the ops (see ``docs/semantics.md``), so a stack
+that already calls mamba_ssm's functions gets sparse states by passing one more keyword.
+
+Differences from mamba_ssm, all deliberate:
+
+* forward only (no autograd), like the ops;
+* real ``A`` only (complex ``A`` raises ``TypeError``);
+* ``selective_state_update``: Mamba-1 shapes only (``state (b, d, n)``, ``x (b, d)``); the multi-head
+  Mamba-2 layout (``state (b, nheads, dim, n)``, ``x (b, nheads, dim)``, ``A (nheads, dim, n)``) raises
+  ``ValueError``. With a uniform mask the state may be compact ``(b, d, k)``.
+* ``mamba_inner_fn`` ignores ``checkpoint_lvl`` (a backward-pass setting) and runs its causal
+  convolution and the optional B / C / dt RMS norms in PyTorch.
+
+Layering: imports only :mod:`sparsessm_kernels.ops`.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+from .ops import StateLayout
+from .ops import selective_scan as _selective_scan
+from .ops import selective_state_update as _selective_state_update
+
+__all__ = ["mamba_inner_fn", "selective_scan_fn", "selective_state_update"]
+
+_MaskArg = torch.Tensor | StateLayout | None
+# The ops take state_batch_indices natively from this release on; older ops get gather / scatter.
+_NATIVE_BATCH_INDICES = "state_batch_indices" in inspect.signature(_selective_state_update).parameters
+
+
+def selective_scan_fn(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    *,
+    state_mask: _MaskArg = None,
+    pruned_states: str = "zero_transition",
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """mamba_ssm's ``selective_scan_fn`` (forward).
+
+    ``u``, ``delta``, ``z``: ``(b, d, l)``; ``A``: ``(d, n)`` float32; ``B``, ``C``: ``(b, n, l)`` or
+    ``(b, g, n, l)``; ``D``, ``delta_bias``: ``(d,)``.
+
+    Returns ``out`` ``(b, d, l)`` in ``u.dtype`` (already gated by ``silu(z)`` when ``z`` is
+    given), or ``(out, last_state)`` with ``last_state`` ``(b, d, n)`` float32 when
+    ``return_last_state`` -- as mamba_ssm.
+    """
+    return _selective_scan(
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D,
+        z,
+        delta_bias,
+        delta_softplus,
+        return_last_state,
+        state_mask=state_mask,
+        pruned_states=pruned_states,
+        backend=backend,
+    )
+
+
+def _reject_heads(state: object, x: object, A: object) -> None:
+    dims = {
+        name: t.dim() for name, t in (("state", state), ("x", x), ("A", A)) if isinstance(t, torch.Tensor)
+    }
+    if dims.get("state", 3) > 3 or dims.get("x", 2) > 2 or dims.get("A", 2) > 2:
+        shapes = {
+            name: tuple(t.shape)
+            for name, t in (("state", state), ("x", x), ("A", A))
+            if isinstance(t, torch.Tensor)
+        }
+        raise ValueError(
+            "selective_state_update: multi-head (Mamba-2) inputs are not supported -- sparsessm_kernels "
+            "implements Mamba-1: state (batch, dim, dstate), x / dt / z (batch, dim), A (dim, dstate), "
+            f"B / C (batch, dstate) or (batch, ngroups, dstate); got {shapes}"
+        )
+
+
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    state_batch_indices: torch.Tensor | None = None,
+    *,
+    state_mask: _MaskArg = None,
+    pruned_states: str = "zero_transition",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """mamba_ssm's ``selective_state_update`` (Mamba-1 shapes): one decode step, ``state`` in place.
+
+    Args:
+        state: ``(batch, dim, dstate)``, or compact ``(batch, dim, k)`` with a uniform mask; with
+            ``state_batch_indices`` it may have more rows than the batch (a slot pool).
+        x, dt, z: ``(batch, dim)``. A: ``(dim, dstate)`` float32. B, C: ``(batch, dstate)`` or
+            ``(batch, ngroups, dstate)``. D, dt_bias: ``(dim,)``.
+        state_batch_indices: optional int ``(batch,)``: row ``i`` of the inputs reads and updates
+            ``state[state_batch_indices[i]]`` (as in mamba_ssm; valid indices must be distinct).
+            An index outside ``[0, slots)`` -- a pad slot such as -1, as in vLLM -- gives output 0
+            and leaves the state alone.
+
+    Returns:
+        ``out`` ``(batch, dim)`` in ``x.dtype``.
+
+    Raises:
+        ValueError: Mamba-2 multi-head shapes (``state (b, nheads, dim, n)`` etc.), bad index shapes.
+    """
+    _reject_heads(state, x, A)
+    args = (x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    kwargs = {"state_mask": state_mask, "pruned_states": pruned_states, "backend": backend}
+    if state_batch_indices is None:
+        return _selective_state_update(state, *args, **kwargs)
+    if _NATIVE_BATCH_INDICES:
+        return _selective_state_update(state, *args, **kwargs, state_batch_indices=state_batch_indices)
+    return _update_rows(state, args, state_batch_indices, kwargs)
+
+
+def _update_rows(state: torch.Tensor, args: tuple, indices: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """``state_batch_indices`` by gather / update / scatter, for ops without the keyword.
+
+    Same contract as the ops' keyword: row ``i`` uses ``state[indices[i]]``; an index outside
+    ``[0, S)`` (a pad slot such as -1) gives output 0 and changes nothing.
+    """
+    x = args[0]
+    if (
+        not isinstance(indices, torch.Tensor)
+        or indices.dtype.is_floating_point
+        or indices.dtype == torch.bool
+    ):
+        raise TypeError("state_batch_indices: expected an integer tensor (batch,)")
+    batch = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() == 2 else None
+    if indices.dim() != 1 or indices.shape[0] != batch:
+        raise ValueError(f"state_batch_indices: expected shape ({batch},), got {tuple(indices.shape)}")
+    if not isinstance(state, torch.Tensor) or state.dim() != 3:
+        raise ValueError("state: expected shape (slots, dim, dstate)")
+    idx = indices.to(device=state.device, dtype=torch.long)
+    valid = (idx >= 0) & (idx < state.shape[0])
+    rows = state.index_select(0, torch.where(valid, idx, torch.zeros_like(idx)))
+    out = _selective_state_update(rows, *args, **kwargs)
+    keep = torch.nonzero(valid).flatten()
+    state.index_copy_(0, idx.index_select(0, keep), rows.index_select(0, keep))
+    return torch.where(valid.to(out.device)[:, None], out, torch.zeros_like(out))
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMS norm over the last dim in float32, output in ``x.dtype`` (mamba_ssm's rms_norm_forward)."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    return y.to(x.dtype)
+
+
+def mamba_inner_fn(
+    xz: torch.Tensor,
+    conv1d_weight: torch.Tensor,
+    conv1d_bias: torch.Tensor | None,
+    x_proj_weight: torch.Tensor,
+    delta_proj_weight: torch.Tensor,
+    out_proj_weight: torch.Tensor,
+    out_proj_bias: torch.Tensor | None,
+    A: torch.Tensor,
+    B: torch.Tensor | None = None,
+    C: torch.Tensor | None = None,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    B_proj_bias: torch.Tensor | None = None,
+    C_proj_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    checkpoint_lvl: int = 1,
+    b_rms_weight: torch.Tensor | None = None,
+    c_rms_weight: torch.Tensor | None = None,
+    dt_rms_weight: torch.Tensor | None = None,
+    b_c_dt_rms_eps: float = 1e-6,
+    *,
+    state_mask: _MaskArg = None,
+    pruned_states: str = "zero_transition",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """mamba_ssm's fused ``mamba_inner_fn`` (forward): conv1d + SiLU, x_proj, dt_proj, scan, out_proj.
+
+    Args:
+        xz: ``(b, 2 * d, l)`` output of ``in_proj`` (x and z stacked on dim 1).
+        conv1d_weight: ``(d, 1, w)``. x_proj_weight: ``(dt_rank + 2n, d)``.
+        delta_proj_weight: ``(d, dt_rank)``. out_proj_weight: ``(d_model, d)``.
+        A: ``(d, n)`` float32. B, C: ``None`` (input-dependent, taken from x_proj) or given.
+        b_rms_weight, c_rms_weight, dt_rms_weight, b_c_dt_rms_eps: FalconMamba's RMS norms.
+
+    Returns:
+        ``(b, l, d_model)``.
+    """
+    if A.is_complex():
+        raise TypeError("A: complex tensors are not supported (only real Mamba-1 SSMs)")
+    seqlen = xz.shape[-1]
+    delta_rank = delta_proj_weight.shape[1]
+    d_state = A.shape[-1]
+    x, z = xz.chunk(2, dim=1)
+    width = conv1d_weight.shape[-1]
+    w = conv1d_weight.reshape(conv1d_weight.shape[0], 1, width)
+    conv = F.conv1d(
+        x.float(),
+        w.float(),
+        None if conv1d_bias is None else conv1d_bias.float(),
+        padding=width - 1,
+        groups=x.shape[1],
+    )[..., :seqlen]
+    x = F.silu(conv).to(xz.dtype)  # (b, d, l), like causal_conv1d (float32 math, input dtype out)
+    x_dbl = F.linear(x.transpose(1, 2).reshape(-1, x.shape[1]), x_proj_weight)  # (b*l, r + 2n)
+    delta = (delta_proj_weight @ x_dbl[:, :delta_rank].t()).reshape(-1, xz.shape[0], seqlen).transpose(0, 1)
+    batch = xz.shape[0]
+
+    def seq_param(given: torch.Tensor | None, cols: slice, bias: torch.Tensor | None) -> torch.Tensor:
+        if given is not None:
+            return given
+        t = x_dbl[:, cols]
+        if bias is not None:
+            t = t + bias.to(t.dtype)
+        return t.reshape(batch, seqlen, d_state).transpose(1, 2).contiguous()  # (b, n, l)
+
+    B_ = seq_param(B, slice(delta_rank, delta_rank + d_state), B_proj_bias)
+    C_ = seq_param(C, slice(x_dbl.shape[1] - d_state, x_dbl.shape[1]), C_proj_bias)
+    if b_rms_weight is not None:
+        B_ = _rms_norm(B_.transpose(-1, -2), b_rms_weight, b_c_dt_rms_eps).transpose(-1, -2).contiguous()
+    if c_rms_weight is not None:
+        C_ = _rms_norm(C_.transpose(-1, -2), c_rms_weight, b_c_dt_rms_eps).transpose(-1, -2).contiguous()
+    if dt_rms_weight is not None:
+        delta = _rms_norm(delta.transpose(1, 2), dt_rms_weight, b_c_dt_rms_eps).transpose(1, 2)
+    y = _selective_scan(
+        x,
+        delta.contiguous(),
+        A,
+        B_,
+        C_,
+        D,
+        z,
+        delta_bias,
+        delta_softplus,
+        state_mask=state_mask,
+        pruned_states=pruned_states,
+        backend=backend,
+    )
+    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)

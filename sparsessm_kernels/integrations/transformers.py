@@ -1,0 +1,447 @@
+"""Drop-in sparse states (and 2:4 projections) for a transformers Mamba model.
+
+::
+
+    from transformers import MambaForCausalLM
+    from sparsessm_kernels.integrations import transformers as ssk_hf
+
+    model = MambaForCausalLM.from_pretrained("path/to/pruned-mamba")  # has sparsity.safetensors
+    report = ssk_hf.apply(model)  # masks from model.name_or_path
+    out = model.generate(input_ids, max_new_tokens=32)  # compact ssm caches for sparse layers
+    ssk_hf.revert(model)  # the stock model again, bit for bit
+
+:func:`apply` replaces, **per mixer instance**, the ``forward`` of every ``MambaMixer`` (and
+``FalconMambaMixer``) with one that reproduces transformers' own computation (padding masks, the
+causal convolution and its cache, ``x_proj`` / ``dt_proj``, FalconMamba's B / C / dt norms,
+``out_proj``) but runs the selective scan and the decode step through
+:func:`sparsessm_kernels.ops.selective_scan` / :func:`~sparsessm_kernels.ops.selective_state_update`
+with the layer's state mask. Nothing module-level is touched: transformers binds
+``mamba_selective_scan`` & co. to mamba_ssm's kernels when mamba_ssm imports, and the patched
+mixers never call them, so a missing, broken or CPU-less mamba_ssm cannot break this path.
+
+Supported: transformers >= 5 (Mamba mixers that take ``cache_params`` with
+``get_recurrent_state`` / ``update_recurrent_state``, i.e. ``DynamicCache``). Older releases with
+``MambaCache(ssm_states)`` are refused with a message naming the version.
+
+Differences from the stock mixer, by design:
+
+* sparse layers with a uniform mask (column or N:M) keep a **compact** ``(b, d_inner, k)`` ssm
+  state in the cache (``k / n`` of the memory); the state is float32, as the stock one;
+* several new tokens against a non-empty cache are decoded one at a time from the cached SSM
+  state (stock transformers restarts the SSM from zero there); a single token, the common
+  ``generate`` step, is the same path as stock;
+* the mixer never takes the training-only fused ``mamba_inner_fn`` branch (inference only).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..ops.dispatch import resolve_backend
+from ._common import (
+    ApplyReport,
+    LayerSpec,
+    bind,
+    densify_names,
+    layer_specs,
+    read_sparsity,
+    unbind,
+)
+from ._common import sparsify_projections as _sparsify_projections
+
+__all__ = ["UnsupportedModelError", "apply", "is_applied", "revert"]
+
+logger = logging.getLogger("sparsessm_kernels")
+
+_MIXER_CLASSES = ("MambaMixer", "FalconMambaMixer")
+_REQUIRED = (
+    "in_proj",
+    "conv1d",
+    "x_proj",
+    "dt_proj",
+    "A_log",
+    "D",
+    "out_proj",
+    "act",
+    "layer_idx",
+    "time_step_rank",
+    "ssm_state_size",
+    "intermediate_size",
+    "conv_kernel_size",
+)
+_FALCON_NORMS = ("dt_layernorm", "b_layernorm", "c_layernorm")
+_STATE_ATTR = "_sparsessm_patch"
+_MODEL_ATTR = "_sparsessm_integration"
+
+
+class UnsupportedModelError(TypeError):
+    """The model (or the installed transformers) is not one this integration can patch."""
+
+
+# ------------------------------------------------------------------------------------- checks
+def _transformers_version() -> str:
+    try:
+        import transformers
+
+        return str(transformers.__version__)
+    except Exception as exc:  # pragma: no cover - transformers is a test dependency
+        raise ImportError(f"transformers is not importable: {type(exc).__name__}: {exc}") from exc
+
+
+def _find_layers(model: nn.Module) -> nn.ModuleList:
+    backbone = getattr(model, "backbone", model)
+    layers = getattr(backbone, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or not all(hasattr(blk, "mixer") for blk in layers):
+        raise UnsupportedModelError(
+            f"expected a transformers MambaForCausalLM / MambaModel (or FalconMamba) with "
+            f"backbone.layers[i].mixer, got {type(model).__name__}"
+        )
+    return layers
+
+
+def _check_mixer(mixer: nn.Module, i: int, version: str) -> bool:
+    """Validate one mixer; return True for a FalconMamba mixer (B / C / dt norms)."""
+    cls = type(mixer)
+    if cls.__name__ not in _MIXER_CLASSES:
+        hint = (
+            " (Mamba-2 models are not supported: sparsessm_kernels implements Mamba-1)"
+            if "2" in cls.__name__
+            else ""
+        )
+        raise UnsupportedModelError(
+            f"layer {i}: mixer is {cls.__module__}.{cls.__name__}; expected transformers' MambaMixer or "
+            f"FalconMambaMixer{hint}"
+        )
+    missing = [a for a in _REQUIRED if not hasattr(mixer, a)]
+    falcon = cls.__name__ == "FalconMambaMixer"
+    if falcon:
+        missing += [a for a in _FALCON_NORMS if not hasattr(mixer, a)]
+    if missing:
+        raise UnsupportedModelError(
+            f"layer {i}: {cls.__name__} of transformers {version} lacks {missing}; this integration "
+            "reproduces the Mamba-1 mixer of transformers >= 5 and cannot patch this one"
+        )
+    params = inspect.signature(cls.forward).parameters
+    if "cache_position" in params or "cache_params" not in params:
+        raise UnsupportedModelError(
+            f"transformers {version}: its {cls.__name__}.forward{inspect.signature(cls.forward)} uses the "
+            "pre-5.0 MambaCache layout (ssm_states / cache_position), which this integration does not "
+            "support; install transformers>=5, or load the checkpoint with "
+            "sparsessm_kernels.models.MambaLM.from_pretrained (sparse masks and compact caches included)"
+        )
+    if mixer.layer_idx != i:
+        raise UnsupportedModelError(f"layer {i}: mixer.layer_idx is {mixer.layer_idx}, expected {i}")
+    if getattr(mixer, "activation", "silu") not in ("silu", "swish"):
+        raise UnsupportedModelError(f"layer {i}: hidden_act {mixer.activation!r} (Mamba uses silu)")
+    return falcon
+
+
+def _check_cache_api() -> None:
+    try:
+        from transformers.cache_utils import Cache
+    except Exception as exc:
+        raise UnsupportedModelError(f"transformers.cache_utils is not importable: {exc}") from exc
+    needed = ("get_conv_state", "get_recurrent_state", "update_conv_state", "update_recurrent_state")
+    missing = [m for m in needed if not hasattr(Cache, m)]
+    if missing:
+        raise UnsupportedModelError(
+            f"transformers {_transformers_version()}: Cache lacks {missing}; this integration needs "
+            "transformers >= 5 (Mamba caches through DynamicCache.get_recurrent_state)"
+        )
+
+
+# ------------------------------------------------------------------------------------- math
+def _mask_padding(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """transformers' ``apply_mask_to_padding_states``."""
+    if attention_mask is not None:
+        dtype = hidden.dtype
+        hidden = (hidden * attention_mask[:, :, None]).to(dtype)
+    return hidden
+
+
+def _conv_fn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: Any) -> torch.Tensor:
+    """transformers' torch ``causal_conv1d_fn``: ``x (b, d, l)``, ``weight (d, w)``."""
+    _, d, seqlen = x.shape
+    out = F.conv1d(
+        x.to(weight.dtype), weight=weight.unsqueeze(1), bias=bias, padding=weight.shape[-1] - 1, groups=d
+    )[:, :, :seqlen]
+    return act(out).to(x.dtype)
+
+
+def _conv_update(
+    x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: Any
+) -> torch.Tensor:
+    """transformers' torch ``causal_conv1d_update`` (``conv_state`` updated in place)."""
+    _, d, seqlen = x.shape
+    state_len = conv_state.shape[-1]
+    new = torch.cat([conv_state, x], dim=-1).to(weight.dtype)
+    conv_state.copy_(new[:, :, -state_len:])
+    out = F.conv1d(new, weight.unsqueeze(1), bias, padding=0, groups=d)[:, :, -seqlen:]
+    return act(out).to(x.dtype)
+
+
+def _store_final_state(cache_params: Any, layer_idx: int, final: torch.Tensor, spec: LayerSpec) -> None:
+    """Put the prefill's final SSM state in the cache, compact for uniform sparse layers.
+
+    A cache whose state for this layer was already allocated dense (by an unpatched forward)
+    keeps its dense form: the decode step accepts both.
+    """
+    value = final
+    if spec.compact and spec.layout is not None:
+        value = spec.layout.to(final.device).compact_state(final)
+        existing = None
+        try:
+            layer = cache_params.layers[layer_idx]
+            if layer.is_recurrent_states_initialized[0]:
+                existing = layer.recurrent_states[0]
+        except (AttributeError, IndexError, KeyError, TypeError):
+            existing = None
+        if existing is not None and tuple(existing.shape) != tuple(value.shape):
+            value = final
+    cache_params.update_recurrent_state(value, layer_idx)
+
+
+def _patched_forward(
+    self: nn.Module,
+    hidden_states: torch.Tensor,
+    cache_params: Any = None,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """``MambaMixer.forward`` of transformers >= 5 with the scan and step on sparsessm ops."""
+    patch: _MixerPatch = self.__dict__[_STATE_ATTR]
+    spec, backend = patch.spec, patch.backend
+    for child in patch.hooked:
+        hook = getattr(getattr(self, child), "_hf_hook", None)
+        if hook is not None:
+            hook.pre_forward(getattr(self, child))
+    seq_len = hidden_states.shape[1]
+    dtype = hidden_states.dtype
+    if cache_params is not None:
+        conv_state = cache_params.get_conv_state(self.layer_idx, state_idx=0)
+        recurrent_state = cache_params.get_recurrent_state(self.layer_idx, state_idx=0)
+        recording = getattr(cache_params, "is_recording_past", None)
+        recording = bool(recording(self.layer_idx)) if callable(recording) else False
+    else:
+        conv_state, recurrent_state, recording = None, None, False
+
+    # 1. input projection
+    hidden_states = _mask_padding(hidden_states, attention_mask)
+    projected = self.in_proj(hidden_states).transpose(1, 2)
+    A = -torch.exp(self.A_log.float())
+    x, gate = projected.chunk(2, dim=1)
+
+    # 2. causal convolution (with its cache)
+    weight = self.conv1d.weight.squeeze(1)
+    if conv_state is not None and seq_len == 1 and not recording:
+        x = _conv_update(x, conv_state, weight, self.conv1d.bias, self.act)
+    else:
+        if cache_params is not None:
+            x = cache_params.update_conv_state(x, self.layer_idx, conv_kernel_size=self.conv_kernel_size)
+        x = _conv_fn(x, weight, self.conv1d.bias, self.act)
+        if cache_params is not None:
+            x = x[:, :, -seq_len:]
+
+    # 3. input-dependent SSM parameters
+    x = _mask_padding(x.transpose(1, 2), attention_mask)  # (b, l, d)
+    time_step, B, C = torch.split(
+        self.x_proj(x), [self.time_step_rank, self.ssm_state_size, self.ssm_state_size], dim=-1
+    )
+    if patch.falcon:
+        time_step = self.dt_layernorm(time_step)
+        B = self.b_layernorm(B)
+        C = self.c_layernorm(C)
+        if hasattr(self.config, "_is_quantized"):
+            time_step = (self.dt_proj(time_step) - self.dt_proj.bias).transpose(1, 2)
+        else:
+            time_step = self.dt_proj.weight @ time_step.transpose(1, 2)
+    else:
+        time_step = self.dt_proj.weight @ time_step.transpose(1, 2)  # (b, d, l)
+    dt_bias = self.dt_proj.bias.float() if self.dt_proj.bias is not None else None
+    layout = None if spec.layout is None else spec.layout.to(x.device)
+
+    # 4. the selective SSM
+    if recurrent_state is not None:
+        steps = []
+        for t in range(seq_len):
+            steps.append(
+                ops.selective_state_update(
+                    recurrent_state,
+                    x[:, t],
+                    time_step[..., t],
+                    A,
+                    B[:, t].contiguous(),
+                    C[:, t].contiguous(),
+                    self.D,
+                    z=gate[..., t],
+                    dt_bias=dt_bias,
+                    dt_softplus=True,
+                    state_mask=layout,
+                    pruned_states=spec.pruned_states,
+                    backend=backend,
+                )
+            )
+        scan_output = steps[0].unsqueeze(-1) if seq_len == 1 else torch.stack(steps, dim=-1)
+    else:
+        with_state = cache_params is not None
+        result = ops.selective_scan(
+            x.transpose(1, 2),
+            time_step,
+            A,
+            B.transpose(1, 2).contiguous(),
+            C.transpose(1, 2).contiguous(),
+            D=self.D.float(),
+            z=gate,
+            delta_bias=dt_bias,
+            delta_softplus=True,
+            return_last_state=with_state,
+            state_mask=layout,
+            pruned_states=spec.pruned_states,
+            backend=backend,
+        )
+        if with_state:
+            scan_output, final_state = result
+            _store_final_state(cache_params, self.layer_idx, final_state, spec)
+        else:
+            scan_output = result
+
+    # 5. output projection
+    out = self.out_proj(scan_output.transpose(1, 2).to(dtype))
+    for child in reversed(patch.hooked):
+        hook = getattr(getattr(self, child), "_hf_hook", None)
+        if hook is not None:
+            hook.post_forward(getattr(self, child), ())
+    return out
+
+
+class _MixerPatch:
+    """Per-mixer state of the patch (kept in the instance ``__dict__``, not in ``state_dict``)."""
+
+    def __init__(self, spec: LayerSpec, backend: str, falcon: bool, saved: tuple[str, Any]) -> None:
+        self.spec, self.backend, self.falcon, self.saved = spec, backend, falcon, saved
+        # Children whose weights the forward reads directly: fire their accelerate hooks, as
+        # transformers' force_accelerate_hooks(["conv1d", "dt_proj"]) does.
+        self.hooked = ("conv1d", "dt_proj")
+
+
+class _ModelPatch:
+    def __init__(self, report: ApplyReport, swapped: list[str]) -> None:
+        self.report, self.swapped = report, swapped
+
+
+# ------------------------------------------------------------------------------------- API
+def is_applied(model: nn.Module) -> bool:
+    """Whether :func:`apply` patched ``model`` (and :func:`revert` has not undone it)."""
+    return _MODEL_ATTR in model.__dict__
+
+
+def apply(
+    model: nn.Module,
+    sparsity: str | os.PathLike | Mapping[str, Any] | None = None,
+    *,
+    pruned_states: str | Mapping[str, str] | None = None,
+    backend: str = "auto",
+    sparsify_projections: bool = True,
+    projection_path: str = "auto",
+    compact_cache: bool = True,
+) -> ApplyReport:
+    """Route a transformers Mamba model's scans and decode steps through sparsessm_kernels.
+
+    Args:
+        model: ``MambaForCausalLM`` / ``MambaModel`` (or the FalconMamba classes) of
+            transformers >= 5, on any device.
+        sparsity: where the state masks come from: a pruned model directory (with
+            ``sparsity.safetensors``), a ``sparsity.safetensors`` file, a dict
+            ``{"backbone.layers.{i}.mixer.A_log": bool (n,) / (d_inner, n) mask or StateLayout}``,
+            or ``None``: ``model.name_or_path`` when it is a local directory with a masks file;
+            otherwise every layer runs dense (logged at INFO).
+        pruned_states: ``"zero_transition"`` / ``"remove"`` for every mask, or a dict per
+            parameter name; default: the file's metadata (``zero_transition`` for dicts).
+        backend: passed to the ops (``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"``).
+        sparsify_projections: swap the mixers' ``in_proj`` / ``x_proj`` / ``out_proj`` whose
+            weights are 2:4 along the input dimension for :class:`~sparsessm_kernels.nn.SemiStructuredLinear`
+            (others are left alone and listed in the report).
+        projection_path: ``"auto"`` or a forced :data:`~sparsessm_kernels.nn.PATHS` entry.
+        compact_cache: keep compact ``(b, d_inner, k)`` ssm states for uniform sparse layers.
+
+    Returns:
+        An :class:`~sparsessm_kernels.integrations.ApplyReport`. Applying again replaces the
+        previous patch.
+
+    Raises:
+        UnsupportedModelError: not a transformers Mamba-1 model, or transformers < 5.
+        FileNotFoundError / ValueError: masks that cannot be found, read or matched to layers.
+    """
+    version = _transformers_version()
+    _check_cache_api()
+    layers = _find_layers(model)
+    mixers = [blk.mixer for blk in layers]
+    falcon = [_check_mixer(m, i, version) for i, m in enumerate(mixers)]
+    if backend != "auto":  # fail now, not at the first forward
+        resolve_backend(backend, next(model.parameters()).device)
+    default_dir = getattr(model, "name_or_path", None) or getattr(
+        getattr(model, "config", None), "_name_or_path", None
+    )
+    masks, modes, source = read_sparsity(sparsity, default_dir, f"{type(model).__name__}")
+    shapes = [(int(m.intermediate_size), int(m.A_log.shape[-1])) for m in mixers]
+    for i, m in enumerate(mixers):
+        if shapes[i][1] != m.ssm_state_size:
+            raise UnsupportedModelError(
+                f"layer {i}: A_log has {shapes[i][1]} states but ssm_state_size is {m.ssm_state_size}"
+            )
+    specs = layer_specs(masks, modes, pruned_states, mixers, shapes, compact_cache=compact_cache)
+
+    if is_applied(model) or any(_STATE_ATTR in blk.mixer.__dict__ for blk in layers):
+        logger.info("sparsessm_kernels: model was already patched; replacing the previous patch")
+        revert(model)
+
+    prefix = "backbone." if hasattr(model, "backbone") else ""
+    report = ApplyReport("transformers", source, backend=backend)
+    for i, mixer in enumerate(mixers):
+        spec = specs.get(i, LayerSpec(None))
+        saved = bind(mixer, "forward", _patched_forward)
+        mixer.__dict__[_STATE_ATTR] = _MixerPatch(spec, backend, falcon[i], saved)
+        report.layers[i] = spec.describe(shapes[i][1])
+    swapped: list[str] = []
+    if sparsify_projections:
+        names = [f"{prefix}layers.{i}.mixer" for i in range(len(mixers))]
+        report.projections = _sparsify_projections(model, names, projection_path)
+        swapped = list(report.projections.swapped)
+    model.__dict__[_MODEL_ATTR] = _ModelPatch(report, swapped)
+    logger.info("%s", report)
+    if model.training:
+        logger.warning(
+            "sparsessm_kernels: the patched model is in training mode; the sparse ops are forward-only "
+            "(no gradients through the scan): call model.eval() for inference"
+        )
+    return report
+
+
+def revert(model: nn.Module) -> list[int]:
+    """Undo :func:`apply`: stock mixer forwards, dense ``nn.Linear`` projections.
+
+    Returns the indices of the restored mixers. Outputs are then exactly those of the model
+    before :func:`apply` (the 2:4 projections on the masked-dense path get their original
+    parameters back; on the GPU paths the dense weight is rebuilt exactly from the compressed
+    one). Caches filled while patched keep their compact states: start a new cache.
+    """
+    patch: _ModelPatch | None = model.__dict__.pop(_MODEL_ATTR, None)
+    restored = []
+    for i, blk in enumerate(_find_layers(model)):
+        mixer = blk.mixer
+        state: _MixerPatch | None = mixer.__dict__.pop(_STATE_ATTR, None)
+        if state is not None:
+            unbind(mixer, *state.saved)
+            restored.append(i)
+    if patch is not None and patch.swapped:
+        densify_names(model, patch.swapped)
+    return restored

@@ -1,0 +1,179 @@
+"""The ``"cuda"`` backend: hand-written CUDA C++ kernels in the compiled extension ``sparsessm_kernels._C``.
+
+The extension is optional (built only with ``SPARSESSM_BUILD_CUDA=1``, see ``docs/cuda.md``) and is
+imported lazily, the first time :func:`cuda_status` or :func:`selective_scan_cuda` needs it; when it
+is missing, the reason is recorded and reported, with the build command, only when the cuda
+backend is asked for. Importing this module never fails and never touches the GPU.
+
+:func:`selective_scan_cuda` has exactly the signature of
+:func:`sparsessm_kernels.ops.torch_backend.selective_scan_torch`: arguments are validated by the
+caller (``ops.dispatch``); this layer adapts them to what the kernels take (one dtype for the
+sequence tensors, stride 1 along ``l``, float32 per-channel vectors, int32 layout tables), and the
+binding (``python/bindings.cpp``) checks devices, dtypes, shapes and strides again, naming the
+argument in every error.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from types import ModuleType
+
+import torch
+
+__all__ = ["BUILD_COMMAND", "EXTENSION", "cuda_status", "extension_info", "selective_scan_cuda"]
+
+EXTENSION = "sparsessm_kernels._C"
+BUILD_COMMAND = "SPARSESSM_BUILD_CUDA=1 pip install -e . --no-build-isolation"
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Lanes per channel along l (a power of two <= 32); 0 lets the launcher choose. Tests and kernel
+# experiments set it; see csrc/selective_scan/selective_scan_kernel.cuh.
+_TIME_SEGMENTS = 0
+
+
+@functools.cache
+def _load() -> tuple[ModuleType | None, str]:
+    """Import the compiled extension once: ``(module, "")`` or ``(None, why it is missing)``."""
+    try:
+        module = importlib.import_module(EXTENSION)
+    except ImportError as exc:  # not built, or built against another torch / CUDA
+        detail = str(exc) or type(exc).__name__
+        if isinstance(exc, ModuleNotFoundError) and exc.name == EXTENSION:
+            why = f"the compiled extension {EXTENSION} is not built (this install is pure Python)"
+        else:
+            why = f"the compiled extension {EXTENSION} failed to import ({detail}); rebuild it"
+        return None, f"{why}; build it with: {BUILD_COMMAND}"
+    except Exception as exc:  # pragma: no cover - a broken binary can raise anything
+        why = f"importing {EXTENSION} raised {type(exc).__name__}: {exc}"
+        return None, f"{why}; rebuild it with: {BUILD_COMMAND}"
+    return module, ""
+
+
+def cuda_status() -> tuple[bool, str]:
+    """``(usable, reason)`` of the cuda backend on this machine.
+
+    Not usable when the extension is not built (or does not import: the reason says why and
+    gives the build command) or when no CUDA GPU is visible.
+    """
+    module, why = _load()
+    if module is None:
+        return False, why
+    archs = getattr(module, "cuda_archs", "unknown")
+    if not torch.cuda.is_available():
+        torch_cuda = torch.version.cuda
+        detail = "a CPU-only build of torch" if torch_cuda is None else f"torch built for CUDA {torch_cuda}"
+        return False, (
+            f"{EXTENSION} is built (CUDA archs {archs}) but no CUDA GPU is visible "
+            f"(torch.cuda.is_available() is False; {detail})"
+        )
+    return True, f"compiled CUDA kernels ({EXTENSION}, CUDA archs {archs})"
+
+
+def extension_info() -> dict[str, object]:
+    """What is known about the extension without touching the GPU (for ``sparsessm env``)."""
+    module, why = _load()
+    if module is None:
+        return {"built": False, "reason": why}
+    return {"built": True, "cuda_archs": getattr(module, "cuda_archs", "unknown"), "path": module.__file__}
+
+
+def _extension() -> ModuleType:
+    module, why = _load()
+    if module is None:
+        # Lazy and absolute: dispatch imports this package indirectly.
+        from sparsessm_kernels.ops.dispatch import BackendUnavailableError
+
+        raise BackendUnavailableError(f"backend='cuda' is not usable: {why}")
+    return module
+
+
+def _seq(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A sequence tensor in the kernel dtype with stride 1 along ``l``."""
+    if t is None:
+        return None
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    if t.shape[-1] != 1 and t.stride(-1) != 1:
+        t = t.contiguous()
+    return t
+
+
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.to(torch.float32).contiguous()
+
+
+def _i32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.to(torch.int32).contiguous()
+
+
+def selective_scan_cuda(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    return_last_state: bool,
+    state_mask: torch.Tensor | None,
+    kept_idx: torch.Tensor | None,
+    kept_count: torch.Tensor | None,
+    pruned_states: str,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Selective scan on the CUDA kernels; arguments validated by the caller (see ``ops.dispatch``).
+
+    Shapes as in :func:`~sparsessm_kernels.ops.torch_backend.selective_scan_torch`: u, delta, z
+    ``(b, d, l)``; A ``(d, n)`` float32; B, C ``(b, n, l)`` or ``(b, g, n, l)``; D, delta_bias ``(d,)``;
+    state_mask None, bool ``(n,)`` or ``(d, n)`` with the ``kept_idx`` / ``kept_count`` tables of its
+    ``StateLayout``. Sequence tensors of mixed dtypes are computed in their promoted dtype (exact:
+    the math is float32 either way); float64 is not supported by the kernels (use the torch backend).
+
+    Returns ``(out (b, d, l) in u.dtype, last_state (b, d, n) float32 or None)``.
+    """
+    ext = _extension()
+    seq = {"u": u, "delta": delta, "B": B, "C": C, "z": z}
+    for name, t in (*seq.items(), ("A", A), ("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.dtype == torch.float64:
+            raise TypeError(
+                f"{name}: the cuda backend computes in float32 and does not take float64 tensors "
+                "(use backend='torch' for a float64 scan)"
+            )
+    dtype = u.dtype
+    for t in seq.values():
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    if dtype not in _KERNEL_DTYPES:
+        raise TypeError(f"u: expected float32, float16 or bfloat16 sequence tensors, got {dtype}")
+
+    if state_mask is None:
+        kept_idx = kept_count = None
+    elif kept_idx is None:
+        raise ValueError("kept_idx: required with a state_mask (pass the tables of its StateLayout)")
+    elif state_mask.dim() == 1:
+        kept_count = None
+    elif kept_count is None:
+        raise ValueError("kept_count: required with a per-channel state_mask (d, n)")
+
+    out, last_state = ext.selective_scan_fwd(
+        _seq(u, dtype),
+        _seq(delta, dtype),
+        _f32(A),
+        _seq(B, dtype),
+        _seq(C, dtype),
+        _f32(D),
+        _seq(z, dtype),
+        _f32(delta_bias),
+        bool(delta_softplus),
+        bool(return_last_state),
+        _i32(kept_idx),
+        _i32(kept_count),
+        pruned_states,
+        _TIME_SEGMENTS,
+    )
+    if out.dtype != u.dtype:
+        out = out.to(u.dtype)
+    return out, (last_state if return_last_state else None)
