@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/bench_scan.py                 # full default run on this machine
     python benchmarks/bench_scan.py --quick         # tiny smoke run (seconds; used by the tests)
     python benchmarks/bench_scan.py --shapes 130m 1.4b --seqlen 4096 --pruned-states both
+    python benchmarks/bench_scan.py --preset issue3      # the issue-3 GPU grid (bf16, CUDA only)
 
 What is measured (see benchmarks/README.md for every output field):
 
@@ -19,6 +20,12 @@ What is measured (see benchmarks/README.md for every output field):
 Before a configuration is timed, its output on a truncated problem is checked against the float64
 reference :func:`sparsessm_kernels.selective_scan_ref` / ``selective_state_update_ref``; the run
 aborts (exit status 1, nothing written) when the error exceeds the tolerance.
+
+Every row also reports the achieved bandwidth ``gbps`` (bytes of ``u``, ``delta``, ``z``, ``B``, ``C``
+and ``out`` per second for the scan; of the state read and written plus ``x``, ``dt``, ``z``, ``B``,
+``C`` and ``out`` for a decode step) and, on a GPU whose peak memory bandwidth is known (or given
+with ``--peak-gbps``), its fraction of that peak. On CUDA the default timer is
+``triton.testing.do_bench`` (CUDA events, warm-up, L2 flushed between calls, median reported).
 """
 
 from __future__ import annotations
@@ -57,6 +64,69 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 TF_BACKEND = "transformers-fallback"
 MAMBA_BACKEND = "mamba_ssm"
 
+# The grid of issue 3 (GPU only): Mamba-1 layers 130M / 370M / 1.4B / 2.8B, l in {512, 2048, 8192},
+# batch {1, 8}, n = 16, bf16; dense vs column 50% vs 2:4 vs unstructured 50%; decode at batch 1, 64, 256.
+ISSUE3 = {
+    "shapes": [
+        f"{b}x{PRESETS[size]}x{DEFAULT_STATE}x{l}"
+        for size in ("130m", "370m", "1.4b", "2.8b")
+        for l in (512, 2048, 8192)
+        for b in (1, 8)
+    ],
+    "decode_batch": [1, 64, 256],
+    "pruned_states": "zero_transition",
+    "dtype": "bfloat16",
+}
+PRESET_CHOICES = ("issue3",)
+
+# Peak DRAM bandwidth (GB/s, vendor figures) by GPU name fragment, most specific first.
+PEAK_GBPS: list[tuple[str, float]] = [
+    ("h200", 4800.0),
+    ("h100 nvl", 3900.0),
+    ("h100 pcie", 2000.0),
+    ("h100", 3350.0),  # SXM5 80GB HBM3
+    ("gh200", 4000.0),
+    ("a100-sxm4-80gb", 2039.0),
+    ("a100 80gb pcie", 1935.0),
+    ("a100", 1555.0),  # 40GB
+    ("l40s", 864.0),
+    ("l4", 300.0),
+    ("a10g", 600.0),
+    ("rtx 4090", 1008.0),
+    ("v100", 900.0),
+]
+
+
+def known_peak_gbps(device: torch.device) -> float | None:
+    """The vendor peak memory bandwidth of this GPU when it is in ``PEAK_GBPS``, else ``None``."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device).lower()
+    for fragment, gbps in PEAK_GBPS:
+        if fragment in name:
+            return gbps
+    return None
+
+
+def pattern_of(mask: MaskSpec) -> str:
+    """The issue's ``pattern`` field: ``dense``, ``column``, ``N:M`` or ``unstructured``."""
+    if mask.kind == "nm" and mask.nm is not None:
+        return f"{mask.nm[0]}:{mask.nm[1]}"
+    return mask.kind
+
+
+def scan_bytes(shape: Shape, itemsize: int, with_z: bool = True) -> int:
+    """Bytes of ``u``, ``delta``, ``z``, ``B``, ``C`` read and ``out`` written by one scan."""
+    big = shape.b * shape.d * shape.l * itemsize
+    return big * (4 if with_z else 3) + 2 * shape.b * shape.n * shape.l * itemsize
+
+
+def decode_bytes(b: int, d: int, n: int, k: int, itemsize: int, state_itemsize: int) -> int:
+    """Bytes of one decode step: the ``(b, d, k)`` state read and written, ``x``, ``dt``, ``z``,
+    ``out`` ``(b, d)`` and ``B``, ``C`` ``(b, n)``."""
+    return 2 * b * d * k * state_itemsize + 4 * b * d * itemsize + 2 * b * n * itemsize
+
+
 # Quick smoke configuration (tests / CI): everything runs, nothing is big.
 QUICK = {
     "shapes": ["1x64x16x128"],
@@ -83,10 +153,15 @@ class Shape:
     name: str
 
     def as_dict(self) -> dict[str, int]:
-        return {"b": self.b, "d": self.d, "n": self.n, "l": self.l}
+        """``{b, d, n, l}`` plus the same sizes under the names of the issue's schema."""
+        return shape_dict(self.b, self.d, self.n, self.l)
 
     def label(self) -> str:
         return f"b{self.b} d{self.d} n{self.n} l{self.l}"
+
+
+def shape_dict(b: int, d: int, n: int, l: int) -> dict[str, int]:
+    return {"b": b, "d": d, "n": n, "l": l, "batch": b, "d_inner": d, "seqlen": l, "d_state": n}
 
 
 def parse_shape(text: str, batch: int | None, seqlen: int | None) -> Shape:
@@ -288,6 +363,37 @@ def tf_scan_bytes(shape: Shape) -> int:
     return 3 * shape.b * shape.d * shape.l * shape.n * 4
 
 
+# ------------------------------------------------------------------------------------ timing
+TIMERS = ("auto", "events", "do_bench")
+
+
+def resolve_timer(choice: str, device: torch.device) -> str:
+    """``auto``: ``do_bench`` on CUDA when triton imports, else CUDA events / ``perf_counter``."""
+    if device.type != "cuda":
+        if choice == "do_bench":
+            raise SystemExit("--timer do_bench: needs a CUDA device")
+        return "events"
+    if choice == "auto":
+        try:
+            import triton.testing  # noqa: F401
+        except Exception:
+            return "events"
+        return "do_bench"
+    return choice
+
+
+def time_do_bench(fn: Callable[[], Any]) -> common.TimingStats:
+    """Time ``fn`` with ``triton.testing.do_bench`` (CUDA events per call, warm-up, L2 flushed)."""
+    from triton.testing import do_bench
+
+    try:
+        samples = do_bench(fn, return_mode="all")
+    except (TypeError, ValueError, AssertionError):  # a Triton without return_mode="all"
+        median, low, q1, q3, high = do_bench(fn, quantiles=[0.5, 0.0, 0.25, 0.75, 1.0])
+        return common.TimingStats(median, low, q3 - q1, median, high, 0)
+    return common.summarize(list(samples))
+
+
 # ------------------------------------------------------------------------------------ runner
 class Bench:
     def __init__(self, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
@@ -295,6 +401,8 @@ class Bench:
         self.device = device
         self.dtype = dtype
         self.tol = args.tolerance if args.tolerance is not None else TOLERANCE[dtype]
+        self.peak_gbps = args.peak_gbps if args.peak_gbps is not None else known_peak_gbps(device)
+        self.timer = resolve_timer(args.timer, device)
         self.results: list[dict[str, Any]] = []
         self.skipped: list[dict[str, str]] = []
 
@@ -312,6 +420,8 @@ class Bench:
         return err
 
     def _time(self, fn: Callable[[], Any], inner: int = 1) -> common.TimingStats:
+        if self.timer == "do_bench":
+            return time_do_bench(fn)
         return common.time_fn(
             fn, self.device, warmup=self.args.warmup, repeats=self.args.repeats, inner=inner
         )
@@ -327,15 +437,23 @@ class Bench:
         state: str | None,
         stats: common.TimingStats,
         err: float,
+        nbytes: int,
     ) -> None:
+        gbps = nbytes / (stats.median_ms * 1e-3) / 1e9 if stats.median_ms > 0 else None
         row = {
             "kind": kind,
+            "op": "selective_scan" if kind == "scan" else "selective_state_update",
             "backend": backend,
             "shape": shape,
+            "dtype": self.args.dtype,
             "mask": mask.name,
+            "pattern": pattern_of(mask),
             "sparsity": round(layout.sparsity, 6) if layout is not None else 0.0,
             "pruned_states": pruned,
             "state": state,
+            "time_ms": stats.median_ms,
+            "gbps": gbps,
+            "peak_fraction": gbps / self.peak_gbps if gbps is not None and self.peak_gbps else None,
             "median_ms": stats.median_ms,
             "min_ms": stats.min_ms,
             "iqr_ms": stats.iqr_ms,
@@ -348,7 +466,7 @@ class Bench:
         self.results.append(row)
         common.log(
             f"  {kind:6s} {backend:22s} {mask.name:15s} {pruned or '-':15s} {state or '-':8s} "
-            f"median {stats.median_ms:9.3f} ms  err {err:.1e}"
+            f"median {stats.median_ms:9.3f} ms  {common.fmt_float(gbps)} GB/s  err {err:.1e}"
         )
 
     # -- prefill scan
@@ -357,6 +475,7 @@ class Bench:
     ) -> None:
         common.log(f"[scan] {shape.label()} ({shape.name}), dtype {self.args.dtype}")
         inputs = scan_inputs(shape, self.dtype, self.device, self.args.seed)
+        nbytes = scan_bytes(shape, inputs["u"].element_size())
         check = truncate(inputs, min(self.args.check_len, shape.l))
         check64 = _f64(check)
         ref_cache: dict[tuple[str, str | None], torch.Tensor] = {}
@@ -410,7 +529,7 @@ class Bench:
                         self.skip(what, f"{type(exc).__name__}: {exc}")
                         continue
                     stats = self._time(lambda run=run: run(inputs))
-                    self._record("scan", backend, shape.as_dict(), mask, layout, ps, None, stats, err)
+                    self._record("scan", backend, shape.as_dict(), mask, layout, ps, None, stats, err, nbytes)
 
         dense = MaskSpec("dense", "dense")
         # transformers' fallback: pure PyTorch, materialises (b, d, l, n) tensors.
@@ -437,7 +556,7 @@ class Bench:
 
             err = self._guard(what, err_of(tf_run, dense, None, None))
             stats = self._time(lambda: tf_run(inputs))
-            self._record("scan", TF_BACKEND, shape.as_dict(), dense, None, None, None, stats, err)
+            self._record("scan", TF_BACKEND, shape.as_dict(), dense, None, None, None, stats, err, nbytes)
 
         what = f"scan {MAMBA_BACKEND} {shape.label()}"
         if base.mamba_scan is None:
@@ -452,7 +571,7 @@ class Bench:
 
             err = self._guard(what, err_of(m_run, dense, None, None))
             stats = self._time(lambda: m_run(inputs))
-            self._record("scan", MAMBA_BACKEND, shape.as_dict(), dense, None, None, None, stats, err)
+            self._record("scan", MAMBA_BACKEND, shape.as_dict(), dense, None, None, None, stats, err, nbytes)
 
     # -- decode step
     def run_decode(
@@ -465,7 +584,7 @@ class Bench:
         pruned: list[str],
         base: Baselines,
     ) -> None:
-        shape = {"b": batch, "d": d, "n": n, "l": 1}
+        shape = shape_dict(batch, d, n, 1)
         label = f"b{batch} d{d} n{n}"
         common.log(f"[decode] {label}, dtype {self.args.dtype}")
         inputs = decode_inputs(d, n, batch, self.dtype, self.device, self.args.seed)
@@ -533,7 +652,10 @@ class Bench:
                         continue
                     state = state0.clone()
                     stats = self._time(lambda run=run, state=state: run(state), inner=inner)
-                    self._record("decode", backend, shape, mask, layout, ps, state_kind, stats, err)
+                    nbytes = decode_bytes(
+                        batch, d, n, state0.shape[-1], inputs["x"].element_size(), state0.element_size()
+                    )
+                    self._record("decode", backend, shape, mask, layout, ps, state_kind, stats, err, nbytes)
 
         dense = MaskSpec("dense", "dense")
         t = inputs
@@ -567,7 +689,8 @@ class Bench:
             err = self._guard(what, check(b_run, inputs["state"], None, None))
             state = inputs["state"].clone()
             stats = self._time(lambda b_run=b_run, state=state: b_run(state), inner=inner)
-            self._record("decode", name, shape, dense, None, None, "full", stats, err)
+            nbytes = decode_bytes(batch, d, n, n, inputs["x"].element_size(), inputs["state"].element_size())
+            self._record("decode", name, shape, dense, None, None, "full", stats, err, nbytes)
 
     # -- speedups
     def fill_speedups(self) -> None:
@@ -701,10 +824,33 @@ def build_parser() -> argparse.ArgumentParser:
         "1e-2 for float16, 5e-2 for bfloat16",
     )
     parser.add_argument(
+        "--preset",
+        choices=PRESET_CHOICES,
+        default=None,
+        help="issue3: the GPU grid of issue 3 (shapes 130m/370m/1.4b/2.8b x l 512/2048/8192 x batch 1/8, "
+        "n=16, bf16, decode batch 1/64/256, our GPU backends only unless --backends says otherwise); "
+        "CUDA only. Explicit options still win",
+    )
+    parser.add_argument(
+        "--peak-gbps",
+        type=float,
+        default=None,
+        help="peak memory bandwidth of the device in GB/s for the peak_fraction column. Default: the "
+        "vendor figure for known GPUs (H100, H200, A100, ...), none on CPU",
+    )
+    parser.add_argument(
+        "--timer",
+        choices=TIMERS,
+        default="auto",
+        help="auto: triton.testing.do_bench on CUDA (when triton imports; --repeats/--warmup then do "
+        "not apply), CUDA events otherwise; perf_counter on CPU",
+    )
+    parser.add_argument(
         "--dtype",
         choices=list(DTYPES),
-        default="float32",
-        help="dtype of u, delta, B, C, z (A, D, biases and the decode state stay float32); "
+        default=None,
+        help="dtype of u, delta, B, C, z (A, D, biases and the decode state stay float32). "
+        "Default: bfloat16 on CUDA, float32 on CPU; "
         "float16/bfloat16 only on CUDA",
     )
     parser.add_argument(
@@ -748,6 +894,9 @@ def resolve_args(args: argparse.Namespace, device: torch.device) -> None:
     }
     if args.quick:
         defaults.update(QUICK)
+    if args.preset == "issue3":
+        defaults.update(ISSUE3)
+    defaults.setdefault("dtype", "bfloat16" if cuda else "float32")
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -788,6 +937,8 @@ TABLE_COLUMNS = [
     ("median_s", "median ms"),
     ("min_s", "min ms"),
     ("iqr_s", "IQR ms"),
+    ("gbps_s", "GB/s"),
+    ("peak_s", "of peak"),
     ("dense_s", "vs dense"),
     ("tf_s", "vs HF"),
     ("err_s", "max err"),
@@ -809,6 +960,8 @@ def render_table(results: list[dict[str, Any]]) -> str:
                 "median_s": common.fmt_float(r["median_ms"]),
                 "min_s": common.fmt_float(r["min_ms"]),
                 "iqr_s": common.fmt_float(r["iqr_ms"]),
+                "gbps_s": common.fmt_float(r["gbps"]),
+                "peak_s": "-" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.0f}%",
                 "dense_s": common.fmt_float(r["speedup_vs_dense"], suffix="x"),
                 "tf_s": common.fmt_float(r["speedup_vs_transformers"], suffix="x"),
                 "err_s": f"{r['max_abs_err_vs_reference']:.1e}",
@@ -821,12 +974,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     device = common.resolve_device(args.device)
-    dtype = DTYPES[args.dtype]
-    if dtype != torch.float32 and device.type != "cuda":
-        parser.error(f"--dtype {args.dtype} is only benchmarked on CUDA; use float32 on {device.type}")
+    if args.preset is not None and device.type != "cuda":
+        parser.error(
+            f"--preset {args.preset} is a GPU benchmark (bf16 Mamba layers up to l=8192) and needs a "
+            f"CUDA device; this run is on {device.type}. Run without --preset for the torch backend "
+            "at CPU sizes"
+        )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     resolve_args(args, device)
+    dtype = DTYPES[args.dtype]
+    if dtype != torch.float32 and device.type != "cuda":
+        parser.error(f"--dtype {args.dtype} is only benchmarked on CUDA; use float32 on {device.type}")
+    if args.preset is not None and args.backends is None:
+        gpu_backends = [b for b in ("triton", "cuda") if ssk.available_backends()[b][0]]
+        args.backends = gpu_backends or None
     try:
         shapes = [parse_shape(s, args.batch, args.seqlen) for s in args.shapes]
     except argparse.ArgumentTypeError as exc:
@@ -875,11 +1037,17 @@ def main(argv: list[str] | None = None) -> int:
             "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SPARSESSM_")},
         }
     )
+    versions = common.collect_versions()
     payload = {
         "benchmark": "scan",
         "device": common.device_info(device),
         "date": common.utc_now_iso(),
-        "versions": common.collect_versions(),
+        "torch": versions.get("torch"),
+        "triton": versions.get("triton"),
+        "backend": ",".join(backends),
+        "peak_gbps": bench.peak_gbps,
+        "timer": bench.timer,
+        "versions": versions,
         "backends": {k: {"usable": u, "reason": r} for k, (u, r) in ssk.available_backends().items()},
         "config": config,
         "results": bench.results,

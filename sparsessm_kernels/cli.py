@@ -4,6 +4,8 @@ Usage::
 
     sparsessm env [--json]            # versions, devices, backend availability
     python -m sparsessm_kernels env   # same
+    sparsessm prune MODEL_DIR --calib wikitext2|PATH --save OUT_DIR [...]   # docs/pruning.md
+    sparsessm eval MODEL_DIR --data wikitext2|PATH --seqlen 2048
 
 Adding a subcommand: write ``_configure_<name>(parser)`` (adds the arguments) and
 ``_run_<name>(args) -> int`` (does the work, returns the exit code), then append a
@@ -211,6 +213,276 @@ def _run_env(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------- prune / eval
+def _setup_logging(verbose: bool) -> None:
+    import logging
+
+    log = logging.getLogger("sparsessm_kernels")
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _add_common_run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where layers run: auto (CUDA when available), cpu, cuda, cuda:1, ...",
+    )
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model weights dtype"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        metavar="DIR",
+        default=None,
+        help="directory with the tokenizer files (default: MODEL_DIR; without any, UTF-8 bytes when "
+        "vocab >= 256)",
+    )
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars"
+    )
+    parser.add_argument("--verbose", action="store_true", help="log details (per-layer timings, allocation)")
+
+
+def _configure_prune(parser: argparse.ArgumentParser) -> None:
+    from .prune.config import AGGREGATIONS, METHODS, SCORES, TARGETS, TIME_WEIGHTS
+
+    parser.add_argument(
+        "model_dir", metavar="MODEL_DIR", help="Mamba-1 checkpoint directory (HF or mamba_ssm)"
+    )
+    parser.add_argument(
+        "--save", metavar="OUT_DIR", required=True, help="output model directory (HF layout + masks)"
+    )
+    parser.add_argument(
+        "--calib",
+        default="wikitext2",
+        help="calibration text: a local file, or wikitext2 / ptb / c4 (HF datasets)",
+    )
+    parser.add_argument("--nsamples", type=_positive_int, default=64, help="calibration windows (default 64)")
+    parser.add_argument(
+        "--seqlen", type=_positive_int, default=2048, help="calibration window length (default 2048)"
+    )
+    parser.add_argument(
+        "--method", choices=METHODS, default="sparsessm", help="pruning method (default sparsessm)"
+    )
+    parser.add_argument(
+        "--targets",
+        choices=TARGETS,
+        default="ssm",
+        help="ssm: A_log; ffn: in_proj, x_proj, dt_proj, out_proj (+conv1d with --conv1d); all: both",
+    )
+    parser.add_argument(
+        "--pattern",
+        default="unstructured",
+        help="unstructured, N:M such as 2:4 or 4:8 (states for A_log, inputs for projections), or column "
+        "(A_log only: states removed)",
+    )
+    parser.add_argument(
+        "--sparsity",
+        type=float,
+        default=None,
+        help="fraction pruned in [0, 1) (default 0.5; N:M implies 1 - N/M)",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="sensitivity-aware allocation half-width for in_proj/out_proj (default 0.04 with --method "
+        "sparsessm and unstructured projections, else 0)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="calibration windows and random masks (default 0)"
+    )
+    parser.add_argument(
+        "--eval", metavar="PATH", default=None, help="perplexity before/after on this text (file or name)"
+    )
+    parser.add_argument(
+        "--eval-seqlen", type=_positive_int, default=None, help="evaluation window (default --seqlen)"
+    )
+    parser.add_argument(
+        "--eval-before",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also evaluate the dense model (with --eval)",
+    )
+    parser.add_argument(
+        "--eval-max-windows", type=_positive_int, default=None, help="evaluate only the first windows"
+    )
+    parser.add_argument(
+        "--export-stock", metavar="DIR", default=None, help="also write a stock transformers checkpoint"
+    )
+    parser.add_argument(
+        "--score", choices=SCORES, default="sparsessm", help="SparseSSM score (default sparsessm)"
+    )
+    parser.add_argument(
+        "--aggregation", choices=AGGREGATIONS, default="weighted", help="time aggregation (default weighted)"
+    )
+    parser.add_argument(
+        "--time-weights", choices=TIME_WEIGHTS, default="power", help="weights of the weighted aggregation"
+    )
+    parser.add_argument("--power", type=float, default=1.0, help="power weights (t+1)^-power (default 1)")
+    parser.add_argument("--gamma", type=float, default=0.9, help="discount weights gamma^t (default 0.9)")
+    parser.add_argument("--window", type=float, default=0.25, help="window weights: first fraction of steps")
+    parser.add_argument(
+        "--include", action="append", default=[], metavar="REGEX", help="prune only matching modules"
+    )
+    parser.add_argument(
+        "--exclude", action="append", default=[], metavar="REGEX", help="do not prune matching modules"
+    )
+    parser.add_argument(
+        "--conv1d",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also prune the depthwise conv1d, per channel (ffn / all targets)",
+    )
+    parser.add_argument(
+        "--blocksize", type=_positive_int, default=128, help="SparseGPT block size (default 128)"
+    )
+    parser.add_argument("--percdamp", type=float, default=0.01, help="SparseGPT dampening (default 0.01)")
+    parser.add_argument("--batch-size", type=_positive_int, default=8, help="calibration windows per forward")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    _add_common_run_args(parser)
+
+
+def _fail(command: str, exc: BaseException, code: int) -> int:
+    print(f"sparsessm {command}: error: {exc}", file=sys.stderr)
+    return code
+
+
+_INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, TypeError)
+
+
+def _run_prune(args: argparse.Namespace) -> int:
+    from .prune.config import PruneConfig
+    from .prune.run import PruneJob, run_prune
+
+    _setup_logging(args.verbose)
+    try:
+        cfg = PruneConfig(
+            method=args.method,
+            targets=args.targets,
+            pattern=args.pattern,
+            sparsity=args.sparsity,
+            alpha=args.alpha,
+            seed=args.seed,
+            score=args.score,
+            aggregation=args.aggregation,
+            time_weights=args.time_weights,
+            power=args.power,
+            gamma=args.gamma,
+            window=args.window,
+            include=tuple(args.include),
+            exclude=tuple(args.exclude),
+            conv1d=args.conv1d,
+            blocksize=args.blocksize,
+            percdamp=args.percdamp,
+            batch_size=args.batch_size,
+        )
+        job = PruneJob(
+            model_dir=args.model_dir,
+            save=args.save,
+            cfg=cfg,
+            calib=args.calib,
+            nsamples=args.nsamples,
+            seqlen=args.seqlen,
+            eval=args.eval,
+            eval_seqlen=args.eval_seqlen,
+            eval_before=args.eval_before,
+            eval_max_windows=args.eval_max_windows,
+            export_stock=args.export_stock,
+            device=args.device,
+            dtype=args.dtype,
+            tokenizer=args.tokenizer,
+            progress=args.progress,
+        )
+        job.validate()
+    except _INPUT_ERRORS as exc:
+        return _fail("prune", exc, 2)
+    try:
+        report = run_prune(job)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        return _fail("prune", exc, 1)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        from .prune.report import REPORT_NAME, format_table
+
+        print(format_table(report))
+        print(f"saved {args.save} (report: {os.path.join(args.save, REPORT_NAME)})")
+    return 0
+
+
+def _configure_eval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="model directory (dense or pruned)")
+    parser.add_argument("--data", default="wikitext2", help="text: a local file, or wikitext2 / ptb / c4")
+    parser.add_argument("--seqlen", type=_positive_int, default=2048, help="window length (default 2048)")
+    parser.add_argument("--batch-size", type=_positive_int, default=1, help="windows per forward (default 1)")
+    parser.add_argument(
+        "--max-windows", type=_positive_int, default=None, help="evaluate only the first windows"
+    )
+    parser.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated lm-eval zero-shot tasks ('default' = piqa,arc_easy,arc_challenge,winogrande,"
+        "openbookqa); needs lm-eval installed",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_common_run_args(parser)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .prune.run import EvalJob, run_eval
+
+    _setup_logging(args.verbose)
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else ()
+    try:
+        job = EvalJob(
+            model_dir=args.model_dir,
+            data=args.data,
+            seqlen=args.seqlen,
+            batch_size=args.batch_size,
+            max_windows=args.max_windows,
+            device=args.device,
+            dtype=args.dtype,
+            tokenizer=args.tokenizer,
+            tasks=tasks,
+            progress=args.progress,
+        )
+        job.validate()
+    except _INPUT_ERRORS as exc:
+        return _fail("eval", exc, 2)
+    try:
+        result = run_eval(job)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        return _fail("eval", exc, 1)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        p = result["perplexity"]
+        print(
+            f"{args.model_dir}: perplexity {p['ppl']:.4f} (mean NLL {p['mean_nll']:.4f}, "
+            f"{p['tokens']} tokens, "
+            f"{p['windows']} windows of {p['seqlen']}, tokenizer {result['tokenizer']})"
+        )
+        for task, metrics in (result.get("zero_shot") or {}).items():
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            print(f"  {task}: {shown}")
+    return 0
+
+
 # ------------------------------------------------------------------------------- dispatch
 COMMANDS: list[Command] = [
     Command(
@@ -218,6 +490,18 @@ COMMANDS: list[Command] = [
         "print versions, devices and which kernel backends are usable",
         _configure_env,
         _run_env,
+    ),
+    Command(
+        "prune",
+        "prune a Mamba-1 model (SparseSSM for A_log, SparseGPT / Wanda / magnitude for projections)",
+        _configure_prune,
+        _run_prune,
+    ),
+    Command(
+        "eval",
+        "perplexity on non-overlapping windows (and lm-eval zero-shot tasks when installed)",
+        _configure_eval,
+        _run_eval,
     ),
 ]
 """Registered subcommands, in the order ``--help`` lists them."""

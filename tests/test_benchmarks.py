@@ -81,6 +81,9 @@ def test_quick_top_level_schema(quick_json):
         assert isinstance(device["compute_capability"], str)
     parsed = dt.datetime.fromisoformat(data["date"].replace("Z", "+00:00"))
     assert parsed.tzinfo is not None and parsed.utcoffset() == dt.timedelta(0)
+    assert data["torch"] == data["versions"]["torch"]
+    assert data["triton"] == data["versions"].get("triton")
+    assert isinstance(data["backend"], str)
     versions = data["versions"]
     for key in ("python", "torch", "sparsessm_kernels"):
         assert isinstance(versions[key], str) and versions[key]
@@ -102,8 +105,21 @@ def test_quick_results_schema_and_correctness(quick_json):
             assert key in row, key
             assert isinstance(row[key], types), (key, row[key])
         assert row["kind"] in ("scan", "decode")
-        assert set(row["shape"]) == {"b", "d", "n", "l"}
-        assert all(isinstance(v, int) and v >= 1 for v in row["shape"].values())
+        shape = row["shape"]
+        assert set(shape) == {"b", "d", "n", "l", "batch", "d_inner", "seqlen", "d_state"}
+        assert all(isinstance(v, int) and v >= 1 for v in shape.values())
+        assert (shape["batch"], shape["d_inner"], shape["seqlen"], shape["d_state"]) == (
+            shape["b"],
+            shape["d"],
+            shape["l"],
+            shape["n"],
+        )
+        # the fields issue 3 asks for
+        assert row["op"] == {"scan": "selective_scan", "decode": "selective_state_update"}[row["kind"]]
+        assert row["dtype"] == "float32" and row["time_ms"] == row["median_ms"]
+        assert row["pattern"] in ("dense", "column", "2:4", "unstructured")
+        assert row["gbps"] is None or (math.isfinite(row["gbps"]) and row["gbps"] > 0)
+        assert row["peak_fraction"] is None  # unknown on CPU
         if row["kind"] == "decode":
             assert row["shape"]["l"] == 1
             assert row["state"] in ("full", "compact")
@@ -167,6 +183,22 @@ def test_correctness_guard_aborts(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_issue3_preset_refuses_cpu_clearly(tmp_path):
+    if _cuda_visible():
+        pytest.skip("a GPU is visible: the preset would run")
+    out = tmp_path / "never.json"
+    proc = _run("--preset", "issue3", "--device", "cpu", "--out", str(out))
+    assert proc.returncode == 2
+    assert "needs a CUDA device" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def test_help_lists_options():
     proc = _run("--help")
     assert proc.returncode == 0
@@ -183,6 +215,9 @@ def test_help_lists_options():
         "--quick",
         "--dtype",
         "--out",
+        "--preset",
+        "--peak-gbps",
+        "--timer",
     ):
         assert option in proc.stdout, option
 

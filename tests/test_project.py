@@ -16,6 +16,7 @@ ALLOWED = {
     "ops": {"ops", "_io", "_version"},
     "sparsity": {"ops", "sparsity", "_io", "_version"},
     "models": {"ops", "sparsity", "models", "_io", "_version"},
+    "prune": {"ops", "sparsity", "models", "prune", "_io", "_version"},
 }
 
 

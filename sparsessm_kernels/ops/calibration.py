@@ -6,8 +6,10 @@ squared change of ``h_t`` when the transition is removed. The score is averaged 
 calibration samples as a per-sample product (``mean_b dA^2 h^2``, not ``mean dA^2 * mean h^2``)
 and aggregated over time with weights ``w_t``.
 
-:func:`state_saliency` returns it without materialising the ``(b, l, d, n)`` state trajectory.
-``state_saliency_ref`` is the plain one-step-at-a-time oracle.
+:func:`state_saliency` returns it without materialising the ``(b, l, d, n)`` state trajectory:
+on the ``"triton"`` backend by :mod:`.triton.calibration` (states in registers, one pass over
+time), on the ``"torch"`` backend by a chunked, vectorised scan that holds one ``(b, T, d, n)``
+chunk at a time. ``state_saliency_ref`` is the plain one-step-at-a-time oracle.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_scan_inputs, check_tensor
+from .dispatch import resolve_backend
+
+_TARGET_CHUNK_ELEMENTS = 1_500_000
 
 
 def _check_time_weights(time_weights: torch.Tensor | None, seqlen: int, device: torch.device) -> torch.Tensor:
@@ -91,10 +96,70 @@ def state_saliency(
 ) -> torch.Tensor:
     """SparseSSM transition saliency of every state of a layer (see :func:`state_saliency_ref`).
 
-    Same arguments and result as the reference; ``backend`` as in ``selective_scan``.
+    Same arguments and result as the reference; ``backend`` as in ``selective_scan``
+    (``"auto"``: Triton for CUDA tensors when usable, else the chunked PyTorch path).
     """
-    if backend not in ("auto", "torch", "triton", "cuda"):
-        raise ValueError(f"backend: expected one of ('auto', 'torch', 'triton', 'cuda'), got {backend!r}")
-    return state_saliency_ref(
-        u, delta, A, B, delta_bias, delta_softplus, time_weights=time_weights, per_step=per_step
+    check_scan_inputs(u, delta, A, B, B, None, None, delta_bias)
+    w = _check_time_weights(time_weights, u.shape[2], u.device)
+    chosen = resolve_backend(backend, u.device)
+    if chosen == "triton":
+        from .triton.calibration import state_saliency_triton
+
+        return state_saliency_triton(u, delta, A, B, delta_bias, delta_softplus, w, per_step)
+    return _state_saliency_torch(u, delta, A, B, delta_bias, delta_softplus, w, per_step)
+
+
+def _state_saliency_torch(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    w: torch.Tensor,
+    per_step: bool,
+) -> torch.Tensor:
+    """Chunked, vectorised saliency: per chunk of ``T`` steps the discretisation, drive and scores
+    are a few large ops on ``(b, T, d, n)`` buffers; only ``h_t = dA_t h_{t-1} + dBu_t`` is one
+    in-place ``addcmul_`` per step."""
+    b, d, l = u.shape
+    n = A.shape[1]
+    dtype = torch.float64 if torch.float64 in (u.dtype, delta.dtype, A.dtype, B.dtype) else torch.float32
+    dt = delta.to(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    dtu = dt * u.to(dtype)
+    A_m = A.to(dtype)
+    Bg = B.to(dtype) if B.dim() == 4 else B.to(dtype).unsqueeze(1)  # (b, g, n, l)
+    g = Bg.shape[1]
+    w = w.to(dtype)
+    T = max(1, min(l, 256, _TARGET_CHUNK_ELEMENTS // max(1, b * d * n)))
+
+    h = torch.zeros(b, d, n, dtype=dtype, device=u.device)
+    result = (
+        torch.empty(l, d, n, dtype=dtype, device=u.device)
+        if per_step
+        else torch.zeros(d, n, dtype=dtype, device=u.device)
     )
+    for start in range(0, l, T):
+        s = slice(start, min(start + T, l))
+        Tc = s.stop - start
+        dA = torch.exp(dt[:, :, s].transpose(1, 2)[..., None] * A_m)  # (b, T, d, n)
+        B_c = Bg[..., s].permute(0, 3, 1, 2)  # (b, T, g, n)
+        if g > 1:
+            B_c = B_c.repeat_interleave(d // g, dim=2)
+        H = dtu[:, :, s].transpose(1, 2)[..., None] * B_c  # the drive, then the states in place
+        H_t, dA_t = H.unbind(1), dA.unbind(1)
+        H_t[0].addcmul_(dA_t[0], h)
+        for t in range(1, Tc):
+            H_t[t].addcmul_(dA_t[t], H_t[t - 1])
+        prev = torch.cat([h[:, None], H[:, : Tc - 1]], dim=1)  # h_{t-1} for every step of the chunk
+        score = prev.mul_(dA).square_().mean(dim=0)  # (T, d, n): mean_b (dA_t h_{t-1})^2
+        if per_step:
+            result[s] = score
+        else:
+            result += torch.einsum("t,tdn->dn", w[s], score)
+        h = H_t[Tc - 1].clone()
+    return result.to(torch.float32 if dtype == torch.float32 else dtype)

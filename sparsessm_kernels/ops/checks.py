@@ -132,10 +132,12 @@ def check_state_update_inputs(
     z: torch.Tensor | None,
     dt_bias: torch.Tensor | None,
     n_kept: int | None,
+    state_batch_indices: torch.Tensor | None = None,
 ) -> ScanShape:
     """Validate the arguments of ``selective_state_update``.
 
     ``n_kept`` is the number of kept states when a uniform mask allows a compact state, else None.
+    With ``state_batch_indices`` ``(b,)`` the state has any number of rows, ``(S, d, n or k)``.
     """
     check_tensor("x", x)
     if x.dim() != 2:
@@ -145,10 +147,21 @@ def check_state_update_inputs(
     check_shape("dt", dt, (b, d), "(b, d)")
     n = check_A(A, d)
     check_tensor("state", state)
-    allowed = [(b, d, n)] + ([(b, d, n_kept)] if n_kept is not None and n_kept != n else [])
+    rows = b
+    if state_batch_indices is not None:
+        if not isinstance(state_batch_indices, torch.Tensor):
+            raise TypeError(
+                f"state_batch_indices: expected a torch.Tensor, got {type(state_batch_indices).__name__}"
+            )
+        if state_batch_indices.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"state_batch_indices: expected int32 or int64, got {state_batch_indices.dtype}")
+        check_shape("state_batch_indices", state_batch_indices, (b,), "(b,)")
+        rows = state.shape[0] if state.dim() == 3 and state.shape[0] >= 1 else b
+    allowed = [(rows, d, n)] + ([(rows, d, n_kept)] if n_kept is not None and n_kept != n else [])
     if _shape(state) not in allowed:
-        what = " or compact (b, d, k) = " + str(allowed[1]) if len(allowed) > 1 else ""
-        raise ValueError(f"state: expected shape (b, d, n) = {allowed[0]}{what}, got {_shape(state)}")
+        r = "b" if state_batch_indices is None else "S"
+        what = f" or compact ({r}, d, k) = " + str(allowed[1]) if len(allowed) > 1 else ""
+        raise ValueError(f"state: expected shape ({r}, d, n) = {allowed[0]}{what}, got {_shape(state)}")
     gB = check_BC("B", B, b, d, n, ())
     gC = check_BC("C", C, b, d, n, ())
     for name, t in (("D", D), ("dt_bias", dt_bias)):
@@ -156,7 +169,18 @@ def check_state_update_inputs(
         check_shape(name, t, (d,), "(d,)")
     check_tensor("z", z, optional=True)
     check_shape("z", z, (b, d), "(b, d)")
-    check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    check_same_device(
+        state=state,
+        x=x,
+        dt=dt,
+        A=A,
+        B=B,
+        C=C,
+        D=D,
+        z=z,
+        dt_bias=dt_bias,
+        state_batch_indices=state_batch_indices,
+    )
     return ScanShape(b, d, 1, n, gB, gC)
 
 

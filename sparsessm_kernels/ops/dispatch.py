@@ -7,7 +7,9 @@
 Backends:
 
 * ``"torch"``: pure PyTorch, chunked (:mod:`.torch_backend`); any device.
-* ``"triton"``: Triton kernels for CUDA tensors (not part of this release yet).
+* ``"triton"``: Triton kernels (:mod:`.triton`) for CUDA tensors; under Triton's interpreter
+  (``TRITON_INTERPRET=1`` set before the kernels are first imported) also for CPU tensors, which
+  is how the tests run them without a GPU.
 * ``"cuda"``: the compiled extension ``sparsessm_kernels._C`` (opt-in build, not part of this
   release yet).
 * ``"auto"`` (default): cuda if built and the tensors are on CUDA, else triton for CUDA tensors,
@@ -35,7 +37,7 @@ class BackendUnavailableError(RuntimeError):
 
 _BACKEND_STATUS: dict[str, tuple[bool, str]] = {
     "torch": (True, "pure PyTorch, runs on any device"),
-    "triton": (False, "the Triton kernels are not part of this release yet (use backend='torch')"),
+    "triton": (False, "not probed yet"),  # probed by _statuses() / available_backends()
     "cuda": (
         False,
         "the compiled CUDA extension sparsessm_kernels._C is not part of this release yet "
@@ -44,9 +46,35 @@ _BACKEND_STATUS: dict[str, tuple[bool, str]] = {
 }
 
 
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without its import of ``torch._dynamo`` (which
+    imports triton, and Triton must be imported after ``TRITON_INTERPRET`` is set when the tests
+    use its interpreter): that API only sets this attribute on ``fn``."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
+def _triton_probe() -> tuple[bool, str, bool]:
+    """``(usable, reason, interpreted)`` of the Triton backend (cheap after the first call).
+
+    A constant for ``torch.compile``: the probe imports modules, which dynamo must not trace.
+    """
+    from .triton import probe
+
+    return probe()
+
+
+def _statuses() -> dict[str, tuple[bool, str]]:
+    usable, reason, _ = _triton_probe()
+    return {**_BACKEND_STATUS, "triton": (usable, reason)}
+
+
 def available_backends() -> dict[str, tuple[bool, str]]:
     """``{backend: (usable, reason)}`` for ``torch``, ``triton`` and ``cuda`` on this machine."""
-    return dict(_BACKEND_STATUS)
+    statuses = _statuses()
+    _BACKEND_STATUS.update(statuses)
+    return statuses
 
 
 _warned: set[str] = set()
@@ -64,23 +92,27 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         backend = os.environ.get("SPARSESSM_BACKEND", "auto") or "auto"
     if backend not in (*BACKENDS, "auto"):
         raise ValueError(f"backend: expected one of {('auto', *BACKENDS)}, got {backend!r}")
-    statuses = _BACKEND_STATUS
+    if backend == "torch" or (backend == "auto" and device.type != "cuda"):
+        return "torch"
+    statuses = _statuses()
     if backend == "auto":
         if device.type == "cuda":
             for candidate in ("cuda", "triton"):
                 if statuses[candidate][0]:
                     return candidate
-            _warn_once(
-                "auto-torch-on-cuda",
-                "sparsessm_kernels: no Triton or CUDA kernel is usable for CUDA tensors; running the "
-                f"pure PyTorch backend instead (slow path). triton: {statuses['triton'][1]}; "
-                f"cuda: {statuses['cuda'][1]}",
-            )
+            if not torch.compiler.is_compiling():
+                _warn_once(
+                    "auto-torch-on-cuda",
+                    "sparsessm_kernels: no Triton or CUDA kernel is usable for CUDA tensors; running the "
+                    f"pure PyTorch backend instead (slow path). triton: {statuses['triton'][1]}; "
+                    f"cuda: {statuses['cuda'][1]}",
+                )
         return "torch"
     usable, reason = statuses[backend]
     if not usable:
         raise BackendUnavailableError(f"backend={backend!r} is not usable: {reason}")
-    if backend != "torch" and device.type != "cuda":
+    on_cpu_interpreter = backend == "triton" and _triton_probe()[2]
+    if backend != "torch" and device.type != "cuda" and not on_cpu_interpreter:
         raise ValueError(f"backend={backend!r} needs CUDA tensors, got tensors on {device}")
     return backend
 
@@ -168,6 +200,7 @@ def selective_state_update(
     state_mask: torch.Tensor | StateLayout | None = None,
     pruned_states: str = "zero_transition",
     backend: str = "auto",
+    state_batch_indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decode step of the (sparse) selective SSM, like mamba_ssm's ``selective_state_update``.
 
@@ -177,6 +210,11 @@ def selective_state_update(
         x: ``(b, d)``. dt: ``(b, d)``. A: ``(d, n)`` float32. B, C: ``(b, n)`` or ``(b, g, n)``.
         D: ``(d,)``. z: ``(b, d)``. dt_bias: ``(d,)``. dt_softplus: softplus on ``dt + dt_bias``.
         state_mask, pruned_states, backend: as in :func:`selective_scan`.
+        state_batch_indices: optional ``(b,)`` int32/int64 for continuous batching: row ``i`` updates
+            ``state[state_batch_indices[i]]`` of a state with any number of rows ``(S, d, n or k)``.
+            An index outside ``[0, S)`` (a pad such as -1) skips the row: output 0, no state
+            change. Valid indices must be distinct. (The torch backend synchronises to select
+            the rows; the Triton kernel does not.)
 
     Returns:
         ``out`` ``(b, d)`` in ``x.dtype``.
@@ -186,7 +224,7 @@ def selective_state_update(
     d = x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 2 else 0
     layout = as_layout(state_mask, d, n) if n and d else None
     n_kept = layout.n_kept if layout is not None and layout.uniform else None
-    check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias, n_kept)
+    check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias, n_kept, state_batch_indices)
     chosen = resolve_backend(backend, x.device)
     return torch.ops.sparsessm.selective_state_update(
         state,
@@ -202,6 +240,7 @@ def selective_state_update(
         *_layout_tensors(layout, x.device),
         pruned_states,
         chosen,
+        state_batch_indices,
     )
 
 

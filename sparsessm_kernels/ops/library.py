@@ -2,8 +2,10 @@
 
 Registered as custom ops with fake (meta) implementations so that ``torch.compile(fullgraph=True)``
 traces calls without graph breaks and CUDA graphs can capture them. The op bodies dispatch on the
-``backend`` string already resolved by :mod:`.dispatch`. Forward only: no autograd formula is
-registered (inference and calibration do not need one).
+``backend`` string already resolved by :mod:`.dispatch`: ``"torch"`` runs
+:mod:`.torch_backend`, ``"triton"`` the kernels of :mod:`.triton` (imported on first use; the
+Triton path never synchronises with the host, so a captured CUDA graph replays it). Forward only:
+no autograd formula is registered (inference and calibration do not need one).
 """
 
 from __future__ import annotations
@@ -31,9 +33,13 @@ def _selective_scan_op(
     pruned_states: str,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if backend != "torch":
+    if backend == "triton":
+        from .triton.selective_scan import selective_scan_triton as impl
+    elif backend == "torch":
+        impl = selective_scan_torch
+    else:
         raise RuntimeError(f"sparsessm::selective_scan: backend {backend!r} is not available in this build")
-    out, last_state = selective_scan_torch(
+    out, last_state = impl(
         u,
         delta,
         A,
@@ -73,8 +79,9 @@ def _(
     backend,
 ):
     b, d, l = u.shape
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
     state_dtype = (
-        torch.float64 if torch.float64 in (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype) else torch.float32
+        torch.float64 if any(t is not None and t.dtype == torch.float64 for t in inputs) else torch.float32
     )
     out = u.new_empty((b, d, l))
     last_state = u.new_empty((b, d, A.shape[1]) if return_last_state else (0,), dtype=state_dtype)
@@ -98,13 +105,32 @@ def _selective_state_update_op(
     kept_count: torch.Tensor | None,
     pruned_states: str,
     backend: str,
+    state_batch_indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    if backend != "torch":
+    if backend == "triton":
+        from .triton.state_update import selective_state_update_triton as impl
+    elif backend == "torch":
+        impl = selective_state_update_torch
+    else:
         raise RuntimeError(
             f"sparsessm::selective_state_update: backend {backend!r} is not available in this build"
         )
-    return selective_state_update_torch(
-        state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_mask, kept_idx, kept_count, pruned_states
+    return impl(
+        state,
+        x,
+        dt,
+        A,
+        B,
+        C,
+        D,
+        z,
+        dt_bias,
+        dt_softplus,
+        state_mask,
+        kept_idx,
+        kept_count,
+        pruned_states,
+        state_batch_indices,
     )
 
 
@@ -125,5 +151,6 @@ def _(
     kept_count,
     pruned_states,
     backend,
+    state_batch_indices=None,
 ):
     return x.new_empty(x.shape)

@@ -121,6 +121,7 @@ def selective_state_update_ref(
     *,
     state_mask: torch.Tensor | StateLayout | None = None,
     pruned_states: str = "zero_transition",
+    state_batch_indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decode step of the selective SSM; ``state`` is updated in place.
 
@@ -132,6 +133,10 @@ def selective_state_update_ref(
         B, C: ``(b, n)`` or grouped ``(b, g, n)``. D: ``(d,)``. z: ``(b, d)``. dt_bias: ``(d,)``.
         dt_softplus: apply softplus to ``dt + dt_bias``.
         state_mask, pruned_states: as in :func:`selective_scan_ref`.
+        state_batch_indices: optional ``(b,)`` int32/int64 (continuous batching): row ``i`` of the
+            batch uses ``state[state_batch_indices[i]]`` of a state with any number ``S`` of rows.
+            An index outside ``[0, S)`` (a pad, e.g. -1) skips the row: its output is 0 and no
+            state changes. Valid indices must be distinct.
 
     Returns:
         ``out`` ``(b, d)`` in ``x.dtype``. The output is computed from the updated state in the
@@ -142,7 +147,28 @@ def selective_state_update_ref(
     d = x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 2 else 0
     layout = as_layout(state_mask, d, n) if n else None
     n_kept = layout.n_kept if layout is not None and layout.uniform else None
-    shape = check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias, n_kept)
+    shape = check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias, n_kept, state_batch_indices)
+    if state_batch_indices is not None:  # one row at a time, each on its own state row
+        out = torch.zeros_like(x)
+        for i, row in enumerate(state_batch_indices.tolist()):
+            if not 0 <= row < state.shape[0]:
+                continue
+            one = slice(i, i + 1)
+            out[one] = selective_state_update_ref(
+                state[row : row + 1],
+                x[one],
+                dt[one],
+                A,
+                B[one],
+                C[one],
+                D,
+                None if z is None else z[one],
+                dt_bias,
+                dt_softplus,
+                state_mask=layout,
+                pruned_states=pruned_states,
+            )
+        return out
     dtype = math_dtype(state, x, dt, A, B, C, D, z, dt_bias)
     d, n = shape.d_inner, shape.d_state
     compact = layout is not None and state.shape[-1] != n

@@ -1,0 +1,99 @@
+"""Helpers shared by the Triton kernel families: jit math helpers, launch configuration.
+
+Everything here uses Triton APIs that exist in Triton 3.6 (the oldest version the GPU machines
+carry) as well as in newer releases.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from . import interpret_requested
+
+INTERPRETED = interpret_requested()
+"""Whether the kernels of this package were built for Triton's interpreter.
+
+``triton.jit`` decides at decoration time, i.e. when these modules are first imported, so this
+is fixed for the life of the process.
+"""
+
+
+def next_pow2(x: int) -> int:
+    return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return int(torch.cuda.get_device_properties(index).multi_processor_count)
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (1 under the interpreter or on CPU tensors)."""
+    if device.type != "cuda" or INTERPRETED:
+        return 1
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _sm_count(index)
+
+
+_INT_DUMMIES: dict[torch.device, torch.Tensor] = {}
+
+
+def int_dummy(device: torch.device) -> torch.Tensor:
+    """A cached int32 tensor standing in for an integer-pointer argument a kernel never reads.
+
+    Cached per device so no call allocates (nor launches a fill) for it.
+    """
+    dummy = _INT_DUMMIES.get(device)
+    if dummy is None:
+        dummy = _INT_DUMMIES[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return dummy
+
+
+def device_guard(device: torch.device):
+    """Make ``device`` current while kernels launch (Triton launches on the current device)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return _NullContext()
+
+
+class _NullContext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def acc_dtype(*tensors: torch.Tensor | None) -> tuple[torch.dtype, tl.dtype]:
+    """Math precision: float64 when any input is float64 (the reference rule), else float32."""
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        return torch.float64, tl.float64
+    return torch.float32, tl.float32
+
+
+def bc_strides(t: torch.Tensor, grouped: bool) -> tuple[int, int, int, int]:
+    """B or C, ``(b, n, ...)`` or grouped ``(b, g, n, ...)``: ``(g, stride_b, stride_g, stride_n)``.
+
+    A time stride, if any, is ``t.stride(-1)``.
+    """
+    if not grouped:
+        return 1, t.stride(0), 0, t.stride(1)
+    return t.shape[1], t.stride(0), t.stride(1), t.stride(2)
+
+
+@triton.jit
+def softplus(x):
+    """PyTorch's softplus (beta 1, threshold 20); log1p through Kahan's trick for small exp(x)."""
+    e = tl.exp(tl.minimum(x, 20.0))
+    u1 = e + 1.0
+    lp = tl.where(u1 == 1.0, e, tl.log(u1) * (e / (u1 - 1.0)))
+    return tl.where(x > 20.0, x, lp)
+
+
+@triton.jit
+def silu(x):
+    return x / (1.0 + tl.exp(-x))

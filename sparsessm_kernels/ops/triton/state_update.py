@@ -1,0 +1,192 @@
+"""Triton decode-step kernel: one step of the (sparse) selective SSM, state updated in place.
+
+Semantics are :func:`sparsessm_kernels.ops.reference.selective_state_update_ref`. A program owns
+``BLOCK_D`` channels of one batch row and works on a ``(BLOCK_D, KB)`` tile of the state, where
+``KB = next_pow2(slots)`` follows the number of **stored** states, not ``n``:
+
+* dense state, no mask: the ``n`` states (``KB = next_pow2(n)``);
+* compact ``(b, d, k)`` state (column or N:M masks): the ``k`` kept states; ``A``, ``B`` and ``C``
+  are read through the kept-index table, so a 2:4 cache moves half the bytes of a dense one.
+  Under ``zero_transition`` the pruned states' feed-through ``dt * x * sum_{pruned} B * C`` is
+  ``dt * x * (sum_all B * C - sum_kept B * C)``: one ``n``-vector product per row, no state;
+* dense ``(b, d, n)`` state with a mask (any mask, e.g. unstructured): the ``n`` states with the
+  pruned transitions (``zero_transition``) or drives (``remove``) set to 0 and the pruned entries
+  stored as 0. A dense state is read and written whole anyway, so gathering would not save bytes.
+
+``state_batch_indices`` (``(b,)`` integers, as in vLLM's continuous batching): row ``i`` updates
+``state[state_batch_indices[i]]``; an index outside ``[0, state.shape[0])`` (e.g. a pad value of
+-1) skips the row: its state is untouched and its output is 0. The indices of valid rows must be
+distinct.
+
+The output is computed from the updated state in float32 (float64 for float64 inputs) before the
+state is rounded to its dtype. Block sizes are fixed (``BLOCK_D * KB`` about 1024); no autotuning,
+which would replay the in-place update. No host synchronisation.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import acc_dtype, bc_strides, device_guard, int_dummy, next_pow2, silu, softplus
+
+MODE_DENSE, MODE_COMPACT, MODE_MASKED = 0, 1, 2
+
+
+@triton.jit
+def _state_update_kernel(
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    kidx_ptr, mask_ptr, sbi_ptr, out_ptr,
+    d, n, k, n_rows, dpg_B, dpg_C,
+    s_sb, s_sd, s_sk, s_xb, s_xd, s_tb, s_td, s_zb, s_zd, sA_d, sA_n,
+    sB_b, sB_g, sB_n, sC_b, sC_g, sC_n, s_D, s_bias, s_mc, s_ob, s_od,
+    MODE: tl.constexpr, MASK_KIND: tl.constexpr, ZERO_TRANSITION: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_SBI: tl.constexpr, BLOCK_D: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr,
+    ACC: tl.constexpr,
+):  # fmt: skip
+    pid_d = tl.program_id(0)
+    bi = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = offs_d < d
+    slots = tl.arange(0, KB)
+
+    if HAS_SBI:  # the row's index, per channel (a broadcast load keeps every mask a tensor)
+        row = tl.load(sbi_ptr + bi + offs_d * 0).to(tl.int64)
+        row_ok = (row >= 0) & (row < n_rows)
+        row = tl.where(row_ok, row, 0)
+    else:
+        row = bi + offs_d * 0
+
+    # state index of every (channel, slot) and whether the slot exists
+    if MODE == 1:
+        valid = dmask[:, None] & (slots[None, :] < k)
+        if MASK_KIND == 1:
+            s = tl.load(kidx_ptr + slots, mask=slots < k, other=0)[None, :]
+        else:
+            s = tl.load(kidx_ptr + offs_d[:, None] * k + slots[None, :], mask=valid, other=0)
+    else:
+        valid = dmask[:, None] & (slots[None, :] < n)
+        s = slots[None, :]
+    if MODE == 2:
+        if MASK_KIND == 1:
+            kept = tl.load(mask_ptr + slots, mask=slots < n, other=0)[None, :] != 0
+        else:
+            kept = tl.load(mask_ptr + offs_d[:, None] * s_mc + slots[None, :], mask=valid, other=0) != 0
+
+    grp_B = (offs_d // dpg_B).to(tl.int64)
+    grp_C = (offs_d // dpg_C).to(tl.int64)
+    B_row = B_ptr + bi * sB_b + grp_B[:, None] * sB_g
+    C_row = C_ptr + bi * sC_b + grp_C[:, None] * sC_g
+    A = tl.load(A_ptr + offs_d[:, None] * sA_d + s * sA_n, mask=valid, other=0.0).to(ACC)
+    Bs = tl.load(B_row + s * sB_n, mask=valid, other=0.0).to(ACC)
+    Cs = tl.load(C_row + s * sC_n, mask=valid, other=0.0).to(ACC)
+
+    dt = tl.load(dt_ptr + bi * s_tb + offs_d * s_td, mask=dmask, other=0.0).to(ACC)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + offs_d * s_bias, mask=dmask, other=0.0).to(ACC)
+    if SOFTPLUS:
+        dt = softplus(dt)
+    x = tl.load(x_ptr + bi * s_xb + offs_d * s_xd, mask=dmask, other=0.0).to(ACC)
+    dtx = dt * x
+
+    st_ptrs = state_ptr + row[:, None] * s_sb + offs_d[:, None] * s_sd + slots[None, :] * s_sk
+    st_mask = valid
+    if HAS_SBI:
+        st_mask = valid & row_ok[:, None]
+    h = tl.load(st_ptrs, mask=st_mask, other=0.0).to(ACC)
+    dA = tl.exp(dt[:, None] * A)
+    drive = dtx[:, None] * Bs
+    if MODE == 2:
+        dA = tl.where(kept, dA, 0.0)
+        if not ZERO_TRANSITION:
+            drive = tl.where(kept, drive, 0.0)
+    h = dA * h + drive
+    y = tl.sum(h * Cs, axis=1)
+    if MODE == 1 and ZERO_TRANSITION:  # pruned states: feed-through only, all rows minus the kept
+        full = tl.arange(0, NB)
+        fmask = dmask[:, None] & (full[None, :] < n)
+        Bf = tl.load(B_row + full[None, :] * sB_n, mask=fmask, other=0.0).to(ACC)
+        Cf = tl.load(C_row + full[None, :] * sC_n, mask=fmask, other=0.0).to(ACC)
+        y += dtx * (tl.sum(Bf * Cf, axis=1) - tl.sum(Bs * Cs, axis=1))
+    if MODE == 2:
+        h = tl.where(kept, h, 0.0)
+    tl.store(st_ptrs, h.to(state_ptr.dtype.element_ty), mask=st_mask)
+
+    if HAS_D:
+        y += x * tl.load(D_ptr + offs_d * s_D, mask=dmask, other=0.0).to(ACC)
+    if HAS_Z:
+        zz = tl.load(z_ptr + bi * s_zb + offs_d * s_zd, mask=dmask, other=0.0).to(ACC)
+        y = y * silu(zz)
+    if HAS_SBI:
+        y = tl.where(row_ok, y, 0.0)
+    tl.store(out_ptr + bi * s_ob + offs_d * s_od, y.to(out_ptr.dtype.element_ty), mask=dmask)
+
+
+def selective_state_update_triton(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    dt_bias: torch.Tensor | None,
+    dt_softplus: bool,
+    state_mask: torch.Tensor | None,
+    kept_idx: torch.Tensor | None,
+    kept_count: torch.Tensor | None,
+    pruned_states: str,
+    state_batch_indices: torch.Tensor | None = None,
+    *,
+    block_d: int | None = None,
+) -> torch.Tensor:
+    """One decode step on the Triton kernel; arguments validated by the caller (``ops.dispatch``).
+
+    ``state`` ``(b, d, n)``, compact ``(b, d, k)``, or ``(S, d, ...)`` with ``state_batch_indices``;
+    updated in place. Returns ``(b, d)`` in ``x.dtype``.
+    """
+    b, d = x.shape
+    n = A.shape[1]
+    dev = x.device
+    _, acc_tl = acc_dtype(state, x, dt, A, B, C, D, z, dt_bias)
+    if state_mask is None:
+        mode, mask_kind, slots = MODE_DENSE, 0, n
+    else:
+        mask_kind = 1 if state_mask.dim() == 1 else 2
+        if state.shape[-1] != n:
+            mode, slots = MODE_COMPACT, int(state.shape[-1])
+        else:
+            mode, slots = MODE_MASKED, n
+    kb = next_pow2(max(slots, 1))
+    nb = next_pow2(n) if mode == MODE_COMPACT and pruned_states == "zero_transition" else 1
+    if block_d is None:
+        block_d = max(1, min(64, 1024 // max(kb, nb)))
+    block_d = min(block_d, next_pow2(d))
+
+    gB, sB_b, sB_g, sB_n = bc_strides(B, B.dim() == 3)
+    gC, sC_b, sC_g, sC_n = bc_strides(C, C.dim() == 3)
+    out = torch.empty((b, d), dtype=x.dtype, device=dev)
+    idummy = int_dummy(dev)  # for integer-pointer arguments the kernel variant never reads
+    kidx = kept_idx.contiguous() if kept_idx is not None and kept_idx.numel() else idummy
+    mask_u8 = state_mask.contiguous().view(torch.uint8) if state_mask is not None else idummy
+    s_mc = mask_u8.stride(0) if state_mask is not None and state_mask.dim() == 2 else 0
+    sbi = state_batch_indices if state_batch_indices is not None else idummy
+    with device_guard(dev):
+        _state_update_kernel[(triton.cdiv(d, block_d), b)](
+            state, x, dt, A, B, C,
+            D if D is not None else out, z if z is not None else out, dt_bias if dt_bias is not None else out,
+            kidx, mask_u8, sbi, out,
+            d, n, slots, state.shape[0], d // gB, d // gC,
+            *state.stride(), *x.stride(), *dt.stride(), *(z.stride() if z is not None else (0, 0)),
+            *A.stride(), sB_b, sB_g, sB_n, sC_b, sC_g, sC_n,
+            D.stride(0) if D is not None else 0, dt_bias.stride(0) if dt_bias is not None else 0,
+            s_mc, *out.stride(),
+            MODE=mode, MASK_KIND=mask_kind, ZERO_TRANSITION=pruned_states == "zero_transition",
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
+            SOFTPLUS=bool(dt_softplus), HAS_SBI=state_batch_indices is not None,
+            BLOCK_D=block_d, KB=kb, NB=nb, ACC=acc_tl, num_warps=4,
+        )  # fmt: skip
+    return out

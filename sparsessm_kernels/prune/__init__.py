@@ -1,0 +1,76 @@
+"""Pruning front-end: SparseSSM for ``A_log``, SparseGPT / Wanda / magnitude for projections.
+
+Layering: imports :mod:`sparsessm_kernels.ops`, :mod:`~sparsessm_kernels.sparsity`,
+:mod:`~sparsessm_kernels.models` and ``_io`` only; the CLI sits on top.
+
+* :mod:`.config` -- :class:`PruneConfig` (settings, validation, module selection);
+* :mod:`.data` -- text sources, tokenizers, calibration / evaluation windows;
+* :mod:`.capture` -- :func:`prune_model`, the sequential layer-by-layer pipeline;
+* :mod:`.ssm` -- ``A_log`` scores, masks, physical state removal;
+* :mod:`.projections` -- SparseGPT, Wanda, magnitude, random; sensitivity-aware allocation;
+* :mod:`.evaluate` -- perplexity, lm-eval zero-shot;
+* :mod:`.report` -- ``prune_report.json``;
+* :mod:`.run` -- :class:`PruneJob` / :func:`run_prune`, :class:`EvalJob` / :func:`run_eval`
+  (what the CLI runs).
+
+Methods, choices and departures from the paper: ``docs/pruning.md``.
+"""
+
+from .capture import ModuleRecord, PruneResult, mixer_intermediates, prune_model
+from .config import METHODS, TARGETS, PruneConfig, PruneConfigError, select_modules
+from .data import (
+    DATASET_NAMES,
+    ByteTokenizer,
+    DataError,
+    Tokenizer,
+    calibration_windows,
+    eval_windows,
+    load_text,
+    load_tokenizer,
+    load_tokens,
+)
+from .evaluate import DEFAULT_TASKS, evaluate_perplexity, score_continuations, zero_shot
+from .projections import allocate_sparsity, sparsegpt_prune
+from .report import REPORT_NAME, build_report, format_table, write_report
+from .run import EvalJob, PruneJob, run_eval, run_prune
+from .ssm import SSMStatistics, remove_states, ssm_masks, time_weights, vote_scores
+
+__all__ = [
+    "DATASET_NAMES",
+    "DEFAULT_TASKS",
+    "METHODS",
+    "REPORT_NAME",
+    "TARGETS",
+    "ByteTokenizer",
+    "DataError",
+    "EvalJob",
+    "ModuleRecord",
+    "PruneConfig",
+    "PruneConfigError",
+    "PruneJob",
+    "PruneResult",
+    "SSMStatistics",
+    "Tokenizer",
+    "allocate_sparsity",
+    "build_report",
+    "calibration_windows",
+    "eval_windows",
+    "evaluate_perplexity",
+    "format_table",
+    "load_text",
+    "load_tokenizer",
+    "load_tokens",
+    "mixer_intermediates",
+    "prune_model",
+    "remove_states",
+    "run_eval",
+    "run_prune",
+    "score_continuations",
+    "select_modules",
+    "sparsegpt_prune",
+    "ssm_masks",
+    "time_weights",
+    "vote_scores",
+    "write_report",
+    "zero_shot",
+]

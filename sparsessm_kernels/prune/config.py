@@ -1,0 +1,287 @@
+"""Pruning settings, their validation, and which modules of a model they select.
+
+:class:`PruneConfig` holds every knob of ``sparsessm prune``. :meth:`PruneConfig.resolve`
+validates them and fills the defaults that depend on others (the sparsity implied by an N:M
+pattern, ``alpha``); :meth:`PruneConfig.check_model` validates them against a model's shapes
+(N:M divisibility, a column sparsity that would remove every state). Both run before any work.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ..models import MambaLMConfig
+from ..sparsity import kept_count, parse_pattern
+
+__all__ = [
+    "AGGREGATIONS",
+    "FFN_KINDS",
+    "METHODS",
+    "PROJECTION_KINDS",
+    "SCORES",
+    "STAGE_ORDER",
+    "TARGETS",
+    "TIME_WEIGHTS",
+    "PruneConfig",
+    "PruneConfigError",
+    "module_name",
+    "select_modules",
+]
+
+METHODS = ("sparsessm", "magnitude", "sparsegpt", "wanda", "random")
+TARGETS = ("ssm", "ffn", "all")
+SCORES = ("sparsessm", "a_log")
+AGGREGATIONS = ("weighted", "vote")
+TIME_WEIGHTS = ("power", "uniform", "window", "discount")
+
+PROJECTION_KINDS = ("in_proj", "x_proj", "dt_proj", "out_proj")
+"""The linear projections of a Mamba mixer (``--targets ffn``)."""
+FFN_KINDS = (*PROJECTION_KINDS, "conv1d")
+STAGE_ORDER = ("in_proj", "conv1d", "x_proj", "dt_proj", "A_log", "out_proj")
+"""Data-flow order in which the modules of one layer are pruned (each sees the pruned ones before it)."""
+
+DEFAULT_SPARSITY = 0.5
+DEFAULT_ALPHA = 0.04
+
+
+class PruneConfigError(ValueError):
+    """Invalid pruning settings (reported before any work starts)."""
+
+
+def module_name(layer: int, kind: str) -> str:
+    """Full name of a prunable module: ``backbone.layers.{layer}.mixer.{kind}``."""
+    return f"backbone.layers.{layer}.mixer.{kind}"
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Settings of one pruning run (defaults = the paper's setup where it has one).
+
+    Attributes:
+        method: ``sparsessm`` (SparseSSM scores for ``A_log``, SparseGPT with sensitivity-aware
+            allocation for projections), ``magnitude``, ``sparsegpt``, ``wanda`` or ``random``.
+        targets: ``ssm`` (``A_log``), ``ffn`` (``in_proj``, ``x_proj``, ``dt_proj``, ``out_proj``,
+            plus ``conv1d`` when ``conv1d``), ``all`` (both).
+        pattern: ``unstructured``, ``N:M`` (e.g. ``2:4``; along the state axis for ``A_log``, along
+            the inputs for projections) or ``column`` (``A_log`` only: whole states removed).
+        sparsity: fraction pruned in ``[0, 1)``; ``None`` = 0.5, or ``1 - N/M`` for N:M patterns.
+        alpha: half-width of the sensitivity-aware allocation for ``in_proj`` / ``out_proj``;
+            ``None`` = 0.04 for ``method="sparsessm"`` with unstructured projections, else 0.
+        seed: calibration windows and the ``random`` method.
+        score: ``sparsessm`` (``exp(delta A)^2 h^2``) or ``a_log`` (``A_log^2 h^2``).
+        aggregation: ``weighted`` (``sum_t w_t score_t``) or ``vote``.
+        time_weights: ``power`` (``(t+1)^-power``), ``uniform``, ``window`` (first ``window``
+            fraction of steps), ``discount`` (``gamma^t``).
+        include, exclude: regular expressions on module names (``re.search``); with ``include``
+            only matching modules are pruned, ``exclude`` drops matching ones.
+        conv1d: also prune the depthwise ``conv1d`` (per channel) under ``ffn`` / ``all``.
+        blocksize, percdamp: SparseGPT block size and dampening (fraction of the mean Hessian
+            diagonal).
+        batch_size: calibration samples per forward.
+        backend: backend of the calibration statistics (``state_saliency``).
+    """
+
+    method: str = "sparsessm"
+    targets: str = "ssm"
+    pattern: str = "unstructured"
+    sparsity: float | None = None
+    alpha: float | None = None
+    seed: int = 0
+    score: str = "sparsessm"
+    aggregation: str = "weighted"
+    time_weights: str = "power"
+    power: float = 1.0
+    gamma: float = 0.9
+    window: float = 0.25
+    include: tuple[str, ...] = field(default_factory=tuple)
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+    conv1d: bool = False
+    blocksize: int = 128
+    percdamp: float = 0.01
+    batch_size: int = 8
+    backend: str = "auto"
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """``(N, M)`` of an N:M pattern, else ``None``."""
+        return parse_pattern(self.pattern)[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly settings."""
+        out = asdict(self)
+        out["include"], out["exclude"] = list(self.include), list(self.exclude)
+        return out
+
+    # ------------------------------------------------------------------ validation
+    def resolve(self) -> PruneConfig:
+        """Validate the settings and fill the dependent defaults; returns a new config.
+
+        Raises:
+            PruneConfigError: naming the setting, what was expected and what came.
+        """
+
+        def choice(name: str, options: tuple[str, ...]) -> None:
+            value = getattr(self, name)
+            if value not in options:
+                raise PruneConfigError(f"{name}: expected one of {options}, got {value!r}")
+
+        for name, options in (
+            ("method", METHODS),
+            ("targets", TARGETS),
+            ("score", SCORES),
+            ("aggregation", AGGREGATIONS),
+            ("time_weights", TIME_WEIGHTS),
+        ):
+            choice(name, options)
+        if self.backend not in ("auto", "torch", "triton", "cuda"):
+            raise PruneConfigError(f"backend: expected auto, torch, triton or cuda, got {self.backend!r}")
+        try:
+            canonical, nm = parse_pattern(self.pattern)
+        except (TypeError, ValueError) as exc:
+            raise PruneConfigError(f"pattern: {exc}") from exc
+        if canonical is None:
+            raise PruneConfigError("pattern: expected 'unstructured', 'column' or 'N:M', got None")
+        sparsity = self.sparsity
+        if sparsity is not None:
+            if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+                raise PruneConfigError(f"sparsity: expected a number in [0, 1), got {sparsity!r}")
+            if not (math.isfinite(sparsity) and 0.0 <= sparsity < 1.0):
+                raise PruneConfigError(f"sparsity: expected a fraction in [0, 1), got {sparsity!r}")
+        if nm is not None:
+            implied = 1.0 - nm[0] / nm[1]
+            if sparsity is not None and abs(sparsity - implied) > 1e-9:
+                raise PruneConfigError(
+                    f"sparsity: pattern {canonical} prunes exactly 1 - {nm[0]}/{nm[1]} = {implied:g} of "
+                    f"every group, got --sparsity {sparsity:g} (omit --sparsity or pass {implied:g})"
+                )
+            if nm[0] == nm[1]:
+                raise PruneConfigError(f"pattern: {canonical} keeps every state (N must be < M)")
+            sparsity = implied
+        elif sparsity is None:
+            sparsity = DEFAULT_SPARSITY
+        if canonical == "column" and self.targets != "ssm":
+            raise PruneConfigError(
+                f"pattern: 'column' removes whole SSM states (A_log only); use --targets ssm, or "
+                f"'unstructured' / 'N:M' for --targets {self.targets}"
+            )
+        alpha = self.alpha
+        if alpha is None:
+            uses_alloc = self.method == "sparsessm" and self.targets != "ssm" and nm is None
+            alpha = DEFAULT_ALPHA if uses_alloc else 0.0
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise PruneConfigError(f"alpha: expected a number >= 0, got {alpha!r}")
+        if alpha < 0:
+            raise PruneConfigError(f"alpha: expected >= 0, got {alpha!r}")
+        projections = self.targets != "ssm"  # alpha only applies to projections
+        if projections and alpha > 0 and nm is not None:
+            raise PruneConfigError(
+                f"alpha: pattern {canonical} fixes the sparsity of every group, so sensitivity-aware "
+                f"allocation (--alpha {alpha:g}) cannot apply; pass --alpha 0"
+            )
+        if projections and alpha > 0 and (sparsity - alpha < 0 or sparsity + alpha >= 1):
+            raise PruneConfigError(
+                f"alpha: the allocation range [sparsity - alpha, sparsity + alpha] = "
+                f"[{sparsity - alpha:g}, {sparsity + alpha:g}] must lie in [0, 1)"
+            )
+        for name, value, ok, what in (
+            ("power", self.power, self.power > 0, "> 0"),
+            ("gamma", self.gamma, 0 < self.gamma <= 1, "in (0, 1]"),
+            ("window", self.window, 0 < self.window <= 1, "in (0, 1]"),
+            ("percdamp", self.percdamp, self.percdamp > 0, "> 0"),
+        ):
+            if not ok:
+                raise PruneConfigError(f"{name}: expected {what}, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise PruneConfigError(f"seed: expected an integer >= 0, got {self.seed!r}")
+        for name in ("blocksize", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PruneConfigError(f"{name}: expected an integer >= 1, got {value!r}")
+        for name in ("include", "exclude"):
+            for pat in getattr(self, name):
+                try:
+                    re.compile(pat)
+                except re.error as exc:
+                    raise PruneConfigError(f"{name}: invalid regular expression {pat!r} ({exc})") from exc
+        return replace(
+            self,
+            pattern=canonical,
+            sparsity=float(sparsity),
+            alpha=float(alpha),
+            include=tuple(self.include),
+            exclude=tuple(self.exclude),
+        )
+
+    def check_model(self, config: MambaLMConfig) -> dict[int, list[str]]:
+        """Validate a resolved config against a model; returns :func:`select_modules`' plan.
+
+        Raises:
+            PruneConfigError: no module selected; N:M groups that do not divide a module's input /
+                state dimension; a column sparsity that would remove every state of a layer.
+        """
+        plan = select_modules(self, config.n_layer)
+        if not any(plan.values()):
+            raise PruneConfigError(
+                f"no module selected: --targets {self.targets} with include={list(self.include)} "
+                f"exclude={list(self.exclude)} matches nothing"
+            )
+        nm = self.nm
+        sizes = {
+            "in_proj": config.d_model,
+            "x_proj": config.d_inner,
+            "dt_proj": int(config.dt_rank),
+            "out_proj": config.d_inner,
+            "conv1d": config.d_conv,
+        }
+        for layer, kinds in plan.items():
+            n_state = config.layer_d_state(layer)
+            for kind in kinds:
+                name = module_name(layer, kind)
+                if nm is not None:
+                    dim = n_state if kind == "A_log" else sizes[kind]
+                    axis = "states" if kind == "A_log" else "inputs"
+                    if dim % nm[1]:
+                        raise PruneConfigError(
+                            f"pattern {self.pattern}: {name} has {dim} {axis}, not a multiple of M={nm[1]}; "
+                            "exclude it (--exclude) or use another pattern"
+                        )
+                if kind == "A_log" and self.pattern == "column":
+                    assert self.sparsity is not None
+                    if kept_count(n_state, self.sparsity) == 0:
+                        raise PruneConfigError(
+                            f"sparsity: column sparsity {self.sparsity:g} would remove every one of the "
+                            f"{n_state} states of layer {layer} (keeps round((1 - s) * n) = 0); "
+                            "use a lower sparsity"
+                        )
+        return plan
+
+
+def select_modules(cfg: PruneConfig, n_layer: int) -> dict[int, list[str]]:
+    """``{layer: [kinds in STAGE_ORDER]}`` of the modules ``cfg`` prunes."""
+    kinds: list[str] = []
+    if cfg.targets in ("ssm", "all"):
+        kinds.append("A_log")
+    if cfg.targets in ("ffn", "all"):
+        kinds.extend(PROJECTION_KINDS)
+        if cfg.conv1d:
+            kinds.append("conv1d")
+    inc = [re.compile(p) for p in cfg.include]
+    exc = [re.compile(p) for p in cfg.exclude]
+    plan: dict[int, list[str]] = {}
+    for layer in range(n_layer):
+        chosen = []
+        for kind in STAGE_ORDER:
+            if kind not in kinds:
+                continue
+            name = module_name(layer, kind)
+            if inc and not any(p.search(name) for p in inc):
+                continue
+            if any(p.search(name) for p in exc):
+                continue
+            chosen.append(kind)
+        plan[layer] = chosen
+    return plan

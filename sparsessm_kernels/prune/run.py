@@ -1,0 +1,345 @@
+"""End-to-end jobs behind ``sparsessm prune`` and ``sparsessm eval``.
+
+:class:`PruneJob` / :class:`EvalJob` hold a run's inputs; ``validate()`` checks everything that can
+be checked without loading weights or text (missing directories, settings, shapes from
+``config.json``, dataset availability, devices) so bad input fails before any work;
+:func:`run_prune` / :func:`run_eval` then do the work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models import MambaLM, MambaLMConfig, config_from_hf_dict, config_from_mamba_ssm_dict
+from ..models.config import CheckpointFormatError, detect_config_format
+from ..sparsity import kept_count
+from .capture import prune_model
+from .config import PruneConfig, PruneConfigError
+from .data import (
+    TOKENIZER_FILES,
+    DataError,
+    calibration_windows,
+    check_text_source,
+    has_tokenizer_files,
+    load_tokenizer,
+    load_tokens,
+)
+from .evaluate import DEFAULT_TASKS, evaluate_perplexity, zero_shot
+from .report import REPORT_NAME, build_report, write_report
+
+__all__ = ["DTYPES", "EvalJob", "PruneJob", "read_model_config", "resolve_device", "run_eval", "run_prune"]
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None`` / ``"auto"``: CUDA when available, else CPU. ``cuda`` without a GPU is an error."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise PruneConfigError(f"device: expected auto, cpu or cuda[:i], got {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PruneConfigError("device: cuda was requested but no CUDA device is available; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise PruneConfigError(f"device: expected auto, cpu or cuda[:i], got {device!r}")
+    return dev
+
+
+def read_model_config(model_dir: str | Path) -> MambaLMConfig:
+    """The config of a model directory, read from ``config.json`` alone (no weights).
+
+    Raises:
+        FileNotFoundError: the directory or its ``config.json`` is missing.
+        CheckpointFormatError: not a Mamba-1 config.
+    """
+    d = Path(model_dir)
+    if not d.exists():
+        raise FileNotFoundError(f"model directory not found: {d}")
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d} is not a directory (expected a model directory with config.json)")
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} not found: expected a Mamba-1 model directory with config.json")
+    try:
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointFormatError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise CheckpointFormatError(f"{cfg_path}: expected a JSON object")
+    fmt = detect_config_format(raw)
+    parse = config_from_hf_dict if fmt == "hf" else config_from_mamba_ssm_dict
+    return parse(raw, str(cfg_path))
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        f = src / name
+        if f.is_file():
+            shutil.copyfile(f, dst / name)
+            copied.append(name)
+    return copied
+
+
+def _check_tokenizer(tokenizer_dir: Path, config: MambaLMConfig) -> None:
+    if tokenizer_dir.exists() and not tokenizer_dir.is_dir():
+        raise DataError(f"tokenizer: {tokenizer_dir} is not a directory")
+    if not has_tokenizer_files(tokenizer_dir) and config.vocab_size < 256:
+        raise DataError(
+            f"{tokenizer_dir} has no tokenizer files and the model's vocabulary ({config.vocab_size}) is too "
+            "small for the UTF-8 byte fallback (needs >= 256); pass --tokenizer DIR"
+        )
+
+
+def _model_info(model: MambaLM) -> dict[str, Any]:
+    c = model.config
+    return {
+        "n_layer": c.n_layer,
+        "d_model": c.d_model,
+        "d_inner": c.d_inner,
+        "vocab_size": c.vocab_size,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+# ---------------------------------------------------------------------- prune
+@dataclass
+class PruneJob:
+    """Inputs of ``sparsessm prune`` (see the CLI help for each)."""
+
+    model_dir: str
+    save: str
+    cfg: PruneConfig = field(default_factory=PruneConfig)
+    calib: str = "wikitext2"
+    nsamples: int = 64
+    seqlen: int = 2048
+    eval: str | None = None
+    eval_seqlen: int | None = None
+    eval_before: bool = True
+    eval_max_windows: int | None = None
+    eval_batch_size: int = 1
+    export_stock: str | None = None
+    device: str | None = None
+    dtype: str = "float32"
+    tokenizer: str | None = None
+    progress: bool = True
+
+    def validate(self) -> tuple[PruneConfig, MambaLMConfig, torch.device]:
+        """Every check that needs no weights or text; raises before any work starts."""
+        config = read_model_config(self.model_dir)
+        cfg = self.cfg.resolve()
+        cfg.check_model(config)
+        for name, value, low in (("nsamples", self.nsamples, 1), ("seqlen", self.seqlen, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise PruneConfigError(f"{name}: expected an integer >= {low}, got {value!r}")
+        if self.eval_seqlen is not None and self.eval_seqlen < 2:
+            raise PruneConfigError(f"eval_seqlen: expected an integer >= 2, got {self.eval_seqlen!r}")
+        if self.dtype not in DTYPES:
+            raise PruneConfigError(f"dtype: expected one of {tuple(DTYPES)}, got {self.dtype!r}")
+        device = resolve_device(self.device)
+        save = Path(self.save)
+        if save.exists() and not save.is_dir():
+            raise PruneConfigError(f"save: {save} exists and is not a directory")
+        if _same_path(save, self.model_dir):
+            raise PruneConfigError(
+                "save: the output directory must differ from MODEL_DIR (it would overwrite it)"
+            )
+        if self.export_stock is not None:
+            exp = Path(self.export_stock)
+            if _same_path(exp, self.model_dir) or _same_path(exp, save):
+                raise PruneConfigError("export-stock: must differ from MODEL_DIR and from --save")
+            if exp.exists() and not exp.is_dir():
+                raise PruneConfigError(f"export-stock: {exp} exists and is not a directory")
+            if config.norm_type != "rms_norm":
+                raise PruneConfigError(
+                    "export-stock: this model uses LayerNorm, which transformers' MambaForCausalLM "
+                    "cannot express"
+                )
+            if cfg.pattern == "column":
+                plan = cfg.check_model(config)
+                assert cfg.sparsity is not None
+                sizes = [
+                    kept_count(config.layer_d_state(i), cfg.sparsity)
+                    if "A_log" in plan[i]
+                    else config.layer_d_state(i)
+                    for i in range(config.n_layer)
+                ]
+                if len(set(sizes)) > 1:
+                    raise PruneConfigError(
+                        "export-stock: a stock checkpoint has one state size, but column pruning would leave "
+                        f"layers with state sizes {sizes}"
+                    )
+        check_text_source(self.calib, "--calib")
+        if self.eval is not None:
+            check_text_source(self.eval, "--eval")
+        _check_tokenizer(Path(self.tokenizer or self.model_dir), config)
+        return cfg, config, device
+
+
+def run_prune(job: PruneJob) -> dict[str, Any]:
+    """Validate, load, (evaluate,) prune, (evaluate,) save, (export,) report. Returns the report."""
+    t_start = time.perf_counter()
+    cfg, _, device = job.validate()
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    model = MambaLM.from_pretrained(job.model_dir, dtype=DTYPES[job.dtype])
+    timings["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    tok_dir = Path(job.tokenizer or job.model_dir)
+    tokenizer = load_tokenizer(tok_dir, model.config.vocab_size)
+    calib_tokens = load_tokens(job.calib, tokenizer, "train")
+    calib_ids = calibration_windows(calib_tokens, job.nsamples, job.seqlen, cfg.seed)
+    eval_tokens = load_tokens(job.eval, tokenizer, "test") if job.eval is not None else None
+    timings["data"] = time.perf_counter() - t0
+
+    eval_seqlen = job.eval_seqlen or job.seqlen
+    perplexity: dict[str, Any] | None = None
+    if eval_tokens is not None:
+        perplexity = {"before": None, "after": None}
+        if job.eval_before:
+            t0 = time.perf_counter()
+            perplexity["before"] = evaluate_perplexity(
+                model,
+                eval_tokens,
+                eval_seqlen,
+                batch_size=job.eval_batch_size,
+                device=device,
+                max_windows=job.eval_max_windows,
+                progress=job.progress,
+            )
+            timings["eval_before"] = time.perf_counter() - t0
+            logger.info("perplexity before: %.4f", perplexity["before"]["ppl"])
+
+    result = prune_model(model, calib_ids, cfg, device=device, progress=job.progress)
+
+    if eval_tokens is not None:
+        assert perplexity is not None
+        t0 = time.perf_counter()
+        perplexity["after"] = evaluate_perplexity(
+            model,
+            eval_tokens,
+            eval_seqlen,
+            batch_size=job.eval_batch_size,
+            device=device,
+            max_windows=job.eval_max_windows,
+            progress=job.progress,
+        )
+        timings["eval_after"] = time.perf_counter() - t0
+        logger.info("perplexity after: %.4f", perplexity["after"]["ppl"])
+
+    t0 = time.perf_counter()
+    save = Path(job.save)
+    model.save_pretrained(save)
+    _copy_tokenizer(tok_dir, save)
+    timings["save"] = time.perf_counter() - t0
+    if job.export_stock is not None:
+        t0 = time.perf_counter()
+        model.export_for_stock_kernels(job.export_stock)
+        _copy_tokenizer(tok_dir, Path(job.export_stock))
+        timings["export"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+
+    run = {
+        "calib": job.calib,
+        "nsamples": job.nsamples,
+        "seqlen": job.seqlen,
+        "eval": job.eval,
+        "eval_seqlen": eval_seqlen if job.eval is not None else None,
+        "device": str(device),
+        "dtype": job.dtype,
+        "tokenizer": tokenizer.name,
+        "calibration_tokens": int(calib_ids.numel()),
+    }
+    report = build_report(
+        result,
+        model_dir=job.model_dir,
+        output_dir=save,
+        run=run,
+        model_info=_model_info(model),
+        timings=timings,
+        perplexity=perplexity,
+        export_stock=job.export_stock,
+    )
+    write_report(save / REPORT_NAME, report)
+    return report
+
+
+# ---------------------------------------------------------------------- eval
+@dataclass
+class EvalJob:
+    """Inputs of ``sparsessm eval``."""
+
+    model_dir: str
+    data: str = "wikitext2"
+    seqlen: int = 2048
+    batch_size: int = 1
+    max_windows: int | None = None
+    device: str | None = None
+    dtype: str = "float32"
+    tokenizer: str | None = None
+    tasks: tuple[str, ...] = ()
+    progress: bool = True
+
+    def validate(self) -> torch.device:
+        config = read_model_config(self.model_dir)
+        if isinstance(self.seqlen, bool) or not isinstance(self.seqlen, int) or self.seqlen < 2:
+            raise PruneConfigError(f"seqlen: expected an integer >= 2, got {self.seqlen!r}")
+        if self.batch_size < 1:
+            raise PruneConfigError(f"batch_size: expected >= 1, got {self.batch_size!r}")
+        if self.max_windows is not None and self.max_windows < 1:
+            raise PruneConfigError(f"max_windows: expected >= 1, got {self.max_windows!r}")
+        if self.dtype not in DTYPES:
+            raise PruneConfigError(f"dtype: expected one of {tuple(DTYPES)}, got {self.dtype!r}")
+        device = resolve_device(self.device)
+        check_text_source(self.data, "--data")
+        _check_tokenizer(Path(self.tokenizer or self.model_dir), config)
+        if self.tasks:
+            from .evaluate import lm_eval_available
+
+            if not lm_eval_available():
+                raise PruneConfigError("tasks: zero-shot tasks need lm-eval (pip install lm-eval)")
+        return device
+
+
+def run_eval(job: EvalJob) -> dict[str, Any]:
+    """Perplexity (and lm-eval tasks when asked) of a model directory."""
+    device = job.validate()
+    model = MambaLM.from_pretrained(job.model_dir, dtype=DTYPES[job.dtype])
+    tokenizer = load_tokenizer(Path(job.tokenizer or job.model_dir), model.config.vocab_size)
+    tokens = load_tokens(job.data, tokenizer, "test")
+    out: dict[str, Any] = {
+        "model_dir": str(job.model_dir),
+        "data": job.data,
+        "tokenizer": tokenizer.name,
+        "perplexity": evaluate_perplexity(
+            model,
+            tokens,
+            job.seqlen,
+            batch_size=job.batch_size,
+            device=device,
+            max_windows=job.max_windows,
+            progress=job.progress,
+        ),
+    }
+    if job.tasks:
+        tasks = list(DEFAULT_TASKS) if job.tasks == ("default",) else list(job.tasks)
+        out["zero_shot"] = zero_shot(model, tokenizer, tasks, device=device, max_length=job.seqlen)
+    return out

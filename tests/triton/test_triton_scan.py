@@ -1,0 +1,238 @@
+"""Triton prefill scan against the float64 reference, on curated named cases.
+
+On CPU the kernels run through Triton's interpreter (see conftest.py), so the shapes are tiny;
+``@pytest.mark.gpu`` cases add full Mamba-1 layer sizes on a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pytest
+import torch
+
+import sparsessm_kernels as ssk
+from sparsessm_kernels.ops import StateLayout
+from sparsessm_kernels.ops.reference import selective_scan_ref
+from sparsessm_kernels.ops.triton.selective_scan import selective_scan_triton
+from tests.scan_cases import ScanCase, assert_close, make_inputs, to_float64
+
+from .conftest import DEVICE, INTERPRETED
+
+
+@dataclass(frozen=True)
+class TritonCase:
+    case: ScanCase
+    segments: int | None = None  # None: the kernel's own choice; >1 forces the two-pass scan
+    chunk: int | None = None
+    block_d: int | None = None
+    pruned: tuple[str, ...] = ("zero_transition", "remove")
+
+
+def _c(name: str, **kw) -> ScanCase:
+    return ScanCase(name, **{"batch": 1, "d": 12, "n": 4, "seqlen": 20, **kw})
+
+
+CASES = [
+    # sequence lengths: 1, 63 and 300 (several chunks, carried state, two-pass and one pass)
+    TritonCase(_c("l1", seqlen=1)),
+    TritonCase(_c("l63_two_pass", seqlen=63, batch=2), segments=2, chunk=16),
+    TritonCase(_c("l63_one_pass", seqlen=63, batch=2), segments=1, chunk=16),
+    TritonCase(_c("l300_two_pass", seqlen=300, d=6, mask="2:4"), segments=3, chunk=64),
+    TritonCase(_c("l300_column", seqlen=300, d=6, mask="column"), chunk=64),
+    TritonCase(_c("l300_n16_dense_default_config", seqlen=300, n=16, d=8, batch=2)),
+    TritonCase(_c("l300_unstructured_n16", seqlen=300, n=16, d=8, mask="unstructured"), segments=4, chunk=32),
+    # d not a multiple of the channel block
+    TritonCase(_c("d37_block16", d=37, batch=2), block_d=16),
+    # n in {4, 16, 32}
+    TritonCase(_c("n16_dense", n=16)),
+    TritonCase(_c("n32_unstructured", n=32, d=6, seqlen=9, mask="unstructured_sparse")),
+    # masks
+    TritonCase(_c("column", n=16, mask="column", batch=2), segments=2, chunk=16),
+    TritonCase(_c("nm_2_4", n=16, mask="2:4", batch=2), segments=2, chunk=16),
+    TritonCase(_c("unstructured", n=16, mask="unstructured"), segments=2, chunk=16),
+    TritonCase(_c("unstructured_sparse", n=16, mask="unstructured_sparse", batch=2)),
+    TritonCase(_c("all_kept_column", n=8, mask="all_kept")),
+    TritonCase(_c("channel_with_every_state_pruned", n=8, mask="empty_channel"), segments=2, chunk=16),
+    TritonCase(_c("column_all_pruned", n=8, mask="all_pruned_column")),
+    # grouped B/C: group per channel block (row loads) and groups inside a block (gathers)
+    TritonCase(_c("grouped_uniform_blocks", d=16, groups=2, mask="column"), block_d=8),
+    TritonCase(_c("grouped_inside_block", d=12, groups=3, mask="none"), block_d=8),
+    TritonCase(_c("grouped_2_4", d=16, n=8, groups=4, mask="2:4"), block_d=4, segments=2, chunk=16),
+    # optional inputs
+    TritonCase(_c("no_z", with_z=False, mask="2:4", n=8)),
+    TritonCase(_c("no_D_no_bias", with_D=False, with_bias=False, mask="column", n=8)),
+    TritonCase(_c("no_optionals_no_softplus", with_D=False, with_z=False, with_bias=False, softplus=False)),
+    # dtypes (fp32 state and math)
+    TritonCase(_c("fp16_2_4", dtype=torch.float16, mask="2:4", n=8), segments=2, chunk=16),
+    TritonCase(_c("bf16_column", dtype=torch.bfloat16, mask="column", n=8)),
+    TritonCase(_c("bf16_dense", dtype=torch.bfloat16, n=8), pruned=("zero_transition",)),
+    TritonCase(_c("fp64_unstructured", dtype=torch.float64, mask="unstructured", n=8)),
+]
+
+
+def _mask(case: ScanCase, inputs_mask: torch.Tensor | None) -> torch.Tensor | None:
+    if case.mask == "all_kept":
+        return torch.ones(case.n, dtype=torch.bool, device=DEVICE)
+    return inputs_mask
+
+
+def _inputs(case: ScanCase, seed: int = 0):
+    base = replace(case, mask="none") if case.mask == "all_kept" else case
+    inputs, mask = make_inputs(base, seed=seed, device=DEVICE)
+    return inputs, _mask(case, mask)
+
+
+def _check(case: ScanCase, out, state, inputs, mask, pruned_states, return_last_state=True) -> None:
+    ref = selective_scan_ref(
+        **to_float64(inputs), return_last_state=True, state_mask=mask, pruned_states=pruned_states
+    )
+    assert out.dtype == inputs["u"].dtype and out.shape == inputs["u"].shape
+    assert_close(out, ref[0], case.dtype, f"{case.name} out")
+    if return_last_state:
+        state_dtype = torch.float64 if case.dtype == torch.float64 else torch.float32
+        assert state.dtype == state_dtype and state.shape == ref[1].shape
+        assert_close(state, ref[1], state_dtype, f"{case.name} last_state")
+
+
+def _cases_with_modes():
+    for tc in CASES:
+        modes = tc.pruned if tc.case.mask not in ("none",) else ("zero_transition",)
+        for ps in modes:
+            yield pytest.param(tc, ps, id=f"{tc.case.name}-{ps}")
+
+
+@pytest.mark.parametrize(("tc", "pruned_states"), list(_cases_with_modes()))
+def test_scan_matches_reference(tc: TritonCase, pruned_states: str) -> None:
+    inputs, mask = _inputs(tc.case)
+    layout = None if mask is None else StateLayout(mask)
+    if tc.segments is None and tc.chunk is None and tc.block_d is None:  # the public op, defaults
+        out, state = ssk.selective_scan(
+            **inputs, return_last_state=True, state_mask=layout, pruned_states=pruned_states, backend="triton"
+        )
+    else:
+        out, state = selective_scan_triton(
+            inputs["u"],
+            inputs["delta"],
+            inputs["A"],
+            inputs["B"],
+            inputs["C"],
+            inputs["D"],
+            inputs["z"],
+            inputs["delta_bias"],
+            inputs["delta_softplus"],
+            True,
+            None if layout is None else layout.mask,
+            None if layout is None else layout.kept_idx,
+            None if layout is None else layout.kept_count,
+            pruned_states,
+            block_d=tc.block_d,
+            chunk=tc.chunk,
+            n_segments=tc.segments,
+        )
+    _check(tc.case, out, state, inputs, mask, pruned_states)
+
+
+def test_return_last_state_false_and_strided_inputs() -> None:
+    case = _c("strided", n=8, mask="2:4", batch=2)
+    inputs, mask = _inputs(case)
+    # transformers passes B and C as transposes of (b, l, n) tensors and z as a chunk view
+    strided = {
+        **inputs,
+        "B": inputs["B"].transpose(1, 2).contiguous().transpose(1, 2),
+        "C": inputs["C"].transpose(1, 2).contiguous().transpose(1, 2),
+        "z": torch.cat([inputs["z"], inputs["z"]], dim=1)[:, : case.d],
+        "u": inputs["u"].transpose(1, 2).contiguous().transpose(1, 2),
+    }
+    assert not strided["B"].is_contiguous() and not strided["z"].is_contiguous()
+    out = ssk.selective_scan(**strided, state_mask=mask, backend="triton")
+    assert isinstance(out, torch.Tensor)
+    _check(case, out, None, inputs, mask, "zero_transition", return_last_state=False)
+
+
+def test_two_pass_equals_one_pass() -> None:
+    case = _c("passes", n=8, mask="column", seqlen=40, batch=1)
+    inputs, mask = _inputs(case)
+    layout = StateLayout(mask)
+    args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    tables = (layout.mask, layout.kept_idx, layout.kept_count)
+    one = selective_scan_triton(*args, True, True, *tables, "zero_transition", chunk=16, n_segments=1)
+    two = selective_scan_triton(*args, True, True, *tables, "zero_transition", chunk=16, n_segments=3)
+    torch.testing.assert_close(one[0], two[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(one[1], two[1], rtol=1e-5, atol=1e-5)
+
+
+def test_auto_backend_never_picks_triton_for_cpu_tensors() -> None:
+    from sparsessm_kernels.ops.dispatch import resolve_backend
+
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    if INTERPRETED:
+        assert resolve_backend("triton", torch.device("cpu")) == "triton"
+
+
+def test_opcheck_and_compile_on_triton() -> None:
+    case = _c("opcheck", n=8, mask="2:4", seqlen=6, d=8, batch=2)
+    inputs, mask = _inputs(case)
+    layout = StateLayout(mask)
+    args = (
+        *(inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")),
+        True,
+        True,
+        layout.mask,
+        layout.kept_idx,
+        layout.kept_count,
+        "zero_transition",
+        "triton",
+    )
+    torch.library.opcheck(
+        torch.ops.sparsessm.selective_scan.default,
+        args,
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"),
+    )
+
+    def layer(u, delta, A, B, C, D, z, delta_bias):
+        return ssk.selective_scan(
+            u, delta, A, B, C, D, z, delta_bias, True, True, state_mask=layout, backend="triton"
+        )
+
+    tensors = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out, last = compiled(*tensors)
+    ref_out, ref_last = layer(*tensors)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(last, ref_last)
+
+
+# ------------------------------------------------------------------------------------ GPU only
+GPU_SHAPES = [(1, 1536, 16, 2048), (2, 2048, 16, 1024), (1, 4096, 16, 512)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mask_kind", ["none", "column", "2:4", "unstructured"])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_full_size_layers_on_gpu(shape: tuple[int, int, int, int], mask_kind: str) -> None:
+    b, d, n, l = shape
+    case = ScanCase(f"gpu_{mask_kind}", batch=b, d=d, n=n, seqlen=l, dtype=torch.bfloat16, mask=mask_kind)
+    inputs, mask = make_inputs(case, device="cuda")
+    out, state = ssk.selective_scan(**inputs, return_last_state=True, state_mask=mask, backend="triton")
+    _check(case, out, state, inputs, mask, "zero_transition")
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_replays_the_scan() -> None:
+    case = ScanCase("graph", batch=1, d=256, n=16, seqlen=512, mask="2:4")
+    inputs, mask = make_inputs(case, device="cuda")
+    layout = StateLayout(mask)
+    run = lambda: ssk.selective_scan(**inputs, state_mask=layout, backend="triton")  # noqa: E731
+    expected = run()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run()
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(captured, expected)
