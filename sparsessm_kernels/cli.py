@@ -115,6 +115,27 @@ def _backends() -> tuple[dict[str, dict[str, Any]], str | None]:
     return {str(name): _normalize_backend(value) for name, value in result.items()}, None
 
 
+def _cuda_extension_info() -> dict[str, Any]:
+    """Build state of the compiled extension ``sparsessm_kernels._C`` (never raises)."""
+    try:
+        from .ops.cuda import extension_info
+
+        return dict(extension_info())
+    except Exception as exc:  # report, don't fail `sparsessm env`
+        return {"built": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _semi_structured_info() -> dict[str, str]:
+    """Which path 2:4 projections (``SemiStructuredLinear``) take on the default device."""
+    try:
+        from .nn import semi_structured_status
+
+        path, reason = semi_structured_status()
+        return {"path": path, "reason": reason}
+    except Exception as exc:  # report, don't fail `sparsessm env`
+        return {"path": "unknown", "reason": f"{type(exc).__name__}: {exc}"}
+
+
 def collect_env() -> dict[str, Any]:
     """Everything ``sparsessm env`` reports, as a JSON-serialisable dict."""
     import torch
@@ -151,6 +172,8 @@ def collect_env() -> dict[str, Any]:
         },
         "backends": backends,
         "backends_error": backends_error,
+        "cuda_extension": _cuda_extension_info(),
+        "semi_structured": _semi_structured_info(),
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIX)},
     }
     return info
@@ -192,6 +215,12 @@ def format_env(info: dict[str, Any]) -> str:
         status = "usable" if b["usable"] else "not usable"
         reason = f" ({b['reason']})" if b["reason"] else ""
         lines.append(f"  {name:<{bwidth}}{status}{reason}")
+    ext = info.get("cuda_extension", {})
+    ext_text = "built" if ext.get("built") else "not built"
+    detail = ext.get("reason") or ext.get("error") or ext.get("cuda_archs")
+    lines.append(f"cuda extension: {ext_text}" + (f" ({detail})" if detail else ""))
+    semi = info.get("semi_structured", {})
+    lines.append(f"2:4 projections: {semi.get('path', 'unknown')} ({semi.get('reason', '')})")
     lines.append(f"environment ({ENV_PREFIX}*):")
     if info["env"]:
         lines.extend(f"  {k}={v}" for k, v in info["env"].items())

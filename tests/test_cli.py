@@ -14,7 +14,18 @@ import sparsessm_kernels.ops as ops
 from sparsessm_kernels import cli
 from sparsessm_kernels._version import __version__
 
-ENV_KEYS = {"sparsessm_kernels", "python", "packages", "device", "cpu", "backends", "backends_error", "env"}
+ENV_KEYS = {
+    "sparsessm_kernels",
+    "python",
+    "packages",
+    "device",
+    "cpu",
+    "backends",
+    "backends_error",
+    "cuda_extension",
+    "semi_structured",
+    "env",
+}
 
 
 def _env_json(capsys, argv=("env", "--json")) -> dict:
@@ -165,3 +176,11 @@ def test_python_dash_m(tmp_path):
     info = json.loads(proc.stdout)
     assert info["sparsessm_kernels"]["version"] == __version__
     assert info["env"]["SPARSESSM_FROM_SUBPROCESS"] == "1"
+
+
+def test_env_reports_cuda_extension_and_2_4_path(capsys) -> None:
+    info = _env_json(capsys)
+    assert info["cuda_extension"]["built"] in (True, False)
+    if not info["cuda_extension"]["built"]:
+        assert "SPARSESSM_BUILD_CUDA=1" in info["cuda_extension"]["reason"]
+    assert info["semi_structured"]["path"] and info["semi_structured"]["reason"]

@@ -159,3 +159,11 @@ def test_chunk_override_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("SPARSESSM_TORCH_CHUNK", "zero")
     with pytest.raises(ValueError, match="SPARSESSM_TORCH_CHUNK"):
         ssk.selective_scan(**inputs)
+
+
+def test_ops_without_a_cuda_kernel_never_resolve_to_cuda() -> None:
+    for op, what in (("selective_state_update", "decode-step"), ("state_saliency", "calibration")):
+        with pytest.raises(BackendUnavailableError, match=what):
+            resolve_backend("cuda", torch.device("cuda"), op=op)
+    with pytest.raises(BackendUnavailableError, match="float64"):
+        resolve_backend("cuda", torch.device("cuda"), float64=True)

@@ -101,7 +101,7 @@ def state_saliency(
     """
     check_scan_inputs(u, delta, A, B, B, None, None, delta_bias)
     w = _check_time_weights(time_weights, u.shape[2], u.device)
-    chosen = resolve_backend(backend, u.device)
+    chosen = resolve_backend(backend, u.device, op="state_saliency")
     if chosen == "triton":
         from .triton.calibration import state_saliency_triton
 

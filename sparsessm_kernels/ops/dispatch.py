@@ -10,10 +10,11 @@ Backends:
 * ``"triton"``: Triton kernels (:mod:`.triton`) for CUDA tensors; under Triton's interpreter
   (``TRITON_INTERPRET=1`` set before the kernels are first imported) also for CPU tensors, which
   is how the tests run them without a GPU.
-* ``"cuda"``: the compiled extension ``sparsessm_kernels._C`` (opt-in build, not part of this
-  release yet).
-* ``"auto"`` (default): cuda if built and the tensors are on CUDA, else triton for CUDA tensors,
-  else torch. ``SPARSESSM_BACKEND`` overrides the default of ``"auto"``.
+* ``"cuda"``: the compiled extension ``sparsessm_kernels._C`` (opt-in build with
+  ``SPARSESSM_BUILD_CUDA=1``; :mod:`.cuda`); the prefill scan only, float16/bfloat16/float32.
+* ``"auto"`` (default): cuda if built and the tensors are on CUDA (scan, non-float64 inputs),
+  else triton for CUDA tensors, else torch. ``SPARSESSM_BACKEND`` overrides the default of
+  ``"auto"``.
 """
 
 from __future__ import annotations
@@ -38,11 +39,7 @@ class BackendUnavailableError(RuntimeError):
 _BACKEND_STATUS: dict[str, tuple[bool, str]] = {
     "torch": (True, "pure PyTorch, runs on any device"),
     "triton": (False, "not probed yet"),  # probed by _statuses() / available_backends()
-    "cuda": (
-        False,
-        "the compiled CUDA extension sparsessm_kernels._C is not part of this release yet "
-        "(use backend='torch')",
-    ),
+    "cuda": (False, "not probed yet"),  # probed by _statuses() / available_backends()
 }
 
 
@@ -65,9 +62,24 @@ def _triton_probe() -> tuple[bool, str, bool]:
     return probe()
 
 
+@_assume_constant_result
+def _cuda_probe() -> tuple[bool, str]:
+    """``(usable, reason)`` of the compiled CUDA extension (imported lazily, cached)."""
+    from .cuda import cuda_status
+
+    return cuda_status()
+
+
 def _statuses() -> dict[str, tuple[bool, str]]:
     usable, reason, _ = _triton_probe()
-    return {**_BACKEND_STATUS, "triton": (usable, reason)}
+    return {**_BACKEND_STATUS, "triton": (usable, reason), "cuda": _cuda_probe()}
+
+
+# Ops without a kernel in some backend: auto skips it there, an explicit request is refused.
+_MISSING_KERNELS = {
+    "selective_state_update": {"cuda": "the CUDA extension has no decode-step kernel; use triton"},
+    "state_saliency": {"cuda": "the CUDA extension has no calibration kernel; use triton"},
+}
 
 
 def available_backends() -> dict[str, tuple[bool, str]]:
@@ -86,15 +98,24 @@ def _warn_once(key: str, message: str) -> None:
         logger.warning(message)
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Pick the backend that will run for tensors on ``device``."""
+def resolve_backend(
+    backend: str, device: torch.device, op: str = "selective_scan", float64: bool = False
+) -> str:
+    """Pick the backend that will run ``op`` for tensors on ``device``.
+
+    ``float64``: some input is float64, which only the torch and Triton backends compute.
+    """
     if backend == "auto":
         backend = os.environ.get("SPARSESSM_BACKEND", "auto") or "auto"
     if backend not in (*BACKENDS, "auto"):
         raise ValueError(f"backend: expected one of {('auto', *BACKENDS)}, got {backend!r}")
     if backend == "torch" or (backend == "auto" and device.type != "cuda"):
         return "torch"
-    statuses = _statuses()
+    statuses = dict(_statuses())
+    for name, why in _MISSING_KERNELS.get(op, {}).items():
+        statuses[name] = (False, why)
+    if float64:
+        statuses["cuda"] = (False, "the CUDA kernels compute float16/bfloat16/float32 inputs, not float64")
     if backend == "auto":
         if device.type == "cuda":
             for candidate in ("cuda", "triton"):
@@ -166,7 +187,8 @@ def selective_scan(
     shape = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     check_pruned_states(pruned_states)
     layout = as_layout(state_mask, shape.d_inner, shape.d_state)
-    chosen = resolve_backend(backend, u.device)
+    float64 = any(t is not None and t.dtype == torch.float64 for t in (u, delta, A, B, C, D, z, delta_bias))
+    chosen = resolve_backend(backend, u.device, float64=float64)
     out, last_state = torch.ops.sparsessm.selective_scan(
         u,
         delta,
@@ -225,7 +247,7 @@ def selective_state_update(
     layout = as_layout(state_mask, d, n) if n and d else None
     n_kept = layout.n_kept if layout is not None and layout.uniform else None
     check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias, n_kept, state_batch_indices)
-    chosen = resolve_backend(backend, x.device)
+    chosen = resolve_backend(backend, x.device, op="selective_state_update")
     return torch.ops.sparsessm.selective_state_update(
         state,
         x,

@@ -3,8 +3,9 @@
 Registered as custom ops with fake (meta) implementations so that ``torch.compile(fullgraph=True)``
 traces calls without graph breaks and CUDA graphs can capture them. The op bodies dispatch on the
 ``backend`` string already resolved by :mod:`.dispatch`: ``"torch"`` runs
-:mod:`.torch_backend`, ``"triton"`` the kernels of :mod:`.triton` (imported on first use; the
-Triton path never synchronises with the host, so a captured CUDA graph replays it). Forward only:
+:mod:`.torch_backend`, ``"triton"`` the kernels of :mod:`.triton` and ``"cuda"`` (scan only) the
+compiled extension through :mod:`.cuda` (both imported on first use; the Triton path never
+synchronises with the host, so a captured CUDA graph replays it). Forward only:
 no autograd formula is registered (inference and calibration do not need one).
 """
 
@@ -35,6 +36,8 @@ def _selective_scan_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "triton":
         from .triton.selective_scan import selective_scan_triton as impl
+    elif backend == "cuda":
+        from .cuda import selective_scan_cuda as impl
     elif backend == "torch":
         impl = selective_scan_torch
     else:
