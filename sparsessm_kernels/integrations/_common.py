@@ -296,3 +296,19 @@ __all__ = [
     "sparsify_projections",
     "unbind",
 ]
+
+
+MODEL_ATTR = "_sparsessm_integration"
+"""Attribute in a patched model's ``__dict__`` holding its :class:`ModelPatch`."""
+
+
+class ModelPatch:
+    """What :func:`apply` did to a model, kept on it so :func:`revert` can undo it."""
+
+    def __init__(self, report: ApplyReport, swapped: list[str]) -> None:
+        self.report, self.swapped = report, swapped
+
+
+def is_applied(model: nn.Module) -> bool:
+    """Whether an integration's ``apply`` patched ``model`` (and ``revert`` has not undone it)."""
+    return MODEL_ATTR in model.__dict__

@@ -46,10 +46,13 @@ from torch import nn
 from .. import ops
 from ..ops.dispatch import resolve_backend
 from ._common import (
+    MODEL_ATTR,
     ApplyReport,
     LayerSpec,
+    ModelPatch,
     bind,
     densify_names,
+    is_applied,
     layer_index,
     layer_specs,
     read_sparsity,
@@ -79,7 +82,6 @@ _REQUIRED = (
 )
 _METHODS = ("forward", "step", "allocate_inference_cache", "_get_states_from_cache")
 _STATE_ATTR = "_sparsessm_patch"
-_MODEL_ATTR = "_sparsessm_integration"
 
 
 class UnsupportedModelError(TypeError):
@@ -301,17 +303,7 @@ _PATCHED = {
 }
 
 
-class _ModelPatch:
-    def __init__(self, report: ApplyReport, swapped: list[str]) -> None:
-        self.report, self.swapped = report, swapped
-
-
 # ------------------------------------------------------------------------------------- API
-def is_applied(model: nn.Module) -> bool:
-    """Whether :func:`apply` patched ``model`` (and :func:`revert` has not undone it)."""
-    return _MODEL_ATTR in model.__dict__
-
-
 def apply(
     model: nn.Module,
     sparsity: str | os.PathLike | Mapping[str, Any] | None = None,
@@ -391,7 +383,7 @@ def apply(
         names = [f"{prefix}layers.{i}.mixer" for i in mamba1]
         report.projections = _sparsify_projections(model, names, projection_path)
         swapped = list(report.projections.swapped)
-    model.__dict__[_MODEL_ATTR] = _ModelPatch(report, swapped)
+    model.__dict__[MODEL_ATTR] = ModelPatch(report, swapped)
     logger.info("%s", report)
     if model.training:
         logger.warning(
@@ -406,7 +398,7 @@ def revert(model: nn.Module) -> list[int]:
 
     ``InferenceParams`` filled while patched hold compact states: start new ones.
     """
-    patch: _ModelPatch | None = model.__dict__.pop(_MODEL_ATTR, None)
+    patch: ModelPatch | None = model.__dict__.pop(MODEL_ATTR, None)
     restored = []
     for i, blk in enumerate(_find_layers(model)):
         state: _MixerPatch | None = blk.mixer.__dict__.pop(_STATE_ATTR, None)

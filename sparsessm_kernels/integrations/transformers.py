@@ -48,10 +48,13 @@ from torch import nn
 from .. import ops
 from ..ops.dispatch import resolve_backend
 from ._common import (
+    MODEL_ATTR,
     ApplyReport,
     LayerSpec,
+    ModelPatch,
     bind,
     densify_names,
+    is_applied,
     layer_specs,
     read_sparsity,
     unbind,
@@ -80,7 +83,6 @@ _REQUIRED = (
 )
 _FALCON_NORMS = ("dt_layernorm", "b_layernorm", "c_layernorm")
 _STATE_ATTR = "_sparsessm_patch"
-_MODEL_ATTR = "_sparsessm_integration"
 
 
 class UnsupportedModelError(TypeError):
@@ -333,17 +335,7 @@ class _MixerPatch:
         self.hooked = ("conv1d", "dt_proj")
 
 
-class _ModelPatch:
-    def __init__(self, report: ApplyReport, swapped: list[str]) -> None:
-        self.report, self.swapped = report, swapped
-
-
 # ------------------------------------------------------------------------------------- API
-def is_applied(model: nn.Module) -> bool:
-    """Whether :func:`apply` patched ``model`` (and :func:`revert` has not undone it)."""
-    return _MODEL_ATTR in model.__dict__
-
-
 def apply(
     model: nn.Module,
     sparsity: str | os.PathLike | Mapping[str, Any] | None = None,
@@ -416,7 +408,7 @@ def apply(
         names = [f"{prefix}layers.{i}.mixer" for i in range(len(mixers))]
         report.projections = _sparsify_projections(model, names, projection_path)
         swapped = list(report.projections.swapped)
-    model.__dict__[_MODEL_ATTR] = _ModelPatch(report, swapped)
+    model.__dict__[MODEL_ATTR] = ModelPatch(report, swapped)
     logger.info("%s", report)
     if model.training:
         logger.warning(
@@ -434,7 +426,7 @@ def revert(model: nn.Module) -> list[int]:
     parameters back; on the GPU paths the dense weight is rebuilt exactly from the compressed
     one). Caches filled while patched keep their compact states: start a new cache.
     """
-    patch: _ModelPatch | None = model.__dict__.pop(_MODEL_ATTR, None)
+    patch: ModelPatch | None = model.__dict__.pop(MODEL_ATTR, None)
     restored = []
     for i, blk in enumerate(_find_layers(model)):
         mixer = blk.mixer
