@@ -6,6 +6,7 @@ Usage::
     python -m sparsessm_kernels env   # same
     sparsessm prune MODEL_DIR --calib wikitext2|PATH --save OUT_DIR [...]   # docs/pruning.md
     sparsessm eval MODEL_DIR --data wikitext2|PATH --seqlen 2048
+    sparsessm demo [--out DIR] [--quick]  # docs/demo.md
 
 Adding a subcommand: write ``_configure_<name>(parser)`` (adds the arguments) and
 ``_run_<name>(args) -> int`` (does the work, returns the exit code), then append a
@@ -512,6 +513,89 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------- demo
+def _configure_demo(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Load the embedded tiny byte-level Mamba (trained on the Python standard library's sources), "
+        "prune its SSMs at 50% with sparsessm (unstructured, 2:4, column) and magnitude (unstructured, "
+        "2:4), evaluate held-out perplexity, check the sparse scan against the reference, time dense vs "
+        "sparse scans, print one table and write demo_report.json (+ a PNG when matplotlib is installed)."
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", default="sparsessm_demo", help="output directory (default sparsessm_demo)"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="where to run: auto (CUDA when available), cpu, cuda, cuda:1, ..."
+    )
+    parser.add_argument(
+        "--seqlen", type=_positive_int, default=None, help="calibration window length in bytes (default 256)"
+    )
+    parser.add_argument(
+        "--nsamples", type=_positive_int, default=None, help="calibration windows (default 32)"
+    )
+    parser.add_argument(
+        "--eval-seqlen", type=_positive_int, default=None, help="perplexity window in bytes (default 512)"
+    )
+    parser.add_argument(
+        "--eval-windows",
+        type=_positive_int,
+        default=None,
+        help="held-out windows scored per model (default 128)",
+    )
+    parser.add_argument(
+        "--scan-seqlen",
+        type=_positive_int,
+        default=None,
+        help="sequence length of the timed layer-shaped scan (default 2048)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=None,
+        help="timed repetitions per scan, median kept (default 10)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="calibration windows and scan inputs (default 0)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="reduced run for CI and a first look (seqlen 128, 4 samples, 4 eval windows, scan length 256); "
+        "explicit options still override it",
+    )
+    parser.add_argument(
+        "--plot",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write demo_report.png (matplotlib)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo.run import REPORT_NAME, DemoOptions, format_demo_table, run_demo
+
+    names = ("seqlen", "nsamples", "eval_seqlen", "eval_windows", "scan_seqlen", "repeats")
+    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    common = {"out": args.out, "device": args.device, "seed": args.seed, "plot": args.plot}
+    try:
+        opts = DemoOptions.quick(**given, **common) if args.quick else DemoOptions(**given, **common)
+        opts.validate()
+    except _INPUT_ERRORS as exc:
+        return _fail("demo", exc, 2)
+    try:
+        report = run_demo(opts)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        return _fail("demo", exc, 1)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_demo_table(report))
+        print(
+            f"report: {os.path.join(args.out, REPORT_NAME)}"
+            + (f", plot: {report['plot']}" if report.get("plot") else "")
+        )
+    return 0
+
+
 # ------------------------------------------------------------------------------- dispatch
 COMMANDS: list[Command] = [
     Command(
@@ -531,6 +615,12 @@ COMMANDS: list[Command] = [
         "perplexity on non-overlapping windows (and lm-eval zero-shot tasks when installed)",
         _configure_eval,
         _run_eval,
+    ),
+    Command(
+        "demo",
+        "prune the embedded tiny Mamba (SparseSSM vs magnitude), report perplexity and sparse-scan speed",
+        _configure_demo,
+        _run_demo,
     ),
 ]
 """Registered subcommands, in the order ``--help`` lists them."""

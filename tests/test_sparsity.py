@@ -554,3 +554,14 @@ class TestMaskFiles:
         )
         with pytest.raises(MaskFileError, match="does not follow pattern '2:4'"):
             load_sparsities(path)
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path) -> None:
+    import os
+    import stat
+
+    from sparsessm_kernels._io import _UMASK, write_text_atomic
+
+    path = tmp_path / "x.json"
+    write_text_atomic(path, "{}")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~_UMASK

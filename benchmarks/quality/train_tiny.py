@@ -1,0 +1,245 @@
+"""Train the tiny byte-level Mamba-1 LM embedded in ``sparsessm_kernels/demo/tiny_mamba``.
+
+Run from the repository root (CPU, a few minutes)::
+
+    python benchmarks/quality/train_tiny.py                  # writes the embedded checkpoint
+    python benchmarks/quality/train_tiny.py --steps 50 --out /tmp/tiny   # quick try
+
+Data: the Python standard library's own top-level source files (``*.py`` directly under
+``sysconfig.get_paths()["stdlib"]``, sorted by name). Every ``HELDOUT_EVERY``-th file (index 0,
+10, 20, ...) is held out for evaluation, the rest is training text; both lists are recorded in
+``training_config.json``. Tokens are UTF-8 bytes (vocab 256).
+
+:class:`MambaLM`'s forward runs the scan through forward-only custom ops, so training uses
+:func:`train_logits`, a plain differentiable PyTorch implementation of the same Mamba-1 math on
+the *same* parameters (a sequential scan over time). After training the checkpoint is saved with
+:meth:`MambaLM.save_pretrained`, reloaded with :meth:`MambaLM.from_pretrained`, and its logits are
+checked against :func:`train_logits` (the run fails when they differ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from sparsessm_kernels._io import write_text_atomic
+from sparsessm_kernels.models import MambaLM, MambaLMConfig
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = REPO / "sparsessm_kernels" / "demo" / "tiny_mamba"
+HELDOUT_EVERY = 10
+
+
+# ---------------------------------------------------------------------- data
+def stdlib_files() -> tuple[Path, list[Path]]:
+    """The stdlib directory and its top-level ``*.py`` files, sorted by name."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return root, sorted(root.glob("*.py"), key=lambda p: p.name)
+
+
+def split_files(files: list[Path]) -> tuple[list[Path], list[Path]]:
+    """``(train, heldout)``: every ``HELDOUT_EVERY``-th file (index 0, 10, ...) is held out."""
+    heldout = [f for i, f in enumerate(files) if i % HELDOUT_EVERY == 0]
+    train = [f for i, f in enumerate(files) if i % HELDOUT_EVERY != 0]
+    return train, heldout
+
+
+def file_bytes(files: list[Path]) -> torch.Tensor:
+    """Concatenated bytes of ``files`` (UTF-8 source; undecodable bytes kept as they are)."""
+    data = b"".join(f.read_bytes() for f in files)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+
+
+# ---------------------------------------------------------------------- differentiable forward
+def _mixer(m, hidden: torch.Tensor) -> torch.Tensor:
+    """The Mamba-1 mixer math of :class:`MambaMixer` with a differentiable sequential scan."""
+    seqlen = hidden.shape[1]
+    xz = m.in_proj(hidden).transpose(1, 2)
+    x, z = xz.chunk(2, dim=1)  # (b, d, l)
+    x = F.conv1d(x, m.conv1d.weight, m.conv1d.bias, padding=m.d_conv - 1, groups=m.d_inner)
+    x = F.silu(x[:, :, :seqlen])
+    x_dbl = m.x_proj(x.transpose(1, 2))
+    dt, B, C = torch.split(x_dbl, [m.dt_rank, m.d_state, m.d_state], dim=-1)  # (b, l, *)
+    delta = F.softplus(m.dt_proj(dt)).transpose(1, 2)  # (b, d, l), bias inside the softplus
+    A = -torch.exp(m.A_log.float())  # (d, n)
+    dA = torch.exp(delta.unsqueeze(-1) * A[:, None, :])  # (b, d, l, n)
+    dBx = (delta * x).unsqueeze(-1) * B.unsqueeze(1)  # (b, d, l, n); B (b, 1, l, n)
+    h = torch.zeros(x.shape[0], m.d_inner, m.d_state, dtype=x.dtype, device=x.device)
+    hs = []
+    # unbind (not indexing): its backward stacks the slices instead of scattering into zeros per step
+    for dA_t, dBx_t in zip(dA.unbind(2), dBx.unbind(2)):
+        h = dA_t * h + dBx_t
+        hs.append(h)
+    states = torch.stack(hs, dim=2)  # (b, d, l, n)
+    y = (states * C.unsqueeze(1)).sum(-1) + m.D[None, :, None] * x
+    y = y * F.silu(z)
+    return m.out_proj(y.transpose(1, 2))
+
+
+def train_logits(model: MambaLM, ids: torch.Tensor) -> torch.Tensor:
+    """Float32 logits ``(b, l, vocab)`` of ``model`` with autograd (float32 weights only)."""
+    hidden = model.backbone.embeddings(ids)
+    for blk in model.backbone.layers:
+        hidden = hidden.float() + _mixer(blk.mixer, blk.norm(hidden))
+    return model.lm_head(model.backbone.norm_f(hidden)).float()
+
+
+# ---------------------------------------------------------------------- training
+@torch.no_grad()
+def heldout_loss(model: MambaLM, tokens: torch.Tensor, seqlen: int, windows: int) -> float:
+    count = min(windows, tokens.numel() // seqlen)
+    ids = tokens[: count * seqlen].reshape(count, seqlen)
+    logits = model(ids)
+    return float(F.cross_entropy(logits[:, :-1].reshape(-1, 256), ids[:, 1:].reshape(-1)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint directory")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and batch sampling seed")
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--d-state", type=int, default=16)
+    p.add_argument("--seqlen", type=int, default=128, help="training window (bytes)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--max-minutes", type=float, default=8.0, help="stop early after this much wall time")
+    p.add_argument(
+        "--stop-step",
+        type=int,
+        default=None,
+        help="stop after this many steps (the lr schedule still spans --steps); reproduces a run that "
+        "--max-minutes cut short",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--log-every", type=int, default=10)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    root, files = stdlib_files()
+    train_files, held_files = split_files(files)
+    train_tokens, held_tokens = file_bytes(train_files), file_bytes(held_files)
+    print(
+        f"stdlib {root}: {len(train_files)} train files ({train_tokens.numel()} bytes), "
+        f"{len(held_files)} held-out files ({held_tokens.numel()} bytes)",
+        file=sys.stderr,
+    )
+
+    config = MambaLMConfig(vocab_size=256, d_model=args.d_model, n_layer=args.n_layer, d_state=args.d_state)
+    model = MambaLM.from_config(config, seed=args.seed)
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "A_log" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "A_log" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+    )
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+    g = torch.Generator().manual_seed(args.seed)
+    offsets = torch.arange(args.seqlen + 1)
+    curve: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    steps_done = 0
+    for step in range(args.steps):
+        starts = torch.randint(0, train_tokens.numel() - args.seqlen - 1, (args.batch_size,), generator=g)
+        batch = train_tokens[starts[:, None] + offsets]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        logits = train_logits(model, batch[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, 256), batch[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        steps_done = step + 1
+        elapsed = time.perf_counter() - t0
+        if step % args.log_every == 0 or step == args.steps - 1:
+            curve.append(
+                {"step": step, "loss": float(loss.detach()), "lr": lr_at(step), "seconds": round(elapsed, 2)}
+            )
+            print(
+                f"step {step:4d} loss {float(loss.detach()):.4f} ({elapsed:.0f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        if args.stop_step is not None and steps_done >= args.stop_step:
+            break
+        if elapsed > args.max_minutes * 60:
+            print(f"stopping after {steps_done} steps: --max-minutes reached", file=sys.stderr)
+            break
+    train_seconds = time.perf_counter() - t0
+
+    model.eval()
+    out = Path(args.out)
+    model.save_pretrained(out)
+    loaded = MambaLM.from_pretrained(out)
+    check = held_tokens[: 2 * args.seqlen].reshape(2, args.seqlen)
+    with torch.no_grad():
+        ref = train_logits(model, check)
+        got = loaded(check)
+    max_err = float((ref - got).abs().max())
+    if not max_err < 1e-3:
+        print(f"error: MambaLM logits differ from the training forward by {max_err:.3e}", file=sys.stderr)
+        return 1
+    held_loss = heldout_loss(loaded, held_tokens, 256, 64)
+    training_config = {
+        "script": "benchmarks/quality/train_tiny.py",
+        "command": "python benchmarks/quality/train_tiny.py " + " ".join(argv or sys.argv[1:]),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
+        "model": {**config.to_hf_dict(), "params": n_params},
+        "data": {
+            "source": "top-level *.py files of sysconfig.get_paths()['stdlib'], sorted by name",
+            "python": sys.version.split()[0],
+            "split_rule": f"file index i % {HELDOUT_EVERY} == 0 -> held out, else train",
+            "tokenizer": "UTF-8 bytes (vocab 256)",
+            "train_files": [f.name for f in train_files],
+            "heldout_files": [f.name for f in held_files],
+            "train_bytes": int(train_tokens.numel()),
+            "heldout_bytes": int(held_tokens.numel()),
+        },
+        "optimizer": "AdamW(betas=(0.9, 0.95)), linear warmup then cosine to 0.1 lr, grad clip 1.0",
+        "steps_done": steps_done,
+        "reproduce": (
+            f"python benchmarks/quality/train_tiny.py --seed {args.seed} --d-model {args.d_model} "
+            f"--n-layer {args.n_layer} --seqlen {args.seqlen} --batch-size {args.batch_size} "
+            f"--steps {args.steps} --lr {args.lr} --stop-step {steps_done} --max-minutes 1000"
+        ),
+        "train_seconds": round(train_seconds, 1),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "final_train_loss": curve[-1]["loss"],
+        "heldout_nll_256x64": held_loss,
+        "heldout_ppl_256x64": math.exp(held_loss),
+        "max_abs_logit_err_mambalm_vs_training_forward": max_err,
+    }
+    write_text_atomic(out / "training_config.json", json.dumps(training_config, indent=2) + "\n")
+    write_text_atomic(out / "loss_curve.json", json.dumps(curve, indent=1) + "\n")
+    print(
+        f"saved {out}: {n_params} params, held-out ppl {math.exp(held_loss):.3f}, logit check {max_err:.2e}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
