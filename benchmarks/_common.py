@@ -301,3 +301,14 @@ def format_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple[str,
 def log(message: str) -> None:
     """Progress message on stderr (stdout carries the final table)."""
     print(message, file=sys.stderr, flush=True)
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the repository root when inside it (results never record this
+    machine's absolute paths), else just its file name."""
+    resolved = Path(path).resolve()
+    root = RESULTS_DIR.resolve().parents[1]
+    try:
+        return str(resolved.relative_to(root))
+    except ValueError:
+        return resolved.name

@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             "semi_structured": {"path": proj_path, "reason": proj_reason},
             "tolerance": bench.tol,
             "device": str(device),
-            "out": str(out_path),
+            "out": common.display_path(out_path),
             "notes": notes,
             "argv": sys.argv[1:] if argv is None else list(argv),
             "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SPARSESSM_")},
