@@ -393,6 +393,31 @@ def _fail(command: str, exc: BaseException, code: int) -> int:
 
 
 _INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, TypeError)
+_RUN_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError)
+
+
+def _run_job(
+    command: str,
+    build: Callable[[], Any],
+    run: Callable[[Any], dict[str, Any]],
+    render: Callable[[dict[str, Any]], None],
+    as_json: bool,
+) -> int:
+    """Build and validate a job (bad input: exit 2, before any work), run it (failure: exit 1),
+    then print its result as JSON or through ``render``."""
+    try:
+        job = build()
+    except _INPUT_ERRORS as exc:
+        return _fail(command, exc, 2)
+    try:
+        result = run(job)
+    except _RUN_ERRORS as exc:
+        return _fail(command, exc, 1)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        render(result)
+    return 0
 
 
 def _run_prune(args: argparse.Namespace) -> int:
@@ -400,7 +425,8 @@ def _run_prune(args: argparse.Namespace) -> int:
     from .prune.run import PruneJob, run_prune
 
     _setup_logging(args.verbose)
-    try:
+
+    def build() -> PruneJob:
         cfg = PruneConfig(
             method=args.method,
             targets=args.targets,
@@ -439,20 +465,15 @@ def _run_prune(args: argparse.Namespace) -> int:
             progress=args.progress,
         )
         job.validate()
-    except _INPUT_ERRORS as exc:
-        return _fail("prune", exc, 2)
-    try:
-        report = run_prune(job)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        return _fail("prune", exc, 1)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
+        return job
+
+    def render(report: dict[str, Any]) -> None:
         from .prune.report import REPORT_NAME, format_table
 
         print(format_table(report))
         print(f"saved {args.save} (report: {os.path.join(args.save, REPORT_NAME)})")
-    return 0
+
+    return _run_job("prune", build, run_prune, render, args.json)
 
 
 def _configure_eval(parser: argparse.ArgumentParser) -> None:
@@ -478,7 +499,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose)
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else ()
-    try:
+
+    def build() -> EvalJob:
         job = EvalJob(
             model_dir=args.model_dir,
             data=args.data,
@@ -492,15 +514,9 @@ def _run_eval(args: argparse.Namespace) -> int:
             progress=args.progress,
         )
         job.validate()
-    except _INPUT_ERRORS as exc:
-        return _fail("eval", exc, 2)
-    try:
-        result = run_eval(job)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        return _fail("eval", exc, 1)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
+        return job
+
+    def render(result: dict[str, Any]) -> None:
         p = result["perplexity"]
         print(
             f"{args.model_dir}: perplexity {p['ppl']:.4f} (mean NLL {p['mean_nll']:.4f}, "
@@ -510,7 +526,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         for task, metrics in (result.get("zero_shot") or {}).items():
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
             print(f"  {task}: {shown}")
-    return 0
+
+    return _run_job("eval", build, run_eval, render, args.json)
 
 
 # ------------------------------------------------------------------------------------- demo
@@ -576,24 +593,20 @@ def _run_demo(args: argparse.Namespace) -> int:
     names = ("seqlen", "nsamples", "eval_seqlen", "eval_windows", "scan_seqlen", "repeats")
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     common = {"out": args.out, "device": args.device, "seed": args.seed, "plot": args.plot}
-    try:
+
+    def build() -> DemoOptions:
         opts = DemoOptions.quick(**given, **common) if args.quick else DemoOptions(**given, **common)
         opts.validate()
-    except _INPUT_ERRORS as exc:
-        return _fail("demo", exc, 2)
-    try:
-        report = run_demo(opts)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        return _fail("demo", exc, 1)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
+        return opts
+
+    def render(report: dict[str, Any]) -> None:
         print(format_demo_table(report))
         print(
             f"report: {os.path.join(args.out, REPORT_NAME)}"
             + (f", plot: {report['plot']}" if report.get("plot") else "")
         )
-    return 0
+
+    return _run_job("demo", build, run_demo, render, args.json)
 
 
 # ------------------------------------------------------------------------------- dispatch
