@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -63,11 +62,8 @@ def test_demo_help_explains_every_option(capsys):
 
 def test_demo_quick_writes_valid_report(tmp_path: Path, capsys):
     out = tmp_path / "demo"
-    t0 = time.perf_counter()
     code = cli.main(["demo", "--quick", "--device", "cpu", "--out", str(out)])
-    elapsed = time.perf_counter() - t0
     assert code == 0
-    assert elapsed < 60
     printed = capsys.readouterr().out
     assert "sparsessm" in printed and "magnitude" in printed
     report = json.loads((out / "demo_report.json").read_text(encoding="utf-8"))

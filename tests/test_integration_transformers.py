@@ -294,8 +294,10 @@ def test_pre_5_transformers_layouts_are_refused(model_dir: Path, monkeypatch: py
     model.backbone.layers[0].mixer.__class__ = MambaMixer
     with pytest.raises(hf.UnsupportedModelError, match=rf"transformers {transformers.__version__}.*pre-5\.0"):
         hf.apply(model)
-    monkeypatch.delattr(Cache, "get_recurrent_state")
-    with pytest.raises(hf.UnsupportedModelError, match=r"needs transformers >= 5"):
+    monkeypatch.delattr(Cache, "get_recurrent_state", raising=False)
+    monkeypatch.delattr(Cache, "has_previous_state", raising=False)
+    refused = r"lacks \['has_previous_state'\].*needs transformers >= 5"
+    with pytest.raises(hf.UnsupportedModelError, match=refused):
         hf.apply(_hf(model_dir))
 
 

@@ -19,8 +19,9 @@ with the layer's state mask. Nothing module-level is touched: transformers binds
 ``mamba_selective_scan`` & co. to mamba_ssm's kernels when mamba_ssm imports, and the patched
 mixers never call them, so a missing, broken or CPU-less mamba_ssm cannot break this path.
 
-Supported: transformers >= 5 (Mamba mixers that take ``cache_params`` with
-``get_recurrent_state`` / ``update_recurrent_state``, i.e. ``DynamicCache``). Older releases with
+Supported: transformers >= 5 (Mamba mixers that take ``cache_params``, a ``DynamicCache`` with
+``update_conv_state`` / ``update_recurrent_state``, read through ``get_recurrent_state`` from 5.18 on
+and ``layers[i].recurrent_states`` before; tested on 5.17 and 5.23). Older releases with
 ``MambaCache(ssm_states)`` are refused with a message naming the version.
 
 Differences from the stock mixer, by design:
@@ -148,17 +149,40 @@ def _check_mixer(mixer: nn.Module, i: int, version: str) -> bool:
 
 
 def _check_cache_api() -> None:
+    """Refuse caches without either Mamba cache API of transformers 5 (see :func:`_cache_states`)."""
     try:
         from transformers.cache_utils import Cache
     except Exception as exc:
         raise UnsupportedModelError(f"transformers.cache_utils is not importable: {exc}") from exc
-    needed = ("get_conv_state", "get_recurrent_state", "update_conv_state", "update_recurrent_state")
+    needed = ["update_conv_state", "update_recurrent_state"]
+    if not hasattr(Cache, "get_recurrent_state"):  # 5.0-5.17 layout: layers[i].recurrent_states
+        needed.append("has_previous_state")
     missing = [m for m in needed if not hasattr(Cache, m)]
     if missing:
         raise UnsupportedModelError(
             f"transformers {_transformers_version()}: Cache lacks {missing}; this integration needs "
-            "transformers >= 5 (Mamba caches through DynamicCache.get_recurrent_state)"
+            "transformers >= 5 (Mamba caches through update_conv_state / update_recurrent_state)"
         )
+
+
+def _cache_states(cache_params: Any, layer_idx: int) -> tuple[Any, Any, bool]:
+    """``(conv_state, recurrent_state, recording_past)`` of one layer; the states are ``None`` before
+    the layer's first (prefill) forward.
+
+    transformers >= 5.18 has ``get_conv_state`` / ``get_recurrent_state`` / ``is_recording_past``;
+    earlier 5.x releases keep them in ``cache.layers[i].conv_states[0]`` / ``.recurrent_states[0]``
+    behind ``cache.has_previous_state(i)`` (with ``layers[i].record_past``).
+    """
+    if hasattr(cache_params, "get_recurrent_state"):
+        conv_state = cache_params.get_conv_state(layer_idx, state_idx=0)
+        recurrent_state = cache_params.get_recurrent_state(layer_idx, state_idx=0)
+        recording = getattr(cache_params, "is_recording_past", None)
+        return conv_state, recurrent_state, bool(recording(layer_idx)) if callable(recording) else False
+    if not cache_params.has_previous_state(layer_idx):
+        return None, None, False
+    layer = cache_params.layers[layer_idx]
+    recurrent_state = layer.recurrent_states[0] if layer.is_recurrent_states_initialized[0] else None
+    return layer.conv_states[0], recurrent_state, bool(getattr(layer, "record_past", False))
 
 
 # ------------------------------------------------------------------------------------- math
@@ -229,10 +253,7 @@ def _patched_forward(
     seq_len = hidden_states.shape[1]
     dtype = hidden_states.dtype
     if cache_params is not None:
-        conv_state = cache_params.get_conv_state(self.layer_idx, state_idx=0)
-        recurrent_state = cache_params.get_recurrent_state(self.layer_idx, state_idx=0)
-        recording = getattr(cache_params, "is_recording_past", None)
-        recording = bool(recording(self.layer_idx)) if callable(recording) else False
+        conv_state, recurrent_state, recording = _cache_states(cache_params, self.layer_idx)
     else:
         conv_state, recurrent_state, recording = None, None, False
 

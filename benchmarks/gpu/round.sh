@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# One GPU round in one command: build the CUDA extension, run the test suite on the GPU, run the
+# benchmarks. Every step is time-limited and logged; results and logs land in $OUT (default
+# ./gpu_out). Steps run in the order given:
+#
+#   bash benchmarks/gpu/round.sh build test bench130m preset e2e
+#
+#   build      SPARSESSM_BUILD_CUDA=1 editable install (sm_90 unless SPARSESSM_CUDA_ARCHS is set);
+#              skipped when a built sparsessm_kernels/_C*.so is already there (then a pure-Python
+#              editable install); the .so is copied to $OUT so a later round can reuse it
+#   test       the whole test suite (GPU tests included) with pytest-xdist
+#   gputest    only `pytest -m gpu`
+#   bench130m  bench_scan.py on the 130m layer (all masks, all GPU backends, decode 1/64/256)
+#   preset     bench_scan.py --preset issue3
+#   e2e        bench_e2e.py (whole-model tokens/s)
+#
+# Per-step limits (seconds) come from STEP_LIMIT_<step> (e.g. STEP_LIMIT_test=200).
+set -uo pipefail
+OUT="${OUT:-gpu_out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY="${PY:-python3}"
+
+run_step() {
+  local name="$1" limit="$2"
+  shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc in $((SECONDS - start)) s (limit $limit s)"
+  tail -n "${TAIL_LINES:-25}" "$OUT/$name.log"
+  return 0
+}
+
+limit_of() { local v="STEP_LIMIT_$1"; echo "${!v:-$2}"; }
+
+echo "== device"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tail -n 2
+$PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+nvcc --version 2>&1 | tail -n 1
+
+for step in "$@"; do
+  case "$step" in
+    build)
+      if ls sparsessm_kernels/_C*.so >/dev/null 2>&1; then
+        run_step build "$(limit_of build 300)" env SPARSESSM_BUILD_CUDA=0 \
+          $PY -m pip install -e . --no-deps --no-build-isolation
+      else
+        run_step build "$(limit_of build 300)" env SPARSESSM_BUILD_CUDA=1 \
+          SPARSESSM_CUDA_ARCHS="${SPARSESSM_CUDA_ARCHS:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
+          $PY -m pip install -e . --no-deps --no-build-isolation -v
+      fi
+      cp sparsessm_kernels/_C*.so "$OUT/" 2>/dev/null || echo "no _C extension built"
+      $PY -m sparsessm_kernels.cli env 2>&1 | tail -n 20 || true
+      ;;
+    test)
+      run_step test "$(limit_of test 240)" $PY -m pytest -q -n "${XDIST:-8}" -p no:cacheprovider \
+        --junitxml="$OUT/junit_test.xml" -rfE
+      ;;
+    gputest)
+      run_step gputest "$(limit_of gputest 240)" $PY -m pytest -q -m gpu -p no:cacheprovider \
+        --junitxml="$OUT/junit_gputest.xml" -rfE
+      ;;
+    bench130m)
+      run_step bench130m "$(limit_of bench130m 150)" $PY benchmarks/bench_scan.py --shapes 130m \
+        --pruned-states both --out "$OUT/scan_h100_130m.json"
+      ;;
+    preset)
+      run_step preset "$(limit_of preset 300)" $PY benchmarks/bench_scan.py --preset issue3 \
+        --out "$OUT/scan_h100_issue3.json"
+      ;;
+    e2e)
+      run_step e2e "$(limit_of e2e 300)" $PY benchmarks/bench_e2e.py --out "$OUT/e2e_h100.json"
+      ;;
+    *)
+      echo "unknown step $step" >&2
+      exit 2
+      ;;
+  esac
+done
