@@ -12,7 +12,7 @@
 #   gputest    only `pytest -m gpu`
 #   bench130m  bench_scan.py on the 130m layer (all masks, all GPU backends, decode 1/64/256)
 #   preset     bench_scan.py --preset issue3
-#   e2e        bench_e2e.py (whole-model tokens/s)
+#   e2e        bench_e2e.py (whole-model tokens/s; extra options in E2E_ARGS)
 #
 # Per-step limits (seconds) come from STEP_LIMIT_<step> (e.g. STEP_LIMIT_test=200).
 set -uo pipefail
@@ -70,7 +70,7 @@ for step in "$@"; do
         --out "$OUT/scan_h100_issue3.json"
       ;;
     e2e)
-      run_step e2e "$(limit_of e2e 300)" $PY benchmarks/bench_e2e.py --out "$OUT/e2e_h100.json"
+      run_step e2e "$(limit_of e2e 300)" $PY benchmarks/bench_e2e.py ${E2E_ARGS:-} --out "$OUT/e2e_h100.json"
       ;;
     *)
       echo "unknown step $step" >&2
