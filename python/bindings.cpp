@@ -43,6 +43,20 @@ constexpr bool kEmulated = true;
 constexpr bool kEmulated = false;
 #endif
 
+// Numbers in error messages are formatted with std::to_string, never streamed: an extension built
+// by a toolchain whose libstdc++ differs from torch's can crash inside the numeric facets of the
+// ostream that c10::str uses (seen on an H100 machine: a segfault in _M_insert<long> while raising).
+std::string num(int64_t v) { return std::to_string(v); }
+
+std::string dims_str(at::IntArrayRef dims) {
+  std::string s = "(";
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(dims[i]);
+  }
+  return s + (dims.size() == 1 ? ",)" : ")");
+}
+
 std::string shape_str(const at::Tensor& t) {
   std::string s = "(";
   for (int64_t i = 0; i < t.dim(); ++i) {
@@ -63,14 +77,14 @@ void check_device(const char* name, const at::Tensor& t, const at::Tensor& ref) 
 }
 
 void check_shape(const char* name, const at::Tensor& t, at::IntArrayRef expected, const char* meaning) {
-  TORCH_CHECK_VALUE(t.sizes() == expected, name, ": expected shape ", meaning, " = ", expected, ", got ",
+  TORCH_CHECK_VALUE(t.sizes() == expected, name, ": expected shape ", meaning, " = ", dims_str(expected), ", got ",
                     shape_str(t));
 }
 
 // Sequence tensors are read with stride 1 along l (any stride when l == 1).
 void check_last_stride(const char* name, const at::Tensor& t) {
   TORCH_CHECK_VALUE(t.size(-1) == 1 || t.stride(-1) == 1, name,
-                    ": expected stride 1 along the last (sequence) dimension, got strides ", t.strides(),
+                    ": expected stride 1 along the last (sequence) dimension, got strides ", dims_str(t.strides()),
                     " (call .contiguous())");
 }
 
@@ -114,10 +128,11 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> selective_scan_fwd(
   check_last_stride("delta", delta);
 
   check_device("A", A, u);
-  TORCH_CHECK_VALUE(A.dim() == 2 && A.size(0) == d, "A: expected shape (d, n) with d=", d, ", got ", shape_str(A));
+  TORCH_CHECK_VALUE(A.dim() == 2 && A.size(0) == d, "A: expected shape (d, n) with d=", num(d), ", got ",
+                    shape_str(A));
   const int64_t n = A.size(1);
-  TORCH_CHECK_VALUE(n >= 1 && n <= sparsessm::kMaxStates, "A: expected 1 <= n <= ", sparsessm::kMaxStates,
-                    " states, got n=", n);
+  TORCH_CHECK_VALUE(n >= 1 && n <= sparsessm::kMaxStates, "A: expected 1 <= n <= ", num(sparsessm::kMaxStates),
+                    " states, got n=", num(n));
   check_dtype("A", A, at::kFloat, "real float32");
 
   int64_t groups[2] = {1, 1};
@@ -133,8 +148,8 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> selective_scan_fwd(
     } else {
       TORCH_CHECK_VALUE(t.dim() == 4 && t.size(0) == b && t.size(2) == n && t.size(3) == l && t.size(1) >= 1 &&
                             d % t.size(1) == 0,
-                        name, ": expected shape (b, n, l) = (", b, ", ", n, ", ", l,
-                        ") or grouped (b, g, n, l) with g dividing d=", d, ", got ", shape_str(t));
+                        name, ": expected shape (b, n, l) = (", num(b), ", ", num(n), ", ", num(l),
+                        ") or grouped (b, g, n, l) with g dividing d=", num(d), ", got ", shape_str(t));
       groups[i] = t.size(1);
     }
     check_last_stride(name, t);
@@ -167,7 +182,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> selective_scan_fwd(
   }
   TORCH_CHECK_VALUE(time_segments == 0 || (time_segments > 0 && time_segments <= 32 &&
                                            (time_segments & (time_segments - 1)) == 0),
-                    "time_segments: expected 0 (auto) or a power of two <= 32, got ", time_segments);
+                    "time_segments: expected 0 (auto) or a power of two <= 32, got ", num(time_segments));
 
   SelectiveScanParams p;
   p.mode = StateMode::kDense;
@@ -177,13 +192,13 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> selective_scan_fwd(
     check_dtype("kept_idx", ki, at::kInt, "int32, from StateLayout");
     TORCH_CHECK_VALUE(ki.is_contiguous(), "kept_idx: expected a contiguous tensor");
     if (ki.dim() == 1) {
-      TORCH_CHECK_VALUE(ki.size(0) <= n, "kept_idx: a column mask keeps at most n=", n, " states, got shape ",
+      TORCH_CHECK_VALUE(ki.size(0) <= n, "kept_idx: a column mask keeps at most n=", num(n), " states, got shape ",
                         shape_str(ki));
       p.mode = StateMode::kColumn;
       p.n_kept = static_cast<int>(ki.size(0));
     } else {
       TORCH_CHECK_VALUE(ki.dim() == 2 && ki.size(0) == d && ki.size(1) <= n, "kept_idx: expected shape (k,) or (d, k_max) with d=",
-                        d, " and k_max <= n=", n, ", got ", shape_str(ki));
+                        num(d), " and k_max <= n=", num(n), ", got ", shape_str(ki));
       TORCH_CHECK_VALUE(kept_count.has_value(), "kept_count: required with a per-channel kept_idx (d, k_max)");
       p.mode = StateMode::kChannel;
       p.n_kept = static_cast<int>(ki.size(1));
@@ -216,7 +231,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> selective_scan_fwd(
   p.dim = static_cast<int>(d);
   p.seqlen = static_cast<int>(l);
   p.dstate = static_cast<int>(n);
-  TORCH_CHECK_VALUE(b <= 65535, "u: at most 65535 batch rows, got b=", b);
+  TORCH_CHECK_VALUE(b <= 65535, "u: at most 65535 batch rows, got b=", num(b));
   TORCH_CHECK_VALUE(d <= INT32_MAX && l <= INT32_MAX, "u: d and l must fit in int32, got ", shape_str(u));
   p.n_groups_B = static_cast<int>(groups[0]);
   p.n_groups_C = static_cast<int>(groups[1]);
@@ -277,7 +292,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> selective_scan_fwd(
   const cudaError_t status = sparsessm::selective_scan_fwd(p, stream);
 #if defined(SPARSESSM_EMULATE)
   TORCH_CHECK(status == cudaSuccess, "sparsessm selective_scan (emulated): launch failed with status ",
-              static_cast<int>(status));
+              num(static_cast<int>(status)));
 #else
   TORCH_CHECK(status == cudaSuccess, "sparsessm selective_scan (cuda): kernel launch failed: ",
               cudaGetErrorString(status), " (this build of sparsessm_kernels._C targets CUDA archs ",

@@ -397,19 +397,37 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
       }
     }
 
-#pragma unroll 2
-    for (int j = 0; j < k; ++j) {
-      const bool valid = j < count;
-      float bv[kItems], cv[kItems];
-      float a2 = 0.f;
-      if (valid) {
+    // Kept slot j: its transition exponent a2 = A log2(e) and its B / C values for the lane's
+    // steps. Padded slots (j >= count) are exact no-ops: a2 = 0 and B = C = 0.
+    auto load_slot = [&](int j, float& a2, float (&bv)[kItems], float (&cv)[kItems]) {
+      if (j < count) {
         const int s = kidx != nullptr ? kidx[j] : j;
         a2 = A_row[s * p.A_dstate_stride] * kLog2e;
         load_items(B_base + s * p.B_dstate_stride, t0, l, bv);
         load_items(C_base + s * p.C_dstate_stride, t0, l, cv);
       } else {
+        a2 = 0.f;
 #pragma unroll
         for (int i = 0; i < kItems; ++i) bv[i] = cv[i] = 0.f;
+      }
+    };
+    float a2_next = 0.f, bv_next[kItems], cv_next[kItems];
+    if (kPrefetchBC) load_slot(0, a2_next, bv_next, cv_next);
+
+#pragma unroll kStateUnroll
+    for (int j = 0; j < k; ++j) {
+      float bv[kItems], cv[kItems];
+      float a2;
+      if (kPrefetchBC) {
+        a2 = a2_next;
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+          bv[i] = bv_next[i];
+          cv[i] = cv_next[i];
+        }
+        if (j + 1 < k) load_slot(j + 1, a2_next, bv_next, cv_next);  // in flight during slot j's math
+      } else {
+        load_slot(j, a2, bv, cv);
       }
       const float h0 = chunk == 0 ? 0.f : carry[j];
       if (P == 1) {

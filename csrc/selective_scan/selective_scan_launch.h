@@ -10,8 +10,24 @@
 namespace sparsessm {
 namespace detail {
 
-constexpr int kThreads = 128;       // threads per block (4 warps)
-constexpr int kMinBlocksPerSM = 5;  // register cap (<= 102 per thread): 20 resident warps per SM
+// Tuning knobs (compile-time; the defaults are what the H100 measurements in docs/cuda.md chose):
+//   SPARSESSM_MIN_BLOCKS_PER_SM  __launch_bounds__ min blocks: 5 caps registers at 102 per thread
+//   SPARSESSM_STATE_UNROLL       unroll factor of the kept-state loop
+//   SPARSESSM_PREFETCH_BC        1: load the next state's B / C rows before the current state's math
+#ifndef SPARSESSM_MIN_BLOCKS_PER_SM
+#define SPARSESSM_MIN_BLOCKS_PER_SM 5
+#endif
+#ifndef SPARSESSM_STATE_UNROLL
+#define SPARSESSM_STATE_UNROLL 2
+#endif
+#ifndef SPARSESSM_PREFETCH_BC
+#define SPARSESSM_PREFETCH_BC 0
+#endif
+
+constexpr int kThreads = 128;  // threads per block (4 warps)
+constexpr int kMinBlocksPerSM = SPARSESSM_MIN_BLOCKS_PER_SM;  // register cap: 65536 / (128 * this)
+constexpr int kStateUnroll = SPARSESSM_STATE_UNROLL;
+constexpr bool kPrefetchBC = SPARSESSM_PREFETCH_BC != 0;
 constexpr int kItems = 8;           // consecutive timesteps per lane and chunk (one 16-byte vector of 16-bit data)
 constexpr int kMaxSegments = 32;    // lanes per channel (a warp)
 constexpr int kCarrySmemBytes = 32 * 1024;  // shared memory for the carried states of one block
