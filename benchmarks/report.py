@@ -194,7 +194,7 @@ def _bar_groups(
         ax.axhline(baseline, color="black", linestyle="--", linewidth=0.8)
     ax.set_ylabel(ylabel)
     if groups:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 # ------------------------------------------------------------------------------------ scan
@@ -242,27 +242,60 @@ def scan_section(data: dict[str, Any], plotter: Plotter) -> str:
     return "\n".join(out)
 
 
-def _scan_speedup_plot(data: dict[str, Any], plotter: Plotter) -> Path | None:
-    ours = [r for r in data["results"] if r.get("speedup_vs_dense") is not None]
-    ours = [r for r in ours if r.get("backend") not in ("transformers-fallback", "mamba_ssm")]
-    kinds = [k for k in ("scan", "decode") if any(r.get("kind") == k for r in ours)]
-    if not kinds:
+def _speedup_figure(
+    plotter: Plotter, panels: list[tuple[str, list[tuple[str, str, float]]]], title: str, name: str
+) -> Path | None:
+    """One bar panel per entry, stacked vertically: ``(panel title, [(x label, series, speedup)])``.
+
+    x = shapes (batch, length, ...), one bar per mask / variant; dense is the dashed line at 1.
+    """
+    panels = [(t, pts) for t, pts in panels if pts]
+    if not panels:
         return None
     plt = plotter.plt
-    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
+    widest = max(len({x for x, _, _ in pts}) * max(len({m for _, m, _ in pts}), 1) for _, pts in panels)
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(min(max(6.0, 0.45 * widest + 2.5), 24.0), 3.4 * len(panels)), squeeze=False
+    )
+    for ax, (panel_title, pts) in zip(axes[:, 0], panels):
         groups: dict[str, list[tuple[str, float]]] = defaultdict(list)
-        for r in sorted((r for r in ours if r.get("kind") == kind), key=_sparsity):
-            shape = r.get("shape", {})
-            key = f"{r['backend']} {shape_text(shape)} {r.get('dtype', '')}".rstrip()
-            mask = r.get("mask", "?") + (
-                f" ({r['pruned_states']})" if r.get("pruned_states") == "remove" else ""
-            )
-            groups[key].append((mask, float(r["speedup_vs_dense"])))
+        for x, series, value in pts:
+            groups[series].append((x, value))
         _bar_groups(ax, groups, "speedup vs dense (x)")
-        ax.set_title(f"{kind}: speedup vs mask", fontsize=10)
-    fig.suptitle(f"scan benchmark, {run_label(data)}", fontsize=10)
-    return plotter.save(fig, f"{_stem(data)}_speedup.png")
+        ax.set_title(panel_title, fontsize=10)
+    fig.suptitle(title, fontsize=10)
+    return plotter.save(fig, name)
+
+
+def _mask_label(r: dict[str, Any]) -> str:
+    return str(r.get("mask", "?")) + (" (remove)" if r.get("pruned_states") == "remove" else "")
+
+
+def _scan_speedup_plot(data: dict[str, Any], plotter: Plotter) -> Path | None:
+    ours = [
+        r
+        for r in data["results"]
+        if r.get("speedup_vs_dense") is not None
+        and r.get("backend") not in ("transformers-fallback", "mamba_ssm")
+        and r.get("mask") != "dense"
+    ]
+    panels = []
+    for kind in ("scan", "decode"):
+        for backend in dict.fromkeys(r.get("backend", "?") for r in ours if r.get("kind") == kind):
+            rows = sorted(
+                (r for r in ours if r.get("kind") == kind and r.get("backend") == backend), key=_sparsity
+            )
+            pts = []
+            for r in rows:
+                shape = dict(r.get("shape", {}))
+                if kind == "decode":
+                    shape.pop("l", None)
+                x = shape_text(shape) + (f" {r['dtype']}" if r.get("dtype") else "")
+                pts.append((x, _mask_label(r), float(r["speedup_vs_dense"])))
+            panels.append((f"{kind}, {backend}: speedup vs dense per mask", pts))
+    return _speedup_figure(
+        plotter, panels, f"scan benchmark, {run_label(data)}", f"{_stem(data)}_speedup.png"
+    )
 
 
 def _scan_seqlen_plot(data: dict[str, Any], plotter: Plotter) -> Path | None:
@@ -351,22 +384,24 @@ def e2e_section(data: dict[str, Any], plotter: Plotter) -> str:
 
 
 def _e2e_plot(data: dict[str, Any], plotter: Plotter) -> Path | None:
-    rows = [r for r in data["results"] if r.get("speedup_vs_dense") is not None]
-    kinds = [k for k in ("prefill", "decode", "proj") if any(r.get("kind") == k for r in rows)]
-    if not kinds:
-        return None
-    plt = plotter.plt
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
-        groups: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    rows = [
+        r
+        for r in data["results"]
+        if r.get("speedup_vs_dense") is not None and r.get("mask") != "dense" and r.get("backend") != "dense"
+    ]
+    panels = []
+    for kind in ("prefill", "decode", "proj"):
+        pts = []
         for r in (r for r in rows if r.get("kind") == kind):
             shape = r.get("shape", {})
-            key = f"{r.get('model', '')} b{shape.get('b', '?')} l{shape.get('l', '?')}"
-            groups[key].append((str(r.get("mask", "?")), float(r["speedup_vs_dense"])))
-        _bar_groups(ax, groups, "speedup vs dense (x)")
-        ax.set_title(f"{kind}: speedup vs variant", fontsize=10)
-    fig.suptitle(f"end-to-end benchmark, {run_label(data)}", fontsize=10)
-    return plotter.save(fig, f"{_stem(data)}_speedup.png")
+            x = f"{r.get('model', '')} b{shape.get('b', '?')}" + (
+                f" l{shape['l']}" if kind != "decode" else ""
+            )
+            pts.append((x, str(r.get("mask", "?")), float(r["speedup_vs_dense"])))
+        panels.append((f"{kind}: speedup vs dense per variant", pts))
+    return _speedup_figure(
+        plotter, panels, f"end-to-end benchmark, {run_label(data)}", f"{_stem(data)}_speedup.png"
+    )
 
 
 # ------------------------------------------------------------------------------------ quality
