@@ -89,6 +89,7 @@ def _check_quality_json(data: dict, wikitext: bool) -> None:
         assert data["dense"]["ppl_wikitext"] is None
         assert any("WikiText" in s["what"] for s in data["skipped"])
     assert not Path(data["config"]["out"]).is_absolute()  # never this machine's absolute path
+    assert not any(Path(a.partition("=")[2] or a).is_absolute() for a in data["config"]["argv"])
     rows = data["results"]
     assert rows
     for row in rows:
