@@ -303,6 +303,18 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def portable_argv(argv: list[str]) -> list[str]:
+    """``argv`` with absolute paths (``PATH`` or ``--flag=PATH``) shown through :func:`display_path`:
+    results never record this machine's absolute paths."""
+    out = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if value and Path(value).is_absolute():
+            value = display_path(value)
+        out.append(f"{flag}{eq}{value}")
+    return out
+
+
 def display_path(path: str | os.PathLike) -> str:
     """``path`` relative to the repository root when inside it (results never record this
     machine's absolute paths), else just its file name."""

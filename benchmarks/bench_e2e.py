@@ -574,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": str(device),
             "out": common.display_path(out_path),
             "notes": notes,
-            "argv": sys.argv[1:] if argv is None else list(argv),
+            "argv": common.portable_argv(sys.argv[1:] if argv is None else list(argv)),
             "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SPARSESSM_")},
         }
     )

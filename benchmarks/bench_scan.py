@@ -1052,7 +1052,7 @@ def main(argv: list[str] | None = None) -> int:
             "tolerance": bench.tol,
             "device": str(device),
             "out": common.display_path(out_path),
-            "argv": sys.argv[1:] if argv is None else list(argv),
+            "argv": common.portable_argv(sys.argv[1:] if argv is None else list(argv)),
             "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SPARSESSM_")},
         }
     )

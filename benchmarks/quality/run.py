@@ -405,17 +405,6 @@ def _load_wikitext(path: Path | None) -> tuple[torch.Tensor | None, dict[str, An
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).long(), info
 
 
-def _portable_argv(argv: list[str]) -> list[str]:
-    """``argv`` with absolute paths reduced to file names (results never record this machine's paths)."""
-    out = []
-    for arg in argv:
-        flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
-        if value and Path(value).is_absolute():
-            value = Path(value).name
-        out.append(f"{flag}{eq}{value}")
-    return out
-
-
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -562,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(device),
         "threads": torch.get_num_threads(),
         "out": common.display_path(out_path),
-        "argv": _portable_argv(sys.argv[1:] if argv is None else list(argv)),
+        "argv": common.portable_argv(sys.argv[1:] if argv is None else list(argv)),
     }
     model_cfg = dense.config
     payload = {
