@@ -310,38 +310,55 @@ def _scan_speedup_plot(data: dict[str, Any], plotter: Plotter) -> Path | None:
 
 
 def _scan_seqlen_plot(data: dict[str, Any], plotter: Plotter) -> Path | None:
-    series: dict[tuple[str, int, int, int, str, str], list[tuple[int, float]]] = defaultdict(list)
+    """Scan time vs sequence length: one panel per (b, d, n, dtype), a line per backend and mask."""
+    panels: dict[tuple[int, int, int, str], dict[str, list[tuple[int, float]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for r in data["results"]:
         shape = r.get("shape", {})
         if r.get("kind") != "scan" or r.get("median_ms") is None or "l" not in shape:
             continue
-        key = (
-            r.get("backend", "?"),
-            shape.get("b", 0),
-            shape.get("d", 0),
-            shape.get("n", 0),
-            r.get("mask", "?") + (" (remove)" if r.get("pruned_states") == "remove" else ""),
-            str(r.get("dtype", "")),
-        )
-        series[key].append((int(shape["l"]), float(r["median_ms"])))
-    series = {k: sorted(v) for k, v in series.items() if len({x for x, _ in v}) > 1}
-    if not series:
+        panel = (shape.get("b", 0), shape.get("d", 0), shape.get("n", 0), str(r.get("dtype", "")))
+        line = f"{r.get('backend', '?')} {_mask_label(r)}"
+        panels[panel][line].append((int(shape["l"]), float(r["median_ms"])))
+    panels = {
+        key: {line: sorted(pts) for line, pts in lines.items() if len({x for x, _ in pts}) > 1}
+        for key, lines in panels.items()
+    }
+    panels = {key: lines for key, lines in panels.items() if lines}
+    if not panels:
         return None
     plt = plotter.plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (backend, b, d, n, mask, dtype), points in sorted(series.items()):
-        ax.plot(
-            [x for x, _ in points],
-            [y for _, y in points],
-            marker="o",
-            label=f"{backend} b{b} d{d} n{n} {dtype} {mask}".replace("  ", " "),
+    cols = min(4, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    names = sorted({line for lines in panels.values() for line in lines})
+    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    for ax, ((b, d, n, dtype), lines) in zip(
+        axes.flat, sorted(panels.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+    ):
+        for line, points in sorted(lines.items()):
+            style = "--" if line.startswith("mamba_ssm") else "-"
+            ax.plot(
+                [x for x, _ in points], [y for _, y in points], style, marker="o", ms=3, color=colors[line]
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"b{b} d{d} n{n} {dtype}".strip(), fontsize=9)
+        ax.set_xlabel("sequence length l", fontsize=8)
+        ax.set_ylabel("median ms", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    handles = [
+        plt.Line2D(
+            [], [], color=colors[name], marker="o", ms=3, ls="--" if name.startswith("mamba_ssm") else "-"
         )
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("sequence length l")
-    ax.set_ylabel("median ms")
-    ax.legend(fontsize=6)
-    ax.set_title(f"scan time vs sequence length, {run_label(data)}", fontsize=9)
+        for name in names
+    ]
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=7)
+    fig.suptitle(f"scan time vs sequence length, {run_label(data)}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07 + 0.03 * ((len(names) + 3) // 4), 1, 0.95))
     return plotter.save(fig, f"{_stem(data)}_seqlen.png")
 
 
