@@ -881,6 +881,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch.set_num_threads for CPU runs. Default: torch's default",
     )
+    parser.add_argument(
+        "--cuda-time-segments",
+        type=int,
+        default=0,
+        metavar="P",
+        help="lanes per channel of the cuda backend's scan (1, 2, 4, ..., 128; above 32 a channel spans "
+        "several warps); 0 lets the launcher choose (at most 32). For tuning sweeps",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and mask scores")
     parser.add_argument(
         "--quick",
@@ -1001,6 +1009,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    segments = args.cuda_time_segments
+    if segments != 0 and not (0 < segments <= 128 and segments & (segments - 1) == 0):
+        parser.error(f"--cuda-time-segments: expected 0 (auto) or a power of two <= 128, got {segments}")
+    if segments:
+        from sparsessm_kernels.ops import cuda as cuda_backend
+
+        cuda_backend._TIME_SEGMENTS = segments
     resolve_args(args, device)
     dtype = DTYPES[args.dtype]
     if dtype != torch.float32 and device.type != "cuda":

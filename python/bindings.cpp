@@ -180,9 +180,9 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> selective_scan_fwd(
   } else {
     TORCH_CHECK_VALUE(false, "pruned_states: expected 'zero_transition' or 'remove', got '", pruned_states, "'");
   }
-  TORCH_CHECK_VALUE(time_segments == 0 || (time_segments > 0 && time_segments <= 32 &&
+  TORCH_CHECK_VALUE(time_segments == 0 || (time_segments > 0 && time_segments <= 128 &&
                                            (time_segments & (time_segments - 1)) == 0),
-                    "time_segments: expected 0 (auto) or a power of two <= 32, got ", num(time_segments));
+                    "time_segments: expected 0 (auto) or a power of two <= 128, got ", num(time_segments));
 
   SelectiveScanParams p;
   p.mode = StateMode::kDense;

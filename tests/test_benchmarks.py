@@ -197,6 +197,21 @@ def test_issue3_preset_refuses_cpu_clearly(tmp_path):
     assert not out.exists()
 
 
+def test_bad_cuda_time_segments_is_refused(tmp_path):
+    out = tmp_path / "never.json"
+    proc = _run("--quick", "--cuda-time-segments", "48", "--out", str(out))
+    assert proc.returncode == 2
+    assert "--cuda-time-segments: expected 0 (auto) or a power of two <= 128, got 48" in proc.stderr
+    assert not out.exists()
+
+
+def test_portable_argv_drops_absolute_paths(monkeypatch):
+    common = _load_common(monkeypatch)
+    inside = str(REPO / "benchmarks" / "results" / "x.json")
+    got = common.portable_argv(["--out", "/elsewhere/y.json", f"--out={inside}", "--shapes", "130m"])
+    assert got == ["--out", "y.json", "--out=benchmarks/results/x.json", "--shapes", "130m"]
+
+
 def _cuda_visible() -> bool:
     import torch
 
@@ -222,6 +237,7 @@ def test_help_lists_options():
         "--preset",
         "--peak-gbps",
         "--timer",
+        "--cuda-time-segments",
     ):
         assert option in proc.stdout, option
 

@@ -144,13 +144,27 @@ def _with_segments(monkeypatch: pytest.MonkeyPatch, segments: int) -> None:
     monkeypatch.setattr(cuda_backend, "_TIME_SEGMENTS", segments)
 
 
-@pytest.mark.parametrize("segments", [1, 2, 4, 8, 16, 32])
+@pytest.mark.parametrize("segments", [1, 2, 4, 8, 16, 32, 64, 128])
 @pytest.mark.parametrize("mask_kind", ["none", "column", "2:4", "unstructured_sparse"])
 def test_every_time_segment_count(
     runner: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, segments: int, mask_kind: str
 ) -> None:
     _with_segments(monkeypatch, segments)
     inputs, mask = make_inputs(ScanCase("segments", batch=2, d=20, n=16, seqlen=70, mask=mask_kind), seed=1)
+    for pruned_states in ("zero_transition", "remove"):
+        _check(inputs, mask, pruned_states, runner.device, f"P={segments} {mask_kind} {pruned_states}")
+
+
+@pytest.mark.parametrize("segments", [64, 128])
+@pytest.mark.parametrize("mask_kind", ["none", "column", "2:4", "unstructured_sparse"])
+def test_multi_warp_channels_across_chunks(
+    runner: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, segments: int, mask_kind: str
+) -> None:
+    """P > 32: a channel spans 2 or 4 warps that combine their maps in shared memory; 2 or 3 chunks
+    of 8 * P steps (the last one partial) carry the state, 3 channels leave part of a block idle."""
+    _with_segments(monkeypatch, segments)
+    case = ScanCase("multi_warp", batch=2, d=3, n=16, seqlen=2 * 8 * 128 + 37, mask=mask_kind)
+    inputs, mask = make_inputs(case, seed=segments)
     for pruned_states in ("zero_transition", "remove"):
         _check(inputs, mask, pruned_states, runner.device, f"P={segments} {mask_kind} {pruned_states}")
 

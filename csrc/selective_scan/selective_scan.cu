@@ -72,7 +72,7 @@ int plan_segments(const SelectiveScanParams& p, int k) {
   while (static_cast<int64_t>(kThreads / pmin) * k * 4 > kCarrySmemBytes) pmin *= 2;
   // No more lanes than needed to cover the sequence in one chunk.
   int pmax = 1;
-  while (pmax < kMaxSegments && static_cast<int64_t>(pmax) * kItems < p.seqlen) pmax *= 2;
+  while (pmax < kMaxAutoSegments && static_cast<int64_t>(pmax) * kItems < p.seqlen) pmax *= 2;
   if (pmax < pmin) pmax = pmin;
   if (p.time_segments > 0) {
     int P = p.time_segments;
@@ -162,7 +162,7 @@ const char* selective_scan_fwd_check(const SelectiveScanParams& p) {
   }
   if (p.time_segments < 0 || (p.time_segments > 0 && (!detail::is_pow2(p.time_segments) ||
                                                        p.time_segments > detail::kMaxSegments))) {
-    return "time_segments: expected 0 (auto) or a power of two <= 32";
+    return "time_segments: expected 0 (auto) or a power of two <= 128";
   }
   const size_t need = selective_scan_fwd_workspace_bytes(p);
   if (need > 0) {

@@ -89,8 +89,9 @@ struct SelectiveScanParams {
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
 
-  // ---- tuning: lanes that split one chunk of a channel along l (1, 2, 4, ..., 32);
-  // 0 picks it from the problem size and the GPU (see selective_scan_kernel.cuh).
+  // ---- tuning: lanes that split one chunk of a channel along l (1, 2, 4, ..., 128; above 32 a
+  // channel spans several warps of its block); 0 picks it (<= 32) from the problem size and the
+  // GPU (see selective_scan_kernel.cuh).
   int time_segments = 0;
 };
 

@@ -8,10 +8,13 @@
 // feed-through dt_t u_t sum_{pruned s} B_t[s] C_t[s]; under remove they contribute nothing.
 //
 // Work decomposition. A block has kThreads = 128 threads and handles 128 / P channels of one batch
-// row ("several channels per block"). The P lanes of a channel (P = 1, 2, ..., 32, always inside one
-// warp) split a chunk of L = P * kItems timesteps: lane `seg` owns kItems = 8 consecutive
-// timesteps. The sequence is walked chunk by chunk; the state of every kept slot is carried from
-// one chunk to the next in shared memory (per warp, so no block-wide barrier is ever needed).
+// row ("several channels per block"). The P lanes of a channel (P = 1, 2, ..., 128) split a chunk of
+// L = P * kItems timesteps: lane `seg` owns kItems = 8 consecutive timesteps. The sequence is walked
+// chunk by chunk; the state of every kept slot is carried from one chunk to the next in shared
+// memory. Up to P = 32 a channel lives inside one warp and no block-wide barrier is needed; P = 64
+// or 128 (opt-in through time_segments) spreads a channel over 2 or 4 warps, which scan their lanes
+// with shuffles and combine their aggregate maps through shared memory after a block barrier per
+// kept slot (more warps in flight per channel for small b * d, at the cost of those barriers).
 //
 // Per chunk a lane:
 //   1. loads u, delta (and later z) for its 8 timesteps with one 16-byte vector load per tensor for
@@ -25,7 +28,8 @@
 //        P > 1: pass 1 computes (and keeps in registers) dA_t = exp2(dt_t a2) and the drives
 //               dt_t u_t B_t, and the segment's affine map h -> cum h + loc (loc: end state from a
 //               zero start; cum = prod dA = exp2(a2 sum dt), one exp per segment); the maps of the
-//               P lanes are combined by a Kogge-Stone scan of warp shuffles (log2 P steps), which
+//               P lanes are combined by a Kogge-Stone scan of warp shuffles (log2 P steps; for
+//               P > 32 per warp, then over the warps' maps in shared memory), which
 //               gives each lane the true state h_in entering its segment; pass 2 reruns the
 //               recurrence from h_in with the kept dA and drives and accumulates C_t h_t. One exp
 //               per (state, timestep), six FP32 operations;
@@ -44,9 +48,10 @@
 // largest power of two whose grid, ceil(b d P / 128) blocks, fits the resident block slots
 // (SMs x kMinBlocksPerSM = 5, the register budget of __launch_bounds__), capped by what covers l
 // in one chunk and at least k / 64 so that the carried states of a block, (128 / P) k floats, fit
-// in 32 KB of shared memory. Large b d gives P = 1 (no scan at all), b = 1 prefill P = 16 or 32.
-// SelectiveScanParams::time_segments overrides it (the micro-benchmark sweeps it); these
-// heuristics are untuned defaults.
+// in 32 KB of shared memory, and at most 32. Large b d gives P = 1 (no scan at all), b = 1
+// prefill P = 16 or 32. SelectiveScanParams::time_segments overrides it, up to 128 (the
+// micro-benchmark sweeps it). First H100 measurements (docs/cuda.md#tuning): with this heuristic
+// the kernel is latency bound at small b d (18% achieved occupancy), which P = 64 / 128 targets.
 //
 // Everything here also compiles as plain host C++ with SPARSESSM_EMULATE defined (see
 // csrc/emulation/cuda_emulation.h), which is how the logic is tested on machines without a GPU.
@@ -332,6 +337,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
   // and store nothing; cc is a safe channel index for their table reads.
   const int cc = ch_ok ? c : p.dim - 1;
   float* carry = dynamic_smem<float>() + ch_local * k;
+  // P > 32: the channel spans P / 32 warps. Each warp scans its lanes with shuffles, publishes
+  // its aggregate map (cum, loc) per kept slot here, and after a block barrier folds the maps of
+  // the channel's earlier warps into its entering state.
+  const int lane = tid & 31;
+  const int warp_in_ch = seg >> 5;
+  const int width = P < 32 ? P : 32;  // shuffle width: the lanes of the channel inside one warp
+  float* warp_maps = dynamic_smem<float>() + (kThreads >> seg_shift) * k +
+                     static_cast<int64_t>(ch_local) * (P >> 5) * k * 2;
 
   const int32_t* __restrict__ kidx = nullptr;
   int count = k;
@@ -439,17 +452,28 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
         float cum = fast_exp2(a2 * dt_sum);
         // Inclusive scan of the segment maps over the P lanes of the channel (earlier segments
         // applied first): afterwards (cum, loc) maps the chunk's entering state to this lane's end.
-        for (int off = 1; off < P; off <<= 1) {
-          const float cum_up = __shfl_up_sync(kFullMask, cum, off, P);
-          const float loc_up = __shfl_up_sync(kFullMask, loc, off, P);
-          if (seg >= off) {
+        for (int off = 1; off < width; off <<= 1) {
+          const float cum_up = __shfl_up_sync(kFullMask, cum, off, width);
+          const float loc_up = __shfl_up_sync(kFullMask, loc, off, width);
+          if ((seg & (width - 1)) >= off) {
             loc = fmaf(cum, loc_up, loc);
             cum *= cum_up;
           }
         }
-        const float h_end = fmaf(cum, h0, loc);
-        float h_in = __shfl_up_sync(kFullMask, h_end, 1, P);
-        if (seg == 0) h_in = h0;
+        float h_warp = h0;  // the state entering this warp's part of the chunk
+        if (P > 32) {
+          if (lane == 31) {
+            warp_maps[(warp_in_ch * k + j) * 2] = cum;
+            warp_maps[(warp_in_ch * k + j) * 2 + 1] = loc;
+          }
+          __syncthreads();
+          for (int w = 0; w < warp_in_ch; ++w) {
+            h_warp = fmaf(warp_maps[(w * k + j) * 2], h_warp, warp_maps[(w * k + j) * 2 + 1]);
+          }
+        }
+        const float h_end = fmaf(cum, h_warp, loc);
+        float h_in = __shfl_up_sync(kFullMask, h_end, 1, width);
+        if ((seg & (width - 1)) == 0) h_in = h_warp;
         if (excl) {
           segment_outputs<true>(h_in, dA, dbu, cv, y);
         } else {
@@ -458,7 +482,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
         if (seg == P - 1) carry[j] = h_end;
       }
     }
-    __syncwarp();  // the carried states written above are read by the channel's other lanes next chunk
+    // The carried states (and, for P > 32, the warp maps) written above are read by the
+    // channel's other lanes in the next chunk.
+    if (P > 32) {
+      __syncthreads();
+    } else {
+      __syncwarp();
+    }
 
     if (ch_ok && t0 < l) {
       if (z_row != nullptr) {
@@ -476,7 +506,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     if (ch_ok && p.mode != StateMode::kDense) {  // pruned entries are 0
       for (int s = seg; s < p.dstate; s += P) ls[s * p.last_state_dstate_stride] = 0.f;
     }
-    __syncwarp();  // zeros first, then the kept states (possibly written by another lane)
+    // zeros first, then the kept states (possibly written by another lane or warp)
+    if (P > 32) {
+      __syncthreads();
+    } else {
+      __syncwarp();
+    }
     if (ch_ok) {
       for (int j = seg; j < count; j += P) {
         const int s = kidx != nullptr ? kidx[j] : j;
@@ -498,7 +533,9 @@ cudaError_t launch_fwd(const SelectiveScanParams& p, const LaunchPlan& plan, cud
   }
   const int channels_per_block = kThreads >> plan.segment_shift;
   const dim3 grid((p.dim + channels_per_block - 1) / channels_per_block, p.batch);
-  const size_t smem = static_cast<size_t>(channels_per_block) * plan.k * sizeof(float);
+  // carried states, plus the per-warp maps when a channel spans several warps (P > 32)
+  const size_t warp_maps = plan.segments > 32 ? static_cast<size_t>(kThreads / 32) * plan.k * 2 : 0;
+  const size_t smem = (static_cast<size_t>(channels_per_block) * plan.k + warp_maps) * sizeof(float);
   launch_kernel(selective_scan_fwd_kernel<T, kK>, grid, dim3(kThreads), smem, stream, p,
                 static_cast<const float*>(plan.feed), plan.feed_pitch, plan.feed_groups, plan.k, plan.segments,
                 plan.segment_shift);

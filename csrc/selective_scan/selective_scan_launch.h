@@ -29,7 +29,8 @@ constexpr int kMinBlocksPerSM = SPARSESSM_MIN_BLOCKS_PER_SM;  // register cap: 6
 constexpr int kStateUnroll = SPARSESSM_STATE_UNROLL;
 constexpr bool kPrefetchBC = SPARSESSM_PREFETCH_BC != 0;
 constexpr int kItems = 8;           // consecutive timesteps per lane and chunk (one 16-byte vector of 16-bit data)
-constexpr int kMaxSegments = 32;    // lanes per channel (a warp)
+constexpr int kMaxSegments = 128;      // lanes per channel: up to a whole block (4 warps)
+constexpr int kMaxAutoSegments = 32;   // what the launcher picks by itself (one warp; P > 32 is opt-in)
 constexpr int kCarrySmemBytes = 32 * 1024;  // shared memory for the carried states of one block
 constexpr int kFeedBlock = 256;     // threads per block of the feed-through pre-pass
 

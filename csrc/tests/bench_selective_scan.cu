@@ -2,7 +2,7 @@
 //
 //   ./build/bench_selective_scan                          # 1.4B layer: b=8 d=4096 n=16 l=2048, bf16
 //   ./build/bench_selective_scan --b 1 --l 16384 --dtype fp16 --masks dense,column50,2:4
-//   ./build/bench_selective_scan --segments 0,4,8,16,32   # sweep the time segments (0 = auto)
+//   ./build/bench_selective_scan --segments 0,4,8,16,32,64,128   # sweep the time segments (0 = auto)
 //   ./build/bench_selective_scan --pruned remove
 //
 // Prints, per mask and time-segment count: the kept states k, the time segments P the launch used,

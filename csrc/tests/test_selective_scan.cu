@@ -153,7 +153,7 @@ std::vector<Config> cases() {
     add(c);
   }
   // Every time-segment count, with sequences that cross many chunks and end mid-segment.
-  for (int P : {1, 2, 4, 8, 16, 32}) {
+  for (int P : {1, 2, 4, 8, 16, 32, 64, 128}) {
     for (MaskKind m : {MaskKind::kDense, MaskKind::kColumn, MaskKind::kNM}) {
       Config c;
       c.l = 70;

@@ -28,7 +28,8 @@ BUILD_COMMAND = "SPARSESSM_BUILD_CUDA=1 pip install -e . --no-build-isolation"
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-# Lanes per channel along l (a power of two <= 32); 0 lets the launcher choose. Tests and kernel
+# Lanes per channel along l (a power of two <= 128; above 32 a channel spans several warps); 0 lets
+# the launcher choose (<= 32). Tests, benchmarks (bench_scan.py --cuda-time-segments) and kernel
 # experiments set it; see csrc/selective_scan/selective_scan_kernel.cuh.
 _TIME_SEGMENTS = 0
 
