@@ -13,6 +13,10 @@
 #   bench130m  bench_scan.py on the 130m layer (all masks, all GPU backends, decode 1/64/256)
 #   preset     bench_scan.py --preset issue3
 #   e2e        bench_e2e.py (whole-model tokens/s; extra options in E2E_ARGS)
+#   segsweep   the cuda scan on the issue-3 grid at time segments 0 (auto), 32, 64 and 128
+#
+# At the end the logs and JSON are packed into $OUT/results.tgz (a remote runner may bring back
+# only a few files).
 #
 # Per-step limits (seconds) come from STEP_LIMIT_<step> (e.g. STEP_LIMIT_test=200).
 set -uo pipefail
@@ -72,9 +76,18 @@ for step in "$@"; do
     e2e)
       run_step e2e "$(limit_of e2e 300)" $PY benchmarks/bench_e2e.py ${E2E_ARGS:-} --out "$OUT/e2e_h100.json"
       ;;
+    segsweep)
+      for P in 0 32 64 128; do
+        run_step "segsweep_P$P" "$(limit_of segsweep 120)" $PY benchmarks/bench_scan.py --preset issue3 \
+          --backends cuda --no-decode --masks dense column50 2:4 --cuda-time-segments "$P" \
+          --out "$OUT/scan_h100_segments_P$P.json"
+      done
+      ;;
     *)
       echo "unknown step $step" >&2
       exit 2
       ;;
   esac
 done
+
+(cd "$OUT" && tar czf results.tgz ./*.log ./*.json ./*.xml 2>/dev/null && echo "packed $OUT/results.tgz")
