@@ -167,3 +167,55 @@ def test_ops_without_a_cuda_kernel_never_resolve_to_cuda() -> None:
             resolve_backend("cuda", torch.device("cuda"), op=op)
     with pytest.raises(BackendUnavailableError, match="float64"):
         resolve_backend("cuda", torch.device("cuda"), float64=True)
+
+
+# --------------------------------------------------------------------- eager fast path
+def test_plain_eager_fast_path_is_taken_only_when_safe() -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from sparsessm_kernels.ops.dispatch import _plain_eager
+
+    t = torch.randn(2, 3)
+    assert _plain_eager(t, None, torch.nn.Parameter(torch.randn(3), requires_grad=False))
+    leaf = torch.randn(3, requires_grad=True)
+    assert not _plain_eager(t, leaf)  # autograd: keep the registered op
+    with torch.no_grad():
+        assert _plain_eager(t, leaf)
+    with FakeTensorMode():
+        assert not _plain_eager(torch.empty(2))  # a dispatch mode is active
+    seen = []
+
+    def probe(x):
+        seen.append(_plain_eager(x))
+        return x + 1
+
+    torch.compile(probe, fullgraph=True, backend="aot_eager")(t)
+    assert seen == [False]  # traced by dynamo: the op path
+
+
+def test_fast_path_matches_the_registered_ops_exactly() -> None:
+    inputs, mask = make_inputs(ScanCase("fast", mask="2:4", seqlen=13))
+    layout = StateLayout(mask)
+    args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    out, last = ssk.selective_scan(*args, True, True, state_mask=layout)
+    ref_out, ref_last = torch.ops.sparsessm.selective_scan(*_scan_args(inputs, mask))
+    assert torch.equal(out, ref_out) and torch.equal(last, ref_last)
+
+    d, n = inputs["A"].shape
+    state = torch.randn(2, d, n)
+    state_ref = state.clone()
+    step = (
+        inputs["u"][..., 0],
+        inputs["delta"][..., 0],
+        inputs["A"],
+        inputs["B"][..., 0],
+        inputs["C"][..., 0],
+        inputs["D"],
+        inputs["z"][..., 0],
+        inputs["delta_bias"],
+    )
+    y = ssk.selective_state_update(state, *step, True, state_mask=layout)
+    y_ref = torch.ops.sparsessm.selective_state_update(
+        state_ref, *step, True, *_layout_args(mask), "zero_transition", "torch"
+    )
+    assert torch.equal(y, y_ref) and torch.equal(state, state_ref)

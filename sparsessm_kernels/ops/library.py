@@ -7,6 +7,11 @@ traces calls without graph breaks and CUDA graphs can capture them. The op bodie
 compiled extension through :mod:`.cuda` (both imported on first use; the Triton path never
 synchronises with the host, so a captured CUDA graph replays it). Forward only:
 no autograd formula is registered (inference and calibration do not need one).
+
+The op bodies are plain functions (:func:`selective_scan_impl`, :func:`selective_state_update_impl`)
+that :mod:`.dispatch` calls directly in plain eager mode (no tracing, no torch function or dispatch
+mode, no tensor subclass, no input requiring grad): the custom-op dispatch costs tens of
+microseconds per call, which is most of a small problem's time on a GPU.
 """
 
 from __future__ import annotations
@@ -16,8 +21,7 @@ import torch
 from .torch_backend import selective_scan_torch, selective_state_update_torch
 
 
-@torch.library.custom_op("sparsessm::selective_scan", mutates_args=())
-def _selective_scan_op(
+def selective_scan_impl(
     u: torch.Tensor,
     delta: torch.Tensor,
     A: torch.Tensor,
@@ -63,6 +67,43 @@ def _selective_scan_op(
     return out, last_state
 
 
+@torch.library.custom_op("sparsessm::selective_scan", mutates_args=())
+def _selective_scan_op(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    return_last_state: bool,
+    state_mask: torch.Tensor | None,
+    kept_idx: torch.Tensor | None,
+    kept_count: torch.Tensor | None,
+    pruned_states: str,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return selective_scan_impl(
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D,
+        z,
+        delta_bias,
+        delta_softplus,
+        return_last_state,
+        state_mask,
+        kept_idx,
+        kept_count,
+        pruned_states,
+        backend,
+    )
+
+
 @_selective_scan_op.register_fake
 def _(
     u,
@@ -91,8 +132,7 @@ def _(
     return out, last_state
 
 
-@torch.library.custom_op("sparsessm::selective_state_update", mutates_args=("state",))
-def _selective_state_update_op(
+def selective_state_update_impl(
     state: torch.Tensor,
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -133,6 +173,45 @@ def _selective_state_update_op(
         kept_idx,
         kept_count,
         pruned_states,
+        state_batch_indices,
+    )
+
+
+@torch.library.custom_op("sparsessm::selective_state_update", mutates_args=("state",))
+def _selective_state_update_op(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    dt_bias: torch.Tensor | None,
+    dt_softplus: bool,
+    state_mask: torch.Tensor | None,
+    kept_idx: torch.Tensor | None,
+    kept_count: torch.Tensor | None,
+    pruned_states: str,
+    backend: str,
+    state_batch_indices: torch.Tensor | None = None,
+) -> torch.Tensor:
+    return selective_state_update_impl(
+        state,
+        x,
+        dt,
+        A,
+        B,
+        C,
+        D,
+        z,
+        dt_bias,
+        dt_softplus,
+        state_mask,
+        kept_idx,
+        kept_count,
+        pruned_states,
+        backend,
         state_batch_indices,
     )
 
