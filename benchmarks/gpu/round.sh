@@ -14,6 +14,8 @@
 #   preset     bench_scan.py --preset issue3
 #   e2e        bench_e2e.py (whole-model tokens/s; extra options in E2E_ARGS)
 #   segsweep   the cuda scan on the issue-3 grid at time segments 0 (auto), 32, 64 and 128
+#   mamba      build mamba_ssm's forward scan from the checkout in $MAMBA_SRC (benchmarks/gpu/
+#              mamba_baseline.py) and put it on PYTHONPATH: later steps time it as the baseline
 #
 # At the end the logs and JSON are packed into $OUT/results.tgz (a remote runner may bring back
 # only a few files).
@@ -75,6 +77,16 @@ for step in "$@"; do
       ;;
     e2e)
       run_step e2e "$(limit_of e2e 300)" $PY benchmarks/bench_e2e.py ${E2E_ARGS:-} --out "$OUT/e2e_h100.json"
+      ;;
+    mamba)
+      if [ -z "${MAMBA_SRC:-}" ]; then
+        echo "== mamba: set MAMBA_SRC to a state-spaces/mamba checkout" >&2
+      else
+        mamba_out="${MAMBA_OUT:-/tmp/mamba_baseline}"
+        run_step mamba "$(limit_of mamba 240)" $PY benchmarks/gpu/mamba_baseline.py \
+          --mamba-src "$MAMBA_SRC" --out "$mamba_out"
+        export PYTHONPATH="$mamba_out${PYTHONPATH:+:$PYTHONPATH}"
+      fi
       ;;
     segsweep)
       for P in 0 32 64 128; do
