@@ -13,7 +13,7 @@
 #   bench130m  bench_scan.py on the 130m layer (all masks, all GPU backends, decode 1/64/256)
 #   preset     bench_scan.py --preset issue3
 #   e2e        bench_e2e.py (whole-model tokens/s; extra options in E2E_ARGS)
-#   segsweep   the cuda scan on the issue-3 grid at time segments 0 (auto), 32, 64 and 128
+#   segsweep   the cuda scan on the issue-3 grid at time segments 0 (auto), 4, 16, 32, 64 and 128
 #   mamba      build mamba_ssm's forward scan from the checkout in $MAMBA_SRC (benchmarks/gpu/
 #              mamba_baseline.py) and put it on PYTHONPATH: later steps time it as the baseline
 #
@@ -89,7 +89,7 @@ for step in "$@"; do
       fi
       ;;
     segsweep)
-      for P in 0 32 64 128; do
+      for P in 0 4 16 32 64 128; do
         run_step "segsweep_P$P" "$(limit_of segsweep 120)" $PY benchmarks/bench_scan.py --preset issue3 \
           --backends cuda --no-decode --masks dense column50 2:4 --cuda-time-segments "$P" \
           --out "$OUT/scan_h100_segments_P$P.json"
