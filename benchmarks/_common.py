@@ -185,6 +185,54 @@ def summarize(samples_ms: Sequence[float]) -> TimingStats:
     )
 
 
+def time_cuda_graph(
+    fn: Callable[[], Any],
+    device: torch.device,
+    *,
+    warmup: int,
+    repeats: int,
+    inner: int = 1,
+) -> TimingStats:
+    """Time ``fn()`` as CUDA-graph replays: ``inner`` calls are captured once into a graph (after
+    ``warmup`` calls on a side stream, as capture requires), then each of ``repeats`` samples is one
+    replay timed with CUDA events, divided by ``inner``. Launch and Python overhead are not in the
+    numbers: this is the GPU time of the captured kernels. ``fn`` must be capturable (no host
+    synchronisation); in-place updates (a decode state) are replayed like any other kernel.
+    """
+    if device.type != "cuda":
+        raise ValueError(f"time_cuda_graph: needs a CUDA device, got {device}")
+    if repeats < 1 or inner < 1 or warmup < 0:
+        raise ValueError(
+            f"time_cuda_graph: need repeats >= 1, inner >= 1, warmup >= 0 (got {repeats}, {inner}, {warmup})"
+        )
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(max(warmup, 1)):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for _ in range(inner):
+                fn()
+    except RuntimeError as exc:
+        raise RuntimeError(f"time_cuda_graph: the call could not be captured in a CUDA graph: {exc}") from exc
+    graph.replay()
+    synchronize(device)
+    samples: list[float] = []
+    for _ in range(repeats):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / inner)
+    return summarize(samples)
+
+
 def time_fn(
     fn: Callable[[], Any],
     device: torch.device,

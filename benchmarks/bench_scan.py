@@ -383,14 +383,14 @@ def tf_scan_bytes(shape: Shape) -> int:
 
 
 # ------------------------------------------------------------------------------------ timing
-TIMERS = ("auto", "events", "do_bench")
+TIMERS = ("auto", "events", "do_bench", "graph")
 
 
 def resolve_timer(choice: str, device: torch.device) -> str:
     """``auto``: ``do_bench`` on CUDA when triton imports, else CUDA events / ``perf_counter``."""
     if device.type != "cuda":
-        if choice == "do_bench":
-            raise SystemExit("--timer do_bench: needs a CUDA device")
+        if choice in ("do_bench", "graph"):
+            raise SystemExit(f"--timer {choice}: needs a CUDA device")
         return "events"
     if choice == "auto":
         try:
@@ -442,6 +442,10 @@ class Bench:
     def _time(self, fn: Callable[[], Any], inner: int = 1) -> common.TimingStats:
         if self.timer == "do_bench":
             return time_do_bench(fn)
+        if self.timer == "graph":
+            return common.time_cuda_graph(
+                fn, self.device, warmup=self.args.warmup, repeats=self.args.repeats, inner=inner
+            )
         return common.time_fn(
             fn, self.device, warmup=self.args.warmup, repeats=self.args.repeats, inner=inner
         )
@@ -862,7 +866,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=TIMERS,
         default="auto",
         help="auto: triton.testing.do_bench on CUDA (when triton imports; --repeats/--warmup then do "
-        "not apply), CUDA events otherwise; perf_counter on CPU",
+        "not apply), CUDA events otherwise; perf_counter on CPU. graph (CUDA): the calls captured in "
+        "a CUDA graph and its replays timed, so launch and Python overhead drop out (the GPU time of "
+        "the kernels; use it for decode steps)",
     )
     parser.add_argument(
         "--dtype",

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks" / "bench_scan.py"
@@ -203,6 +204,26 @@ def test_bad_cuda_time_segments_is_refused(tmp_path):
     assert proc.returncode == 2
     assert "--cuda-time-segments: expected 0 (auto) or a power of two <= 128, got 48" in proc.stderr
     assert not out.exists()
+
+
+def test_graph_timer_needs_cuda(tmp_path, monkeypatch):
+    if _cuda_visible():
+        pytest.skip("a GPU is visible: the graph timer would run")
+    proc = _run("--quick", "--timer", "graph", "--device", "cpu", "--out", str(tmp_path / "never.json"))
+    assert proc.returncode != 0 and "--timer graph: needs a CUDA device" in proc.stderr
+    common = _load_common(monkeypatch)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        common.time_cuda_graph(lambda: None, torch.device("cpu"), warmup=1, repeats=1)
+
+
+@pytest.mark.gpu
+def test_graph_timer_on_gpu(tmp_path):
+    out = tmp_path / "graph.json"
+    proc = _run("--quick", "--timer", "graph", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["timer"] == "graph" and data["results"]
+    assert all(r["median_ms"] > 0 for r in data["results"])
 
 
 def test_portable_argv_drops_absolute_paths(monkeypatch):

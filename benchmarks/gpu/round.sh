@@ -14,6 +14,7 @@
 #   preset     bench_scan.py --preset issue3
 #   e2e        bench_e2e.py (whole-model tokens/s; extra options in E2E_ARGS)
 #   segsweep   the cuda scan on the issue-3 grid at time segments 0 (auto), 4, 16, 32, 64 and 128
+#   decodegraph  the issue-3 decode grid timed as CUDA-graph replays (kernel time, no launch cost)
 #   mamba      build mamba_ssm's forward scan from the checkout in $MAMBA_SRC (benchmarks/gpu/
 #              mamba_baseline.py) and put it on PYTHONPATH: later steps time it as the baseline
 #
@@ -87,6 +88,10 @@ for step in "$@"; do
           --mamba-src "$MAMBA_SRC" --out "$mamba_out"
         export PYTHONPATH="$mamba_out${PYTHONPATH:+:$PYTHONPATH}"
       fi
+      ;;
+    decodegraph)
+      run_step decodegraph "$(limit_of decodegraph 200)" $PY benchmarks/bench_scan.py --preset issue3 \
+        --no-scan --timer graph --out "$OUT/scan_h100_decode_graph.json"
       ;;
     segsweep)
       for P in 0 4 16 32 64 128; do
