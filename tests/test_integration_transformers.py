@@ -292,12 +292,28 @@ def test_pre_5_transformers_layouts_are_refused(model_dir: Path, monkeypatch: py
 
     model = _hf(model_dir)
     model.backbone.layers[0].mixer.__class__ = MambaMixer
-    with pytest.raises(hf.UnsupportedModelError, match=rf"transformers {transformers.__version__}.*pre-5\.0"):
+    old_layout = rf"transformers {transformers.__version__}.*MambaCache layout of transformers < 5\.5"
+    with pytest.raises(hf.UnsupportedModelError, match=old_layout):
         hf.apply(model)
     monkeypatch.delattr(Cache, "get_recurrent_state", raising=False)
     monkeypatch.delattr(Cache, "has_previous_state", raising=False)
-    refused = r"lacks \['has_previous_state'\].*needs transformers >= 5"
+    refused = r"lacks \['has_previous_state'\].*needs transformers >= 5\.14"
     with pytest.raises(hf.UnsupportedModelError, match=refused):
+        hf.apply(_hf(model_dir))
+    monkeypatch.undo()
+
+
+def test_single_tensor_cache_layers_are_refused(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers 5.5-5.13: one conv / recurrent tensor per cache layer, no get_recurrent_state."""
+    from transformers import cache_utils
+
+    class OldLayerMixin:
+        def __init__(self) -> None:
+            self.conv_states = None
+
+    monkeypatch.delattr(cache_utils.Cache, "get_recurrent_state", raising=False)
+    monkeypatch.setattr(cache_utils, "LinearAttentionCacheLayerMixin", OldLayerMixin)
+    with pytest.raises(hf.UnsupportedModelError, match=r"5\.5-5\.13 layout.*transformers>=5\.14"):
         hf.apply(_hf(model_dir))
 
 

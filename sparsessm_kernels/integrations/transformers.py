@@ -19,10 +19,11 @@ with the layer's state mask. Nothing module-level is touched: transformers binds
 ``mamba_selective_scan`` & co. to mamba_ssm's kernels when mamba_ssm imports, and the patched
 mixers never call them, so a missing, broken or CPU-less mamba_ssm cannot break this path.
 
-Supported: transformers >= 5 (Mamba mixers that take ``cache_params``, a ``DynamicCache`` with
-``update_conv_state`` / ``update_recurrent_state``, read through ``get_recurrent_state`` from 5.18 on
-and ``layers[i].recurrent_states`` before; tested on 5.17 and 5.23). Older releases with
-``MambaCache(ssm_states)`` are refused with a message naming the version.
+Supported: transformers >= 5.14 (Mamba mixers that take ``cache_params``, a ``DynamicCache`` with
+``update_conv_state`` / ``update_recurrent_state``, read through ``get_recurrent_state`` from 5.21 on
+and the per-layer state dicts ``layers[i].recurrent_states`` before; tested on 5.17 and 5.23).
+Older releases (``MambaCache(ssm_states)`` up to 5.4, one state tensor per cache layer in
+5.5-5.13) are refused with a message naming the version.
 
 Differences from the stock mixer, by design:
 
@@ -137,8 +138,8 @@ def _check_mixer(mixer: nn.Module, i: int, version: str) -> bool:
     if "cache_position" in params or "cache_params" not in params:
         raise UnsupportedModelError(
             f"transformers {version}: its {cls.__name__}.forward{inspect.signature(cls.forward)} uses the "
-            "pre-5.0 MambaCache layout (ssm_states / cache_position), which this integration does not "
-            "support; install transformers>=5, or load the checkpoint with "
+            "MambaCache layout of transformers < 5.5 (ssm_states / cache_position), which this "
+            "integration does not support; install transformers>=5.14, or load the checkpoint with "
             "sparsessm_kernels.models.MambaLM.from_pretrained (sparse masks and compact caches included)"
         )
     if mixer.layer_idx != i:
@@ -149,29 +150,44 @@ def _check_mixer(mixer: nn.Module, i: int, version: str) -> bool:
 
 
 def _check_cache_api() -> None:
-    """Refuse caches without either Mamba cache API of transformers 5 (see :func:`_cache_states`)."""
+    """Refuse the cache layouts :func:`_cache_states` cannot read.
+
+    transformers 5.0-5.4 still use ``MambaCache`` (refused by the mixer check), 5.5-5.13 keep one
+    conv / recurrent tensor per cache layer (refused here), 5.14-5.20 keep per-layer dicts of
+    states behind ``has_previous_state``, and 5.21+ add ``get_recurrent_state``.
+    """
     try:
-        from transformers.cache_utils import Cache
+        from transformers import cache_utils
     except Exception as exc:
         raise UnsupportedModelError(f"transformers.cache_utils is not importable: {exc}") from exc
+    cache = getattr(cache_utils, "Cache", None)
     needed = ["update_conv_state", "update_recurrent_state"]
-    if not hasattr(Cache, "get_recurrent_state"):  # 5.0-5.17 layout: layers[i].recurrent_states
+    if cache is not None and not hasattr(cache, "get_recurrent_state"):
         needed.append("has_previous_state")
-    missing = [m for m in needed if not hasattr(Cache, m)]
+    missing = [m for m in needed if cache is None or not hasattr(cache, m)]
     if missing:
         raise UnsupportedModelError(
             f"transformers {_transformers_version()}: Cache lacks {missing}; this integration needs "
-            "transformers >= 5 (Mamba caches through update_conv_state / update_recurrent_state)"
+            "transformers >= 5.14 (Mamba caches through update_conv_state / update_recurrent_state)"
         )
+    if not hasattr(cache, "get_recurrent_state"):
+        mixin = getattr(cache_utils, "LinearAttentionCacheLayerMixin", None)
+        if mixin is None or "number_of_states" not in inspect.signature(mixin.__init__).parameters:
+            raise UnsupportedModelError(
+                f"transformers {_transformers_version()}: its Mamba cache keeps a single conv / "
+                "recurrent tensor per layer (the 5.5-5.13 layout), which this integration does not "
+                "read; install transformers>=5.14, or load the checkpoint with "
+                "sparsessm_kernels.models.MambaLM.from_pretrained"
+            )
 
 
 def _cache_states(cache_params: Any, layer_idx: int) -> tuple[Any, Any, bool]:
     """``(conv_state, recurrent_state, recording_past)`` of one layer; the states are ``None`` before
     the layer's first (prefill) forward.
 
-    transformers >= 5.18 has ``get_conv_state`` / ``get_recurrent_state`` / ``is_recording_past``;
-    earlier 5.x releases keep them in ``cache.layers[i].conv_states[0]`` / ``.recurrent_states[0]``
-    behind ``cache.has_previous_state(i)`` (with ``layers[i].record_past``).
+    transformers >= 5.21 has ``get_conv_state`` / ``get_recurrent_state`` / ``is_recording_past``;
+    5.14-5.20 keep them in ``cache.layers[i].conv_states[0]`` / ``.recurrent_states[0]`` (dicts
+    keyed by state index) behind ``cache.has_previous_state(i)`` (with ``layers[i].record_past``).
     """
     if hasattr(cache_params, "get_recurrent_state"):
         conv_state = cache_params.get_conv_state(layer_idx, state_idx=0)
