@@ -191,6 +191,12 @@ def test_plain_eager_fast_path_is_taken_only_when_safe() -> None:
 
     torch.compile(probe, fullgraph=True, backend="aot_eager")(t)
     assert seen == [False]  # traced by dynamo: the op path
+    torch.func.vmap(probe)(t)
+    torch.jit.trace(probe, (t,), check_trace=False)
+    with torch.autograd.forward_ad.dual_level():
+        probe(t)
+    assert seen == [False] * 4  # vmap, jit.trace, forward AD: the op path
+    assert _plain_eager(t)  # and back to plain eager afterwards
 
 
 def test_fast_path_matches_the_registered_ops_exactly() -> None:

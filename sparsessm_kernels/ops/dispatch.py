@@ -141,19 +141,26 @@ def resolve_backend(
 def _plain_eager(*tensors: torch.Tensor | None) -> bool:
     """Whether the op body can run directly instead of through ``torch.ops.sparsessm.*``.
 
-    True in plain eager mode: not under ``torch.compile`` tracing, no torch function / dispatch
-    mode (FakeTensorMode, FlopCounterMode, ...), only plain tensors, and no input that would need
-    autograd. Skipping the custom-op dispatch saves tens of microseconds per call; everything else
+    True in plain eager mode: not under ``torch.compile`` or ``torch.jit.trace`` tracing, no torch
+    function / dispatch mode (FakeTensorMode, FlopCounterMode, ``torch.set_default_device``, ...), no
+    functorch transform (vmap, grad) or forward-mode AD level, only plain tensors, and no input that
+    would need autograd. Skipping the custom-op dispatch saves tens of microseconds per call; everything else
     (tracing, modes, subclasses, autograd) keeps going through the registered op.
     """
-    if torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     try:
+        from torch.autograd import forward_ad
         from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-        if _get_current_dispatch_mode() is not None:
+        if (
+            torch._C._is_torch_function_mode_enabled()
+            or _get_current_dispatch_mode() is not None
+            or torch._C._are_functorch_transforms_active()  # vmap, grad, jacrev, ...
+            or getattr(forward_ad, "_current_level", -1) >= 0  # dual tensors (jvp)
+        ):
             return False
-    except ImportError:  # pragma: no cover - private API moved: take the op path
+    except (ImportError, AttributeError):  # pragma: no cover - private API moved: take the op path
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
