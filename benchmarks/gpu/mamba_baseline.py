@@ -23,6 +23,7 @@ import argparse
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -114,15 +115,34 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
 '''
 
 
-def source_version(src: Path) -> str:
-    """``<version> (forward-only baseline build)`` from the checkout's ``mamba_ssm/__init__.py``."""
+def source_version(src: Path, revision: str | None = None) -> str:
+    """``<version> (<revision>, forward-only baseline build)``: the version from the checkout's
+    ``mamba_ssm/__init__.py`` and the revision given, else the checkout's git commit when it is a
+    git work tree. Benchmarks record it as the ``mamba_ssm`` version."""
     init = src / "mamba_ssm" / "__init__.py"
     text = init.read_text(encoding="utf-8") if init.is_file() else ""
     match = re.search(r"__version__\s*=\s*[\"']([^\"']+)[\"']", text)
-    return f"{match.group(1) if match else 'unknown'} (forward-only baseline build)"
+    version = match.group(1) if match else "unknown"
+    if revision is None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(src), "rev-parse", "--show-toplevel", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            done = None
+        lines = done.stdout.split() if done is not None and done.returncode == 0 else []
+        # only the checkout's own repository (not one it happens to sit inside)
+        if len(lines) == 2 and Path(lines[0]).resolve() == src.resolve():
+            revision = lines[1]
+    detail = f"{revision}, " if revision else ""
+    return f"{version} ({detail}forward-only baseline build)"
 
 
-def build(src: Path, out: Path, archs: str, verbose: bool) -> None:
+def build(src: Path, out: Path, archs: str, verbose: bool, revision: str | None = None) -> None:
     csrc = src / "csrc" / "selective_scan"
     needed = [
         "selective_scan.cpp",
@@ -172,7 +192,7 @@ def build(src: Path, out: Path, archs: str, verbose: bool) -> None:
     (pkg / "ops" / "triton").mkdir(parents=True, exist_ok=True)
     (pkg / "__init__.py").write_text(
         '"""Baseline subset of mamba_ssm (forward scan, Triton step)."""\n'
-        f"__version__ = {source_version(src)!r}\n"
+        f"__version__ = {source_version(src, revision)!r}\n"
     )
     (pkg / "ops" / "__init__.py").write_text("")
     (pkg / "ops" / "triton" / "__init__.py").write_text("")
@@ -187,11 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mamba-src", type=Path, required=True, help="a state-spaces/mamba source checkout")
     parser.add_argument("--out", type=Path, required=True, help="output directory (put it on PYTHONPATH)")
     parser.add_argument("--archs", default="9.0", help="TORCH_CUDA_ARCH_LIST for the build (default 9.0)")
+    parser.add_argument(
+        "--revision",
+        default=None,
+        help="the checkout's revision to record (default: its git commit, when it is a git work tree)",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if not args.mamba_src.is_dir():
         raise SystemExit(f"--mamba-src: {args.mamba_src} is not a directory")
-    build(args.mamba_src.resolve(), args.out.resolve(), args.archs, args.verbose)
+    build(args.mamba_src.resolve(), args.out.resolve(), args.archs, args.verbose, args.revision)
     return 0
 
 
