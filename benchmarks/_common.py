@@ -185,6 +185,10 @@ def summarize(samples_ms: Sequence[float]) -> TimingStats:
     )
 
 
+class GraphCaptureError(RuntimeError):
+    """A call could not be captured in a CUDA graph (it synchronises with the host, ...)."""
+
+
 def time_cuda_graph(
     fn: Callable[[], Any],
     device: torch.device,
@@ -218,7 +222,7 @@ def time_cuda_graph(
             for _ in range(inner):
                 fn()
     except RuntimeError as exc:
-        raise RuntimeError(f"time_cuda_graph: the call could not be captured in a CUDA graph: {exc}") from exc
+        raise GraphCaptureError(f"the call could not be captured in a CUDA graph: {exc}") from exc
     graph.replay()
     synchronize(device)
     samples: list[float] = []

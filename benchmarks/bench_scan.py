@@ -439,13 +439,19 @@ class Bench:
             )
         return err
 
-    def _time(self, fn: Callable[[], Any], inner: int = 1) -> common.TimingStats:
+    def _time(self, fn: Callable[[], Any], what: str, inner: int = 1) -> common.TimingStats | None:
+        """Timing stats of ``fn``, or ``None`` (recorded as skipped) when ``--timer graph`` cannot
+        capture it."""
         if self.timer == "do_bench":
             return time_do_bench(fn)
         if self.timer == "graph":
-            return common.time_cuda_graph(
-                fn, self.device, warmup=self.args.warmup, repeats=self.args.repeats, inner=inner
-            )
+            try:
+                return common.time_cuda_graph(
+                    fn, self.device, warmup=self.args.warmup, repeats=self.args.repeats, inner=inner
+                )
+            except common.GraphCaptureError as exc:
+                self.skip(what, f"--timer graph: {exc}")
+                return None
         return common.time_fn(
             fn, self.device, warmup=self.args.warmup, repeats=self.args.repeats, inner=inner
         )
@@ -459,10 +465,12 @@ class Bench:
         layout: StateLayout | None,
         pruned: str | None,
         state: str | None,
-        stats: common.TimingStats,
+        stats: common.TimingStats | None,
         err: Error,
         nbytes: int,
     ) -> None:
+        if stats is None:  # not timed (see skipped)
+            return
         gbps = nbytes / (stats.median_ms * 1e-3) / 1e9 if stats.median_ms > 0 else None
         row = {
             "kind": kind,
@@ -553,7 +561,7 @@ class Bench:
                     except (NotImplementedError, BackendUnavailableError) as exc:
                         self.skip(what, f"{type(exc).__name__}: {exc}")
                         continue
-                    stats = self._time(lambda run=run: run(inputs))
+                    stats = self._time(lambda run=run: run(inputs), what)
                     self._record("scan", backend, shape.as_dict(), mask, layout, ps, None, stats, err, nbytes)
 
         dense = MaskSpec("dense", "dense")
@@ -580,7 +588,7 @@ class Bench:
                 return fn(*scan_args(t), True)
 
             err = self._guard(what, err_of(tf_run, dense, None, None))
-            stats = self._time(lambda: tf_run(inputs))
+            stats = self._time(lambda: tf_run(inputs), what)
             self._record("scan", TF_BACKEND, shape.as_dict(), dense, None, None, None, stats, err, nbytes)
 
         what = f"scan {MAMBA_BACKEND} {shape.label()}"
@@ -595,7 +603,7 @@ class Bench:
                 return mfn(*scan_args(t), True)
 
             err = self._guard(what, err_of(m_run, dense, None, None))
-            stats = self._time(lambda: m_run(inputs))
+            stats = self._time(lambda: m_run(inputs), what)
             self._record("scan", MAMBA_BACKEND, shape.as_dict(), dense, None, None, None, stats, err, nbytes)
 
     # -- decode step
@@ -620,7 +628,7 @@ class Bench:
             state0: torch.Tensor,
             layout: StateLayout | None,
             ps: str | None,
-        ) -> float:
+        ) -> Error:
             """Error of one step from ``state0`` (output and updated state) vs the float64 reference."""
             mine = state0.clone()
             out = run(mine)
@@ -673,7 +681,7 @@ class Bench:
                         self.skip(what, f"{type(exc).__name__}: {exc}")
                         continue
                     state = state0.clone()
-                    stats = self._time(lambda run=run, state=state: run(state), inner=inner)
+                    stats = self._time(lambda run=run, state=state: run(state), what, inner=inner)
                     nbytes = decode_bytes(
                         batch, d, n, state0.shape[-1], inputs["x"].element_size(), state0.element_size()
                     )
@@ -710,7 +718,7 @@ class Bench:
 
             err = self._guard(what, check(b_run, inputs["state"], None, None))
             state = inputs["state"].clone()
-            stats = self._time(lambda b_run=b_run, state=state: b_run(state), inner=inner)
+            stats = self._time(lambda b_run=b_run, state=state: b_run(state), what, inner=inner)
             nbytes = decode_bytes(batch, d, n, n, inputs["x"].element_size(), inputs["state"].element_size())
             self._record("decode", name, shape, dense, None, None, "full", stats, err, nbytes)
 

@@ -202,6 +202,7 @@ def scan_section(data: dict[str, Any], plotter: Plotter) -> str:
     """Markdown (and plots) for a ``bench_scan.py`` result."""
     rows = data["results"]
     out = [f"### Selective scan: {run_label(data)}", ""]
+    relative = any("rel_err_vs_reference" in r for r in rows)
     mamba_ms = {
         (r.get("kind"), shape_text(r.get("shape", {}))): r.get("median_ms")
         for r in rows
@@ -241,10 +242,10 @@ def scan_section(data: dict[str, Any], plotter: Plotter) -> str:
                 "vs dense",
                 "vs transformers",
                 "vs mamba_ssm",
-                "error",
+                "rel err" if relative else "max abs err",
             ],
             table,
-            [False] * 6 + [True] * 4,
+            [False] * 6 + [True] * 5,
         )
     )
     if plotter.enabled:

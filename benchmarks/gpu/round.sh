@@ -6,8 +6,9 @@
 #   bash benchmarks/gpu/round.sh build test bench130m preset e2e
 #
 #   build      SPARSESSM_BUILD_CUDA=1 editable install (sm_90 unless SPARSESSM_CUDA_ARCHS is set);
-#              skipped when a built sparsessm_kernels/_C*.so is already there (then a pure-Python
-#              editable install); the .so is copied to $OUT so a later round can reuse it
+#              with REUSE_BUILD=1 and a built sparsessm_kernels/_C*.so already there, a pure-Python
+#              editable install that keeps it (it must come from the same sources); the .so is
+#              copied to $OUT
 #   test       the whole test suite (GPU tests included) with pytest-xdist
 #   gputest    only `pytest -m gpu`
 #   bench130m  bench_scan.py on the 130m layer (all masks, all GPU backends, decode 1/64/256)
@@ -18,8 +19,7 @@
 #   mamba      build mamba_ssm's forward scan from the checkout in $MAMBA_SRC (benchmarks/gpu/
 #              mamba_baseline.py) and put it on PYTHONPATH: later steps time it as the baseline
 #
-# At the end the logs and JSON are packed into $OUT/results.tgz (a remote runner may bring back
-# only a few files).
+# At the end the logs and JSON are also packed into $OUT/results.tgz (one file to copy back).
 #
 # Per-step limits (seconds) come from STEP_LIMIT_<step> (e.g. STEP_LIMIT_test=200).
 set -uo pipefail
@@ -49,7 +49,7 @@ nvcc --version 2>&1 | tail -n 1
 for step in "$@"; do
   case "$step" in
     build)
-      if ls sparsessm_kernels/_C*.so >/dev/null 2>&1; then
+      if [ "${REUSE_BUILD:-0}" = 1 ] && ls sparsessm_kernels/_C*.so >/dev/null 2>&1; then
         run_step build "$(limit_of build 300)" env SPARSESSM_BUILD_CUDA=0 \
           $PY -m pip install -e . --no-deps --no-build-isolation
       else
@@ -86,7 +86,11 @@ for step in "$@"; do
         mamba_out="${MAMBA_OUT:-/tmp/mamba_baseline}"
         run_step mamba "$(limit_of mamba 240)" $PY benchmarks/gpu/mamba_baseline.py \
           --mamba-src "$MAMBA_SRC" --out "$mamba_out"
-        export PYTHONPATH="$mamba_out${PYTHONPATH:+:$PYTHONPATH}"
+        if ls "$mamba_out"/selective_scan_cuda*.so >/dev/null 2>&1; then
+          export PYTHONPATH="$mamba_out${PYTHONPATH:+:$PYTHONPATH}"
+        else
+          echo "== mamba: no baseline built (see $OUT/mamba.log)"
+        fi
       fi
       ;;
     decodegraph)
@@ -107,4 +111,5 @@ for step in "$@"; do
   esac
 done
 
-(cd "$OUT" && tar czf results.tgz ./*.log ./*.json ./*.xml 2>/dev/null && echo "packed $OUT/results.tgz")
+(cd "$OUT" && find . -maxdepth 1 \( -name '*.log' -o -name '*.json' -o -name '*.xml' \) -print |
+  tar czf results.tgz -T - && echo "packed $OUT/results.tgz")
