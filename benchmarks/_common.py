@@ -225,16 +225,23 @@ def time_cuda_graph(
         raise GraphCaptureError(f"the call could not be captured in a CUDA graph: {exc}") from exc
     graph.replay()
     synchronize(device)
+    return summarize(_cuda_event_samples(graph.replay, device, repeats, inner))
+
+
+def _cuda_event_samples(run: Callable[[], Any], device: torch.device, repeats: int, per: int) -> list[float]:
+    """``repeats`` CUDA-event timings (ms) of ``run()`` on ``device``, each divided by ``per``."""
     samples: list[float] = []
-    for _ in range(repeats):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / inner)
-    return summarize(samples)
+    with torch.cuda.device(device):
+        for _ in range(repeats):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            synchronize(device)
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / per)
+    return samples
 
 
 def time_fn(
@@ -263,16 +270,12 @@ def time_fn(
     synchronize(device)
     samples: list[float] = []
     if device.type == "cuda":
-        for _ in range(repeats):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            synchronize(device)
-            start.record()
+
+        def calls() -> None:
             for _ in range(inner):
                 fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / inner)
+
+        samples = _cuda_event_samples(calls, device, repeats, inner)
     else:
         for _ in range(repeats):
             t0 = time.perf_counter()
