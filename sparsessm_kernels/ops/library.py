@@ -67,41 +67,9 @@ def selective_scan_impl(
     return out, last_state
 
 
-@torch.library.custom_op("sparsessm::selective_scan", mutates_args=())
-def _selective_scan_op(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    delta_softplus: bool,
-    return_last_state: bool,
-    state_mask: torch.Tensor | None,
-    kept_idx: torch.Tensor | None,
-    kept_count: torch.Tensor | None,
-    pruned_states: str,
-    backend: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return selective_scan_impl(
-        u,
-        delta,
-        A,
-        B,
-        C,
-        D,
-        z,
-        delta_bias,
-        delta_softplus,
-        return_last_state,
-        state_mask,
-        kept_idx,
-        kept_count,
-        pruned_states,
-        backend,
-    )
+_selective_scan_op = torch.library.custom_op(
+    "sparsessm::selective_scan", selective_scan_impl, mutates_args=()
+)
 
 
 @_selective_scan_op.register_fake
@@ -177,43 +145,9 @@ def selective_state_update_impl(
     )
 
 
-@torch.library.custom_op("sparsessm::selective_state_update", mutates_args=("state",))
-def _selective_state_update_op(
-    state: torch.Tensor,
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    dt_bias: torch.Tensor | None,
-    dt_softplus: bool,
-    state_mask: torch.Tensor | None,
-    kept_idx: torch.Tensor | None,
-    kept_count: torch.Tensor | None,
-    pruned_states: str,
-    backend: str,
-    state_batch_indices: torch.Tensor | None = None,
-) -> torch.Tensor:
-    return selective_state_update_impl(
-        state,
-        x,
-        dt,
-        A,
-        B,
-        C,
-        D,
-        z,
-        dt_bias,
-        dt_softplus,
-        state_mask,
-        kept_idx,
-        kept_count,
-        pruned_states,
-        backend,
-        state_batch_indices,
-    )
+_selective_state_update_op = torch.library.custom_op(
+    "sparsessm::selective_state_update", selective_state_update_impl, mutates_args=("state",)
+)
 
 
 @_selective_state_update_op.register_fake
