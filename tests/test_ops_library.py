@@ -21,6 +21,20 @@ def _layout_args(mask: torch.Tensor | None) -> tuple:
     return layout.mask, layout.kept_idx, layout.kept_count
 
 
+def _step_args(inputs: dict) -> tuple:
+    """``(x, dt, A, B, C, D, z, dt_bias)`` of one decode step: timestep 0 of scan inputs."""
+    return (
+        inputs["u"][..., 0],
+        inputs["delta"][..., 0],
+        inputs["A"],
+        inputs["B"][..., 0],
+        inputs["C"][..., 0],
+        inputs["D"],
+        inputs["z"][..., 0],
+        inputs["delta_bias"],
+    )
+
+
 def _scan_args(inputs: dict, mask: torch.Tensor | None, return_last_state: bool = True) -> tuple:
     return (
         inputs["u"],
@@ -55,14 +69,7 @@ def test_opcheck_selective_state_update(mask_kind: str) -> None:
     state = torch.randn(2, 8, k)
     args = (
         state,
-        inputs["u"][..., 0],
-        inputs["delta"][..., 0],
-        inputs["A"],
-        inputs["B"][..., 0],
-        inputs["C"][..., 0],
-        inputs["D"],
-        inputs["z"][..., 0],
-        inputs["delta_bias"],
+        *_step_args(inputs),
         True,
         *_layout_args(mask),
         "zero_transition",
@@ -210,16 +217,7 @@ def test_fast_path_matches_the_registered_ops_exactly() -> None:
     d, n = inputs["A"].shape
     state = torch.randn(2, d, n)
     state_ref = state.clone()
-    step = (
-        inputs["u"][..., 0],
-        inputs["delta"][..., 0],
-        inputs["A"],
-        inputs["B"][..., 0],
-        inputs["C"][..., 0],
-        inputs["D"],
-        inputs["z"][..., 0],
-        inputs["delta_bias"],
-    )
+    step = _step_args(inputs)
     y = ssk.selective_state_update(state, *step, True, state_mask=layout)
     y_ref = torch.ops.sparsessm.selective_state_update(
         state_ref, *step, True, *_layout_args(mask), "zero_transition", "torch"
