@@ -212,28 +212,11 @@ def run_prune(job: PruneJob) -> dict[str, Any]:
 
     eval_seqlen = job.eval_seqlen or job.seqlen
     perplexity: dict[str, Any] | None = None
-    if eval_tokens is not None:
-        perplexity = {"before": None, "after": None}
-        if job.eval_before:
-            t0 = time.perf_counter()
-            perplexity["before"] = evaluate_perplexity(
-                model,
-                eval_tokens,
-                eval_seqlen,
-                batch_size=job.eval_batch_size,
-                device=device,
-                max_windows=job.eval_max_windows,
-                progress=job.progress,
-            )
-            timings["eval_before"] = time.perf_counter() - t0
-            logger.info("perplexity before: %.4f", perplexity["before"]["ppl"])
 
-    result = prune_model(model, calib_ids, cfg, device=device, progress=job.progress)
-
-    if eval_tokens is not None:
-        assert perplexity is not None
+    def measure_perplexity(stage: str) -> None:
+        assert eval_tokens is not None and perplexity is not None
         t0 = time.perf_counter()
-        perplexity["after"] = evaluate_perplexity(
+        perplexity[stage] = evaluate_perplexity(
             model,
             eval_tokens,
             eval_seqlen,
@@ -242,8 +225,18 @@ def run_prune(job: PruneJob) -> dict[str, Any]:
             max_windows=job.eval_max_windows,
             progress=job.progress,
         )
-        timings["eval_after"] = time.perf_counter() - t0
-        logger.info("perplexity after: %.4f", perplexity["after"]["ppl"])
+        timings[f"eval_{stage}"] = time.perf_counter() - t0
+        logger.info("perplexity %s: %.4f", stage, perplexity[stage]["ppl"])
+
+    if eval_tokens is not None:
+        perplexity = {"before": None, "after": None}
+        if job.eval_before:
+            measure_perplexity("before")
+
+    result = prune_model(model, calib_ids, cfg, device=device, progress=job.progress)
+
+    if eval_tokens is not None:
+        measure_perplexity("after")
 
     t0 = time.perf_counter()
     save = Path(job.save)
