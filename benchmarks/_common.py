@@ -297,6 +297,41 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 # ------------------------------------------------------------------------------------ output
+def result_header(benchmark: str, device: torch.device) -> dict[str, Any]:
+    """The fields every result file starts with: benchmark name, device, UTC date and versions."""
+    return {
+        "benchmark": benchmark,
+        "device": device_info(device),
+        "date": utc_now_iso(),
+        "versions": collect_versions(),
+    }
+
+
+def backend_status() -> dict[str, dict[str, Any]]:
+    """``sparsessm_kernels.available_backends()`` as JSON: ``{name: {"usable", "reason"}}``."""
+    import sparsessm_kernels
+
+    return {k: {"usable": u, "reason": r} for k, (u, r) in sparsessm_kernels.available_backends().items()}
+
+
+def run_provenance(argv: Sequence[str] | None, out_path: str | os.PathLike) -> dict[str, Any]:
+    """How a result was produced: output path, command-line arguments (``sys.argv[1:]`` when
+    ``argv`` is None; absolute paths made portable) and the ``SPARSESSM_*`` environment."""
+    return {
+        "out": display_path(out_path),
+        "argv": portable_argv(sys.argv[1:] if argv is None else list(argv)),
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SPARSESSM_")},
+    }
+
+
+def print_skipped(skipped: Sequence[Mapping[str, Any]]) -> None:
+    """The ``{"what", "reason"}`` entries of a result's ``skipped`` list, on stdout."""
+    if skipped:
+        print("\nskipped:")
+        for item in skipped:
+            print(f"  {item['what']}: {item['reason']}")
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, (torch.dtype, torch.device, Path)):
         return str(obj)

@@ -37,7 +37,6 @@ nothing written) when an error exceeds the tolerance. The JSON has the schema of
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,6 @@ else:  # run as a script: python benchmarks/bench_e2e.py
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import _common as common
 
-import sparsessm_kernels as ssk
 from sparsessm_kernels.models import MambaLM, MambaLMConfig
 from sparsessm_kernels.nn import SemiStructuredLinear, prune_2to4_, semi_structured_status, sparsify_
 from sparsessm_kernels.ops.dispatch import resolve_backend
@@ -572,18 +570,13 @@ def main(argv: list[str] | None = None) -> int:
             "semi_structured": {"path": proj_path, "reason": proj_reason},
             "tolerance": bench.tol,
             "device": str(device),
-            "out": common.display_path(out_path),
             "notes": notes,
-            "argv": common.portable_argv(sys.argv[1:] if argv is None else list(argv)),
-            "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SPARSESSM_")},
+            **common.run_provenance(argv, out_path),
         }
     )
     payload = {
-        "benchmark": "e2e",
-        "device": common.device_info(device),
-        "date": common.utc_now_iso(),
-        "versions": common.collect_versions(),
-        "backends": {k: {"usable": u, "reason": r} for k, (u, r) in ssk.available_backends().items()},
+        **common.result_header("e2e", device),
+        "backends": common.backend_status(),
         "config": config,
         "results": bench.results,
         "skipped": bench.skipped,
@@ -592,10 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(bench.results))
     for note in notes:
         print(f"\nnote: {note}")
-    if bench.skipped:
-        print("\nskipped:")
-        for item in bench.skipped:
-            print(f"  {item['what']}: {item['reason']}")
+    common.print_skipped(bench.skipped)
     print(f"\nwrote {out_path}")
     return 0
 

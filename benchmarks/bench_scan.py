@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -1080,33 +1079,25 @@ def main(argv: list[str] | None = None) -> int:
             "backends": backends,
             "tolerance": bench.tol,
             "device": str(device),
-            "out": common.display_path(out_path),
-            "argv": common.portable_argv(sys.argv[1:] if argv is None else list(argv)),
-            "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SPARSESSM_")},
+            **common.run_provenance(argv, out_path),
         }
     )
-    versions = common.collect_versions()
+    header = common.result_header("scan", device)
     payload = {
-        "benchmark": "scan",
-        "device": common.device_info(device),
-        "date": common.utc_now_iso(),
-        "torch": versions.get("torch"),
-        "triton": versions.get("triton"),
+        **header,
+        "torch": header["versions"].get("torch"),
+        "triton": header["versions"].get("triton"),
         "backend": ",".join(backends),
         "peak_gbps": bench.peak_gbps,
         "timer": bench.timer,
-        "versions": versions,
-        "backends": {k: {"usable": u, "reason": r} for k, (u, r) in ssk.available_backends().items()},
+        "backends": common.backend_status(),
         "config": config,
         "results": bench.results,
         "skipped": bench.skipped,
     }
     common.write_json_atomic(out_path, payload)
     print(render_table(bench.results))
-    if bench.skipped:
-        print("\nskipped:")
-        for item in bench.skipped:
-            print(f"  {item['what']}: {item['reason']}")
+    common.print_skipped(bench.skipped)
     print(f"\nwrote {out_path}")
     return 0
 

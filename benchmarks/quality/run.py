@@ -550,15 +550,11 @@ def main(argv: list[str] | None = None) -> int:
         "whole_alpha": WHOLE_ALPHA,
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "out": common.display_path(out_path),
-        "argv": common.portable_argv(sys.argv[1:] if argv is None else list(argv)),
+        **common.run_provenance(argv, out_path),
     }
     model_cfg = dense.config
     payload = {
-        "benchmark": "quality",
-        "device": common.device_info(device),
-        "date": common.utc_now_iso(),
-        "versions": common.collect_versions(),
+        **common.result_header("quality", device),
         "config": config,
         "model": {
             "name": MODEL_DIR.name,
