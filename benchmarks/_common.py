@@ -1,6 +1,6 @@
-"""Reusable pieces of the benchmark scripts (``bench_scan.py``, later ``bench_e2e.py``).
+"""Reusable pieces of the benchmark scripts (``bench_scan.py``, ``bench_e2e.py``, ``quality/run.py``).
 
-Nothing here is specific to one benchmark: environment and version collection, timing with
+Nothing here is specific to one benchmark: environment and version collection, result headers, timing with
 the right clock for the device, robust summary statistics, atomic JSON output and plain-text
 tables. The module imports only the standard library and torch, so it is cheap to load and
 works both as ``benchmarks._common`` and, when a script in this folder runs directly, as
