@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
@@ -81,6 +82,15 @@ def _hf(path: Path) -> MambaForCausalLM:
 
 def _ids(b: int = 2, l: int = 10, seed: int = 3) -> torch.Tensor:
     return torch.randint(0, VOCAB, (b, l), generator=torch.Generator().manual_seed(seed))
+
+
+#: The model-level cache keyword of the installed transformers (``cache`` from 5.24,
+#: ``cache_params`` before; the old name is a deprecated alias until 5.40).
+CACHE_KW = "cache" if "cache" in inspect.signature(MambaForCausalLM.forward).parameters else "cache_params"
+
+
+def _cached(cache) -> dict:
+    return {CACHE_KW: cache, "use_cache": True}
 
 
 def _generate(model: MambaForCausalLM, ids: torch.Tensor, n: int = 8) -> torch.Tensor:
@@ -179,9 +189,9 @@ def test_cache_allocated_dense_before_apply_keeps_working(model_dir: Path) -> No
         cache = model(ids[:, :7], use_cache=True).cache_params  # stock: dense (b, d, n) states
         hf.apply(model, masks)
         cache.reset()
-        model(ids[:, :7], cache_params=cache, use_cache=True)  # patched prefill into the dense cache
+        model(ids[:, :7], **_cached(cache))  # patched prefill into the dense cache
         assert tuple(cache.layers[0].recurrent_states[0].shape) == (2, D_INNER, N)
-        last = model(ids[:, 7:], cache_params=cache, use_cache=True).logits[:, -1]
+        last = model(ids[:, 7:], **_cached(cache)).logits[:, -1]
         torch.testing.assert_close(last, ref(ids)[:, -1], rtol=1e-5, atol=1e-5)
 
 
@@ -195,8 +205,41 @@ def test_multi_token_continuation_uses_the_cached_state(model_dir: Path) -> None
     ids = _ids(l=9, seed=6)
     with torch.no_grad():
         first = model(ids[:, :6], use_cache=True)
-        rest = model(ids[:, 6:], cache_params=first.cache_params, use_cache=True).logits
+        rest = model(ids[:, 6:], **_cached(first.cache_params)).logits
         torch.testing.assert_close(rest, ref(ids)[:, 6:], rtol=1e-5, atol=1e-5)
+
+
+def test_decode_step_reads_the_cache_whatever_its_keyword(model_dir: Path) -> None:
+    """The stock block passes the cache as ``cache=`` (5.24+) or ``cache_params=`` (before): a
+    patched forward that dropped it would decode from an empty state (wrong logits)."""
+    model = _hf(model_dir)
+    ref = MambaLM.from_pretrained(model_dir).eval()
+    masks = _masks()
+    for i, mask in enumerate(masks.values()):
+        ref.set_state_mask(i, mask)
+    hf.apply(model, masks)
+    ids = _ids(l=7, seed=12)
+    with torch.no_grad():
+        want = ref(ids)[:, -1]
+        cache = model(ids[:, :6], use_cache=True).cache_params
+        step = model(ids[:, 6:], **_cached(cache)).logits[:, -1]  # through the stock block
+        torch.testing.assert_close(step, want, rtol=1e-5, atol=1e-5)
+        mixer = model.backbone.layers[0].mixer
+        hidden = torch.randn(2, 1, D_MODEL)
+        outs = []
+        for call in ("cache", "cache_params", "positional"):
+            cache = model(ids[:, :6], use_cache=True).cache_params
+            if call == "positional":
+                outs.append(mixer(hidden, cache))
+            else:
+                outs.append(mixer(hidden, **{call: cache}))
+        fresh = mixer(hidden)  # no cache: a one-token prefill from the zero state
+        assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+        assert not torch.allclose(outs[0], fresh, atol=1e-4)
+        with pytest.raises(TypeError, match=r"unsupported arguments \['seq_idx'\]"):
+            mixer(hidden, seq_idx=torch.zeros(2, 1, dtype=torch.int32))
+        with pytest.raises(TypeError, match="two different caches"):
+            mixer(hidden, cache=cache, cache_params=model(ids[:, :6], use_cache=True).cache_params)
 
 
 def test_padding_attention_mask_matches_stock(model_dir: Path) -> None:
@@ -292,15 +335,33 @@ def test_pre_5_transformers_layouts_are_refused(model_dir: Path, monkeypatch: py
 
     model = _hf(model_dir)
     model.backbone.layers[0].mixer.__class__ = MambaMixer
-    old_layout = rf"transformers {transformers.__version__}.*MambaCache layout of transformers < 5\.5"
+    old_layout = (
+        rf"transformers {transformers.__version__}.*cache_position.*transformers < 5\.5.*"
+        r"supports transformers >= 5\.15"
+    )
     with pytest.raises(hf.UnsupportedModelError, match=old_layout):
         hf.apply(model)
     monkeypatch.delattr(Cache, "get_recurrent_state", raising=False)
     monkeypatch.delattr(Cache, "has_previous_state", raising=False)
-    refused = r"lacks \['has_previous_state'\].*needs transformers >= 5\.14"
+    refused = (
+        rf"transformers {transformers.__version__}: its Cache lacks \['has_previous_state'\].*"
+        r"supports transformers >= 5\.15"
+    )
     with pytest.raises(hf.UnsupportedModelError, match=refused):
         hf.apply(_hf(model_dir))
     monkeypatch.undo()
+
+
+def test_releases_older_than_the_supported_range_are_refused(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hf, "_transformers_version", lambda: "5.14.1")
+    with pytest.raises(
+        hf.UnsupportedModelError, match=r"transformers 5\.14\.1 is older.*\(transformers >= 5\.15\)"
+    ):
+        hf.apply(_hf(model_dir))
+    monkeypatch.setattr(hf, "_transformers_version", lambda: "5.40.0.dev0")  # newer: checked by capability
+    assert hf.apply(_hf(model_dir)).sparse_layers == []
 
 
 def test_single_tensor_cache_layers_are_refused(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -313,7 +374,7 @@ def test_single_tensor_cache_layers_are_refused(model_dir: Path, monkeypatch: py
 
     monkeypatch.delattr(cache_utils.Cache, "get_recurrent_state", raising=False)
     monkeypatch.setattr(cache_utils, "LinearAttentionCacheLayerMixin", OldLayerMixin)
-    with pytest.raises(hf.UnsupportedModelError, match=r"5\.5-5\.13 layout.*transformers>=5\.14"):
+    with pytest.raises(hf.UnsupportedModelError, match=r"5\.5-5\.13\).*supports transformers >= 5\.15"):
         hf.apply(_hf(model_dir))
 
 

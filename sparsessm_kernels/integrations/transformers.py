@@ -19,11 +19,23 @@ with the layer's state mask. Nothing module-level is touched: transformers binds
 ``mamba_selective_scan`` & co. to mamba_ssm's kernels when mamba_ssm imports, and the patched
 mixers never call them, so a missing, broken or CPU-less mamba_ssm cannot break this path.
 
-Supported: transformers >= 5.14 (Mamba mixers that take ``cache_params``, a ``DynamicCache`` with
-``update_conv_state`` / ``update_recurrent_state``, read through ``get_recurrent_state`` from 5.21 on
-and the per-layer state dicts ``layers[i].recurrent_states`` before; tested on 5.17 and 5.23).
-Older releases (``MambaCache(ssm_states)`` up to 5.4, one state tensor per cache layer in
-5.5-5.13) are refused with a message naming the version.
+Supported: transformers >= 5.15 (:data:`SUPPORTED`; CI tests 5.15, 5.17, 5.23 and the newest
+release). The mixer takes its cache as ``cache_params`` up to 5.23 and as ``cache`` from 5.24 on
+(``cache_params`` stays a deprecated alias until 5.40): the patched forward accepts both and refuses
+any other data-carrying argument rather than dropping it. The cache is a ``DynamicCache`` with
+``update_conv_state`` / ``update_recurrent_state``, read through ``get_recurrent_state`` from 5.21
+on and the per-layer state dicts ``layers[i].recurrent_states`` before. Older releases (``MambaCache``
+up to 5.4, one state tensor per cache layer in 5.5-5.13, FalconMamba's weightless B / C / dt norms
+in 5.14) are refused with a message naming the version found and the supported range.
+
+Why the hook is the mixer's ``forward``, per instance: from 5.24 transformers routes the scan and
+the decode step through module-level functions (``mamba_selective_scan`` /
+``mamba_selective_state_update``, wrapped by ``use_kernel_func_from_hub_with_fallback``) that the
+mixer calls by their global name. Replacing them (or registering a ``kernels`` hub mapping, which
+``kernelize`` applies model-wide and which needs the ``kernels`` package and a hub download) would
+change every Mamba model in the process, could not carry a per-layer mask without a side channel,
+and does not exist before 5.15 in this form; the per-instance forward keeps masks, compact caches and
+revert local to the patched model.
 
 Differences from the stock mixer, by design:
 
@@ -40,6 +52,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -86,6 +99,14 @@ _REQUIRED = (
 _FALCON_NORMS = ("dt_layernorm", "b_layernorm", "c_layernorm")
 _STATE_ATTR = "_sparsessm_patch"
 
+#: The transformers releases this integration supports: the oldest one whose Mamba and FalconMamba
+#: mixers it reproduces (5.14 and older compute FalconMamba's B / C / dt norms differently and keep
+#: other cache layouts). Newer releases are accepted while their mixer and cache keep the API checked
+#: below; CI runs the integration tests on the oldest supported release and on current ones.
+_OLDEST = (5, 15)
+SUPPORTED = f"transformers >= {_OLDEST[0]}.{_OLDEST[1]}"
+_MAMBA_LM_HINT = "sparsessm_kernels.models.MambaLM.from_pretrained (sparse masks and compact caches included)"
+
 
 class UnsupportedModelError(TypeError):
     """The model (or the installed transformers) is not one this integration can patch."""
@@ -99,6 +120,17 @@ def _transformers_version() -> str:
         return str(transformers.__version__)
     except Exception as exc:  # pragma: no cover - transformers is a test dependency
         raise ImportError(f"transformers is not importable: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_version(version: str) -> None:
+    """Refuse releases older than :data:`SUPPORTED` (their mixers compute differently)."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found is not None and tuple(int(x) for x in found.groups()) < _OLDEST:
+        raise UnsupportedModelError(
+            f"transformers {version} is older than this integration supports ({SUPPORTED}): its Mamba "
+            f"mixers and caches differ from the ones it reproduces. Install a supported release, or load "
+            f"the checkpoint with {_MAMBA_LM_HINT}"
+        )
 
 
 def _find_layers(model: nn.Module) -> nn.ModuleList:
@@ -132,15 +164,14 @@ def _check_mixer(mixer: nn.Module, i: int, version: str) -> bool:
     if missing:
         raise UnsupportedModelError(
             f"layer {i}: {cls.__name__} of transformers {version} lacks {missing}; this integration "
-            "reproduces the Mamba-1 mixer of transformers >= 5 and cannot patch this one"
+            f"reproduces the Mamba-1 mixer of {SUPPORTED} and cannot patch this one"
         )
-    params = inspect.signature(cls.forward).parameters
-    if "cache_position" in params or "cache_params" not in params:
+    params = inspect.signature(inspect.unwrap(cls.forward)).parameters
+    if "cache_position" in params:
         raise UnsupportedModelError(
-            f"transformers {version}: its {cls.__name__}.forward{inspect.signature(cls.forward)} uses the "
-            "MambaCache layout of transformers < 5.5 (ssm_states / cache_position), which this "
-            "integration does not support; install transformers>=5.14, or load the checkpoint with "
-            "sparsessm_kernels.models.MambaLM.from_pretrained (sparse masks and compact caches included)"
+            f"transformers {version}: its {cls.__name__}.forward takes cache_position, the MambaCache "
+            f"layout of transformers < 5.5 (ssm_states); this integration supports {SUPPORTED}. Install "
+            f"a supported release, or load the checkpoint with {_MAMBA_LM_HINT}"
         )
     if mixer.layer_idx != i:
         raise UnsupportedModelError(f"layer {i}: mixer.layer_idx is {mixer.layer_idx}, expected {i}")
@@ -167,17 +198,18 @@ def _check_cache_api() -> None:
     missing = [m for m in needed if cache is None or not hasattr(cache, m)]
     if missing:
         raise UnsupportedModelError(
-            f"transformers {_transformers_version()}: Cache lacks {missing}; this integration needs "
-            "transformers >= 5.14 (Mamba caches through update_conv_state / update_recurrent_state)"
+            f"transformers {_transformers_version()}: its Cache lacks {missing} (the Mamba cache API "
+            f"this integration reads); it supports {SUPPORTED}. Install a supported release, "
+            f"or load the checkpoint with {_MAMBA_LM_HINT}"
         )
     if not hasattr(cache, "get_recurrent_state"):
         mixin = getattr(cache_utils, "LinearAttentionCacheLayerMixin", None)
         if mixin is None or "number_of_states" not in inspect.signature(mixin.__init__).parameters:
             raise UnsupportedModelError(
-                f"transformers {_transformers_version()}: its Mamba cache keeps a single conv / "
-                "recurrent tensor per layer (the 5.5-5.13 layout), which this integration does not "
-                "read; install transformers>=5.14, or load the checkpoint with "
-                "sparsessm_kernels.models.MambaLM.from_pretrained"
+                f"transformers {_transformers_version()}: its Mamba cache keeps a single conv / recurrent "
+                f"tensor per layer (the layout of transformers 5.5-5.13), which this integration does not "
+                f"read; it supports {SUPPORTED}. Install a supported release, or load the checkpoint with "
+                f"{_MAMBA_LM_HINT}"
             )
 
 
@@ -252,14 +284,50 @@ def _store_final_state(cache_params: Any, layer_idx: int, final: torch.Tensor, s
     cache_params.update_recurrent_state(value, layer_idx)
 
 
-def _patched_forward(
-    self: nn.Module,
-    hidden_states: torch.Tensor,
-    cache_params: Any = None,
-    attention_mask: torch.Tensor | None = None,
-    **kwargs: Any,
-) -> torch.Tensor:
-    """``MambaMixer.forward`` of transformers >= 5 with the scan and step on sparsessm ops."""
+#: Keyword arguments the stock mixers accept and the patched forward may safely ignore: they only
+#: select between stock code paths (a hub kernel's options) and carry no data.
+_IGNORED_KWARGS = frozenset({"use_cache", "output_attentions", "return_dict"})
+
+
+def _forward_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, torch.Tensor | None]:
+    """``(cache, attention_mask)`` from a mixer call of any supported transformers release.
+
+    transformers 5.14-5.23 call ``mixer(hidden_states, cache_params=..., attention_mask=...)``;
+    5.24 renamed the argument to ``cache`` (``cache_params`` stays a deprecated alias until 5.40).
+    Both are accepted, positionally or by name. Any other argument that carries data is refused:
+    silently dropping an unknown cache argument would decode from an empty state.
+    """
+    if len(args) > 2:
+        raise TypeError(
+            f"patched MambaMixer.forward takes at most 3 positional arguments, got {len(args) + 1}"
+        )
+    cache = args[0] if args else None
+    attention_mask = args[1] if len(args) > 1 else kwargs.pop("attention_mask", None)
+    for name in ("cache", "cache_params"):
+        if name in kwargs:
+            value = kwargs.pop(name)
+            if cache is not None and value is not None and value is not cache:
+                raise TypeError(
+                    "patched MambaMixer.forward got two different caches (cache and cache_params)"
+                )
+            cache = value if value is not None else cache
+    unknown = sorted(k for k, v in kwargs.items() if v is not None and k not in _IGNORED_KWARGS)
+    if unknown:
+        raise TypeError(
+            f"patched MambaMixer.forward got unsupported arguments {unknown}: the sparse mixer reproduces "
+            f"the stock mixer of {SUPPORTED} for hidden_states, cache / cache_params and attention_mask "
+            "only (packed sequences through seq_idx / cu_seqlens are not supported)"
+        )
+    return cache, attention_mask
+
+
+def _patched_forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """``MambaMixer.forward`` of transformers >= 5.14 with the scan and step on sparsessm ops.
+
+    Called as the stock forward is: ``(hidden_states, cache=None, attention_mask=None)`` (5.24+)
+    or ``(hidden_states, cache_params=None, attention_mask=None)`` (5.14-5.23).
+    """
+    cache_params, attention_mask = _forward_args(args, kwargs)
     patch: _MixerPatch = self.__dict__[_STATE_ATTR]
     spec, backend = patch.spec, patch.backend
     for child in patch.hooked:
@@ -411,6 +479,7 @@ def apply(
         FileNotFoundError / ValueError: masks that cannot be found, read or matched to layers.
     """
     version = _transformers_version()
+    _check_version(version)
     _check_cache_api()
     layers = _find_layers(model)
     mixers = [blk.mixer for blk in layers]
