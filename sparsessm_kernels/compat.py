@@ -16,7 +16,7 @@ that already calls mamba_ssm's functions gets sparse states by passing one more 
 
 Differences from mamba_ssm, all deliberate:
 
-* forward only (no autograd), like the ops;
+* gradients come from the ops' backward, which recomputes through the reference (exact, slow);
 * real ``A`` only (complex ``A`` raises ``TypeError``);
 * ``selective_state_update``: Mamba-1 shapes only (``state (b, d, n)``, ``x (b, d)``); the multi-head
   Mamba-2 layout (``state (b, nheads, dim, n)``, ``x (b, nheads, dim)``, ``A (nheads, dim, n)``) raises

@@ -387,8 +387,9 @@ def apply(
     logger.info("%s", report)
     if model.training:
         logger.warning(
-            "sparsessm_kernels: the patched model is in training mode; the sparse ops are forward-only "
-            "(no gradients through the scan): call model.eval() for inference"
+            "sparsessm_kernels: the patched model is in training mode; gradients of the sparse scan and "
+            "decode step are computed by recomputing through the reference implementation (exact but "
+            "slow): call model.eval() for inference"
         )
     return report
 

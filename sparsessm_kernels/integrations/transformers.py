@@ -44,7 +44,8 @@ Differences from the stock mixer, by design:
 * several new tokens against a non-empty cache are decoded one at a time from the cached SSM
   state (stock transformers restarts the SSM from zero there); a single token, the common
   ``generate`` step, is the same path as stock;
-* the mixer never takes the training-only fused ``mamba_inner_fn`` branch (inference only).
+* the mixer never takes the training-only fused ``mamba_inner_fn`` branch; gradients flow through
+  the ops' reference backward (:mod:`sparsessm_kernels.ops.autograd`: exact, slow).
 """
 
 from __future__ import annotations
@@ -518,8 +519,9 @@ def apply(
     logger.info("%s", report)
     if model.training:
         logger.warning(
-            "sparsessm_kernels: the patched model is in training mode; the sparse ops are forward-only "
-            "(no gradients through the scan): call model.eval() for inference"
+            "sparsessm_kernels: the patched model is in training mode; gradients of the sparse scan and "
+            "decode step are computed by recomputing through the reference implementation (exact but "
+            "slow): call model.eval() for inference"
         )
     return report
 

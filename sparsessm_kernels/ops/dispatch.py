@@ -24,8 +24,10 @@ import os
 
 import torch
 
+from .autograd import needs_grad
 from .checks import check_scan_inputs, check_state_update_inputs
 from .layout import StateLayout, as_layout, check_pruned_states
+from .reference import selective_state_update_ref
 
 logger = logging.getLogger("sparsessm_kernels")
 
@@ -199,7 +201,10 @@ def selective_scan(
     pruned_states: str = "zero_transition",
     backend: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Sparse selective scan, a drop-in for mamba_ssm's ``selective_scan_fn`` (forward only).
+    """Sparse selective scan, a drop-in for mamba_ssm's ``selective_scan_fn``.
+
+    Differentiable: the forward runs the chosen backend, the backward recomputes through the
+    reference (exact, not fast; see :mod:`.autograd`).
 
     Args:
         u: ``(b, d, l)`` input (fp16, bf16, fp32 or fp64).
@@ -263,6 +268,9 @@ def selective_state_update(
 ) -> torch.Tensor:
     """One decode step of the (sparse) selective SSM, like mamba_ssm's ``selective_state_update``.
 
+    Differentiable: when an input needs a gradient the step runs the reference's differentiable
+    torch ops instead of the chosen backend (see :mod:`.autograd`).
+
     Args:
         state: ``(b, d, n)``, or compact ``(b, d, k)`` (kept states in ascending ``n``) when the
             mask keeps the same ``k`` states in every channel; updated in place, pruned entries 0.
@@ -285,6 +293,23 @@ def selective_state_update(
     n_kept = layout.n_kept if layout is not None and layout.uniform else None
     check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias, n_kept, state_batch_indices)
     chosen = resolve_backend(backend, x.device, op="selective_state_update")
+    if needs_grad(state, x, dt, A, B, C, D, z, dt_bias) and not torch.compiler.is_compiling():
+        # A mutating op has no torch.library autograd formula: differentiate the reference.
+        return selective_state_update_ref(
+            state,
+            x,
+            dt,
+            A,
+            B,
+            C,
+            D,
+            z,
+            dt_bias,
+            bool(dt_softplus),
+            state_mask=layout,
+            pruned_states=pruned_states,
+            state_batch_indices=state_batch_indices,
+        )
     fast = _plain_eager(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices)
     op = _library.selective_state_update_impl if fast else torch.ops.sparsessm.selective_state_update
     return op(

@@ -5,8 +5,8 @@ traces calls without graph breaks and CUDA graphs can capture them. The op bodie
 ``backend`` string already resolved by :mod:`.dispatch`: ``"torch"`` runs
 :mod:`.torch_backend`, ``"triton"`` the kernels of :mod:`.triton` and ``"cuda"`` (scan only) the
 compiled extension through :mod:`.cuda` (both imported on first use; the Triton path never
-synchronises with the host, so a captured CUDA graph replays it). Forward only:
-no autograd formula is registered (inference and calibration do not need one).
+synchronises with the host, so a captured CUDA graph replays it). The scan's autograd formula
+(a backward through the reference) is registered by :mod:`.autograd`.
 
 The op bodies are plain functions (:func:`selective_scan_impl`, :func:`selective_state_update_impl`)
 that :mod:`.dispatch` calls directly in plain eager mode (no tracing, no torch function or dispatch
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from . import autograd as _autograd
 from .torch_backend import selective_scan_torch, selective_state_update_torch
 
 
@@ -70,6 +71,7 @@ def selective_scan_impl(
 _selective_scan_op = torch.library.custom_op(
     "sparsessm::selective_scan", selective_scan_impl, mutates_args=()
 )
+_autograd.register(_selective_scan_op)
 
 
 @_selective_scan_op.register_fake

@@ -182,7 +182,7 @@ def selective_state_update_ref(
     B_ch = _bc_per_channel(B, d, B.dim() == 3, dtype)  # (b, d, n)
     C_ch = _bc_per_channel(C, d, C.dim() == 3, dtype)
     kept, feeds = _masks(layout, d, n, pruned_states, x.device)
-    h = layout.to(x.device).expand_state(state.to(dtype)) if compact else state.to(dtype)
+    h = layout.to(x.device).expand_state(state.to(dtype)) if compact else state.to(dtype, copy=True)
 
     zero = torch.zeros((), dtype=dtype, device=x.device)
     transition = torch.where(kept, torch.exp(dt_m[..., None] * A.to(dtype)), zero)
