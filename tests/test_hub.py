@@ -259,3 +259,5 @@ def test_read_sparsity_from_hub_ids(hub: FakeHub, tmp_path: Path) -> None:
     assert masks == {} and "hub lookup of org/missing failed" in source
     with pytest.raises(HubLookupError):
         read_sparsity("org/missing", None, "MambaForCausalLM")
+    with pytest.raises(FileNotFoundError, match=r"out/sparsity\.safetensors does not exist"):
+        read_sparsity("out/sparsity.safetensors", None, "MambaForCausalLM")

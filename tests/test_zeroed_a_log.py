@@ -113,6 +113,10 @@ def test_convert_text_output_and_plain_conversion(
     out = capsys.readouterr().out
     assert f"converted {src} -> {dst} (bfloat16)" in out
     assert "layer 0: 2048 of 4096 A_log entries are 0 -> pruned (zero_transition)" in out
+    assert MambaLM.from_pretrained(dst, dtype="auto").dtype == torch.bfloat16  # "auto": as stored
+    assert MambaLM.from_pretrained(dst).dtype == torch.float32
+    with pytest.raises(TypeError, match=r"dtype: expected None, 'auto' or a torch\.dtype, got 'fp16'"):
+        MambaLM.from_pretrained(dst, dtype="fp16")
 
     # without the flag: a layout conversion, and the loader's warning says what to do
     plain = tmp_path / "plain"

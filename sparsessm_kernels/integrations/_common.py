@@ -146,7 +146,9 @@ def read_sparsity(
         )
         return {}, "zero_transition", f"none ({where}; dense)"
     if isinstance(sparsity, (str, os.PathLike)):
-        path = resolve_local_or_hub(sparsity, allow_patterns=[MASKS_FILE])
+        # a missing "*.safetensors" path is a missing masks file, not a Hub id
+        is_file_name = str(sparsity).endswith(".safetensors")
+        path = Path(sparsity) if is_file_name else resolve_local_or_hub(sparsity, allow_patterns=[MASKS_FILE])
         if path.is_dir():
             file = path / MASKS_FILE
             if not file.is_file():
