@@ -6,6 +6,9 @@ Usage::
     python -m sparsessm_kernels env   # same
     sparsessm prune MODEL_DIR --calib wikitext2|PATH --save OUT_DIR [...]   # docs/pruning.md
     sparsessm eval MODEL_DIR --data wikitext2|PATH --seqlen 2048
+    sparsessm convert SRC --out DST [--zero-a-log-pruned]   # docs/models.md
+
+MODEL_DIR / SRC may be a Hugging Face Hub id (``state-spaces/mamba-130m-hf``, ``--revision``).
     sparsessm demo [--out DIR] [--quick]  # docs/demo.md
 
 Adding a subcommand: write ``_configure_<name>(parser)`` (adds the arguments) and
@@ -278,8 +281,8 @@ def _add_common_run_args(parser: argparse.ArgumentParser) -> None:
         "--tokenizer",
         metavar="DIR",
         default=None,
-        help="directory with the tokenizer files (default: MODEL_DIR; without any, UTF-8 bytes when "
-        "vocab >= 256)",
+        help="directory or Hugging Face Hub id with the tokenizer files (default: MODEL_DIR; without any, "
+        "UTF-8 bytes when vocab >= 256)",
     )
     parser.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars"
@@ -287,12 +290,25 @@ def _add_common_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="log details (per-layer timings, allocation)")
 
 
+def _add_model_args(parser: argparse.ArgumentParser, dest: str, metavar: str, what: str) -> None:
+    """The positional model argument (a directory or a Hugging Face Hub id) and ``--revision``."""
+    parser.add_argument(
+        dest,
+        metavar=metavar,
+        help=f"{what}: a directory (HF or mamba_ssm layout) or a Hugging Face Hub id such as "
+        "state-spaces/mamba-130m-hf (a local path wins; needs huggingface_hub, the [hf] extra)",
+    )
+    parser.add_argument(
+        "--revision",
+        default=None,
+        help=f"Hub branch, tag or commit of {metavar} (Hub ids only; default main)",
+    )
+
+
 def _configure_prune(parser: argparse.ArgumentParser) -> None:
     from .prune.config import AGGREGATIONS, METHODS, SCORES, TARGETS, TIME_WEIGHTS
 
-    parser.add_argument(
-        "model_dir", metavar="MODEL_DIR", help="Mamba-1 checkpoint directory (HF or mamba_ssm)"
-    )
+    _add_model_args(parser, "model_dir", "MODEL_DIR", "Mamba-1 checkpoint")
     parser.add_argument(
         "--save", metavar="OUT_DIR", required=True, help="output model directory (HF layout + masks)"
     )
@@ -451,6 +467,7 @@ def _run_prune(args: argparse.Namespace) -> int:
             model_dir=args.model_dir,
             save=args.save,
             cfg=cfg,
+            revision=args.revision,
             calib=args.calib,
             nsamples=args.nsamples,
             seqlen=args.seqlen,
@@ -477,7 +494,7 @@ def _run_prune(args: argparse.Namespace) -> int:
 
 
 def _configure_eval(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="model directory (dense or pruned)")
+    _add_model_args(parser, "model_dir", "MODEL_DIR", "model (dense or pruned)")
     parser.add_argument("--data", default="wikitext2", help="text: a local file, or wikitext2 / ptb / c4")
     parser.add_argument("--seqlen", type=_positive_int, default=2048, help="window length (default 2048)")
     parser.add_argument("--batch-size", type=_positive_int, default=1, help="windows per forward (default 1)")
@@ -503,6 +520,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     def build() -> EvalJob:
         job = EvalJob(
             model_dir=args.model_dir,
+            revision=args.revision,
             data=args.data,
             seqlen=args.seqlen,
             batch_size=args.batch_size,
@@ -528,6 +546,46 @@ def _run_eval(args: argparse.Namespace) -> int:
             print(f"  {task}: {shown}")
 
     return _run_job("eval", build, run_eval, render, args.json)
+
+
+# ---------------------------------------------------------------------------------- convert
+def _configure_convert(parser: argparse.ArgumentParser) -> None:
+    from .prune.convert import CONVERT_DTYPES
+
+    parser.description = (
+        "Read a Mamba-1 checkpoint (HF or mamba_ssm layout, local or on the Hugging Face Hub) and write it "
+        "in this package's layout (config.json + model.safetensors [+ sparsity.safetensors]) with its "
+        "tokenizer files."
+    )
+    _add_model_args(parser, "src", "SRC", "source checkpoint")
+    parser.add_argument("--out", metavar="DST", required=True, help="output model directory")
+    parser.add_argument(
+        "--zero-a-log-pruned",
+        action="store_true",
+        help="mark A_log entries that are exactly 0 (A = -1; how the SparseSSM authors' code stores pruned "
+        "states) as pruned states with a zero transition, as the authors evaluate them (docs/models.md)",
+    )
+    parser.add_argument(
+        "--dtype", default="auto", choices=CONVERT_DTYPES, help="weights dtype (default auto: as stored)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .prune.convert import ConvertJob, format_convert, run_convert
+
+    def build() -> ConvertJob:
+        job = ConvertJob(
+            src=args.src,
+            out=args.out,
+            revision=args.revision,
+            zero_a_log_pruned=args.zero_a_log_pruned,
+            dtype=args.dtype,
+        )
+        job.validate()
+        return job
+
+    return _run_job("convert", build, run_convert, lambda r: print(format_convert(r)), args.json)
 
 
 # ------------------------------------------------------------------------------------- demo
@@ -628,6 +686,12 @@ COMMANDS: list[Command] = [
         "perplexity on non-overlapping windows (and lm-eval zero-shot tasks when installed)",
         _configure_eval,
         _run_eval,
+    ),
+    Command(
+        "convert",
+        "rewrite a checkpoint in this package's layout (optionally marking zeroed A_log entries pruned)",
+        _configure_convert,
+        _run_convert,
     ),
     Command(
         "demo",

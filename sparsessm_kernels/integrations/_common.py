@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import types
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from ..models.hub import HubLookupError, needs_hub_lookup, resolve_local_or_hub
 from ..nn import SparsifyReport, sparsify_
 from ..nn.semi_structured import SemiStructuredLinear
 from ..ops import StateLayout
@@ -87,28 +89,53 @@ def _load_file(path: Path) -> tuple[dict[str, StateLayout], str | dict[str, str]
     return dict(sparsities), _parse_pruned_states_meta(meta.get("pruned_states"), str(path))
 
 
+def _masks_of_dir(directory: Path, shown: str, what: str) -> tuple[dict[str, Any], str | dict[str, str], str]:
+    """The masks file of the directory ``what`` was loaded from, or none (dense, logged at INFO)."""
+    candidate = directory / MASKS_FILE
+    if candidate.is_file():
+        masks, modes = _load_file(candidate)
+        return masks, modes, str(candidate)
+    logger.info(
+        "sparsessm_kernels: %s was loaded from %s, which has no %s; running every layer dense",
+        what,
+        shown,
+        MASKS_FILE,
+    )
+    return {}, "zero_transition", f"none ({shown} has no {MASKS_FILE}; dense)"
+
+
 def read_sparsity(
-    sparsity: SparsityArg, default_dir: str | os.PathLike | None, what: str
+    sparsity: SparsityArg,
+    default_dir: str | os.PathLike | None,
+    what: str,
+    *,
+    revision: str | None = None,
 ) -> tuple[dict[str, Any], str | dict[str, str], str]:
     """``(masks, pruned_states from the source, description of the source)``.
 
     ``sparsity``: a pruned model directory (must contain ``sparsity.safetensors``), a masks file,
-    a dict ``{parameter name: mask}`` or ``None`` (then ``default_dir``/``sparsity.safetensors``
-    when it exists; otherwise no masks).
+    a Hugging Face Hub id of a pruned model (``ORG/NAME`` that is no local path; its
+    ``sparsity.safetensors`` is fetched), a dict ``{parameter name: mask}`` or ``None``: then
+    ``default_dir``/``sparsity.safetensors`` when it exists -- ``default_dir`` may be a Hub id too
+    (at ``revision``: pass the loaded model's commit), whose masks file is fetched when the
+    repository has one; otherwise no masks.
     """
     if sparsity is None:
+        if default_dir and needs_hub_lookup(default_dir):
+            try:
+                snapshot = resolve_local_or_hub(default_dir, revision=revision, allow_patterns=[MASKS_FILE])
+            except HubLookupError as exc:
+                warnings.warn(
+                    f"sparsessm_kernels: {what} was loaded from the Hugging Face Hub id {default_dir}, whose "
+                    f"{MASKS_FILE} could not be looked up ({exc}); running every layer dense. Pass sparsity= "
+                    "explicitly.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                return {}, "zero_transition", f"none (hub lookup of {default_dir} failed; dense)"
+            return _masks_of_dir(snapshot, str(default_dir), what)
         if default_dir and Path(default_dir).is_dir():
-            candidate = Path(default_dir) / MASKS_FILE
-            if candidate.is_file():
-                masks, modes = _load_file(candidate)
-                return masks, modes, str(candidate)
-            logger.info(
-                "sparsessm_kernels: %s was loaded from %s, which has no %s; running every layer dense",
-                what,
-                default_dir,
-                MASKS_FILE,
-            )
-            return {}, "zero_transition", f"none ({default_dir} has no {MASKS_FILE}; dense)"
+            return _masks_of_dir(Path(default_dir), str(default_dir), what)
         where = f"{default_dir!r} is not a local directory" if default_dir else "no source directory is known"
         logger.info(
             "sparsessm_kernels: no sparsity given and %s (%s); running every layer dense. Pass a pruned "
@@ -119,11 +146,14 @@ def read_sparsity(
         )
         return {}, "zero_transition", f"none ({where}; dense)"
     if isinstance(sparsity, (str, os.PathLike)):
-        path = Path(sparsity)
+        # a missing "*.safetensors" path is a missing masks file, not a Hub id
+        is_file_name = str(sparsity).endswith(".safetensors")
+        path = Path(sparsity) if is_file_name else resolve_local_or_hub(sparsity, allow_patterns=[MASKS_FILE])
         if path.is_dir():
             file = path / MASKS_FILE
             if not file.is_file():
-                raise FileNotFoundError(f"sparsity: {path} is a directory without {MASKS_FILE}")
+                where = f"the Hub repository {sparsity}" if path != Path(sparsity) else str(path)
+                raise FileNotFoundError(f"sparsity: {where} is a directory without {MASKS_FILE}")
             masks, modes = _load_file(file)
             return masks, modes, str(file)
         if not path.exists():

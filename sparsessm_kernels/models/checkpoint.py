@@ -1,6 +1,7 @@
 """Reading and writing Mamba-1 checkpoint directories.
 
-Read (:func:`read_checkpoint`), either format, detected from ``config.json``:
+Read (:func:`read_checkpoint`), either format, detected from ``config.json``, from a local
+directory or a Hugging Face Hub repository id (:func:`resolve_checkpoint_dir`):
 
 * transformers ``MambaForCausalLM``: ``config.json`` + ``model.safetensors``, sharded
   ``model.safetensors.index.json``, ``pytorch_model.bin`` or ``pytorch_model.bin.index.json``.
@@ -38,6 +39,7 @@ from .config import (
     config_from_mamba_ssm_dict,
     detect_config_format,
 )
+from .hub import needs_hub_lookup, resolve_local_or_hub, snapshot_commit
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -46,6 +48,12 @@ BIN_NAME = "pytorch_model.bin"
 BIN_INDEX_NAME = "pytorch_model.bin.index.json"
 SPARSITY_NAME = "sparsity.safetensors"
 WEIGHT_FILES = (SAFETENSORS_NAME, SAFETENSORS_INDEX_NAME, BIN_NAME, BIN_INDEX_NAME)
+
+SMALL_FILE_PATTERNS = ("*.json", "*.txt", "*.model", SPARSITY_NAME)
+"""Hub files fetched without the weights: config, shard indices, tokenizer files, state masks."""
+_SAFETENSORS_PATTERNS = ("model*.safetensors",)
+_BIN_PATTERNS = ("pytorch_model*.bin",)
+"""Hub weight files, safetensors first; ``.bin`` only when a repository has no safetensors."""
 
 _A_LOG_RE = re.compile(r"^backbone\.layers\.(\d+)\.mixer\.A_log$")
 _MAX_LISTED = 20
@@ -154,16 +162,56 @@ def load_weights(directory: Path) -> tuple[dict[str, torch.Tensor], str]:
     )
 
 
-# ---------------------------------------------------------------------- read
-def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
-    """Read config, weights and (optional) masks of a Mamba-1 checkpoint directory.
+# ---------------------------------------------------------------------- resolve
+def resolve_checkpoint_dir(
+    path: str | os.PathLike, revision: str | None = None, *, weights: bool = True
+) -> Path:
+    """The local directory of a checkpoint given as a local path or a Hub repository id.
+
+    A Hub id (``ORG/NAME`` that is no local path; see :mod:`.hub`) is resolved through the
+    ``huggingface_hub`` cache, downloading only what a Mamba-1 checkpoint needs: ``*.json``
+    (config, shard indices, tokenizer), ``*.txt`` / ``*.model`` (tokenizer),
+    ``sparsity.safetensors`` and, with ``weights``, ``model*.safetensors`` -- or
+    ``pytorch_model*.bin`` when the repository has no safetensors weights.
+
+    Args:
+        path: local directory or Hub id.
+        revision: Hub branch, tag or commit (Hub ids only).
+        weights: also fetch the weights (``False``: config, tokenizer and masks only).
 
     Raises:
-        FileNotFoundError: the directory or its ``config.json`` does not exist.
+        HubLookupError: (a ``FileNotFoundError``) a Hub id that cannot be resolved.
+        ValueError: ``revision`` with a local directory.
+    """
+    if not needs_hub_lookup(path):
+        return resolve_local_or_hub(path, revision=revision)
+    small = list(SMALL_FILE_PATTERNS)
+    if not weights:
+        return resolve_local_or_hub(path, revision=revision, allow_patterns=small)
+    directory = resolve_local_or_hub(path, revision=revision, allow_patterns=[*small, *_SAFETENSORS_PATTERNS])
+    if any((directory / name).is_file() for name in WEIGHT_FILES):
+        return directory
+    # No safetensors weights: fetch the .bin ones of the same commit.
+    pinned = snapshot_commit(directory) or revision
+    return resolve_local_or_hub(path, revision=pinned, allow_patterns=[*small, *_BIN_PATTERNS])
+
+
+# ---------------------------------------------------------------------- read
+def read_checkpoint(path: str | os.PathLike, revision: str | None = None) -> CheckpointContents:
+    """Read config, weights and (optional) masks of a Mamba-1 checkpoint.
+
+    Args:
+        path: a checkpoint directory, or a Hugging Face Hub repository id
+            (:func:`resolve_checkpoint_dir`).
+        revision: Hub branch, tag or commit (Hub ids only).
+
+    Raises:
+        FileNotFoundError: the directory or its ``config.json`` does not exist
+            (:class:`~.hub.HubLookupError` for a Hub id that cannot be resolved).
         CheckpointFormatError: unknown / unsupported format, bad config fields, unreadable weights,
             conflicting tied ``lm_head``, invalid masks.
     """
-    directory = Path(path)
+    directory = resolve_checkpoint_dir(path, revision)
     if not directory.exists():
         raise FileNotFoundError(f"checkpoint directory not found: {directory}")
     if not directory.is_dir():

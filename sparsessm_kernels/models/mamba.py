@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,10 @@ from .. import ops as _ops
 from ..ops import StateLayout
 from .cache import LayerCache, MambaCache
 from .config import MambaLMConfig
+from .zeroed_a_log import ZeroedALogWarning, find_zeroed_a_log_layers, zeroed_a_log_message
+
+if TYPE_CHECKING:
+    from .checkpoint import CheckpointContents
 
 PRUNED_STATES_CHOICES = ("zero_transition", "remove")
 
@@ -273,7 +279,7 @@ class MambaBackbone(nn.Module):
 class MambaLM(nn.Module):
     """Mamba-1 causal LM with per-layer state masks and a (sparse) decode cache.
 
-    Build with :meth:`from_pretrained` (a local HF or mamba_ssm checkpoint) or
+    Build with :meth:`from_pretrained` (an HF or mamba_ssm checkpoint, local or on the Hub) or
     :meth:`from_config` (random weights). ``model(input_ids)`` returns float32 logits.
     """
 
@@ -333,30 +339,45 @@ class MambaLM(nn.Module):
         cls,
         path: str | os.PathLike,
         device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
+        *,
+        revision: str | None = None,
     ) -> MambaLM:
-        """Load a local Mamba-1 checkpoint directory (HF ``MambaForCausalLM`` or mamba_ssm format).
+        """Load a Mamba-1 checkpoint (HF ``MambaForCausalLM`` or mamba_ssm format).
 
         Keys are matched strictly (missing / unexpected keys and shape mismatches raise
         :class:`~sparsessm_kernels.models.config.CheckpointFormatError` listing them); per-layer
         state sizes are read from the ``A_log`` tensors. A ``sparsity.safetensors`` file in the
         directory (written by :meth:`save_pretrained`) restores the state masks.
 
+        ``A_log`` entries that are exactly 0 beyond what an initial value explains -- how the
+        SparseSSM authors' code stores pruned states -- are loaded as they are (``A = -1``) with
+        one :class:`~sparsessm_kernels.models.zeroed_a_log.ZeroedALogWarning` naming the layers
+        and ``sparsessm convert --zero-a-log-pruned`` (see ``docs/models.md``).
+
         Args:
-            path: the checkpoint directory.
+            path: a checkpoint directory, or a Hugging Face Hub repository id ``ORG/NAME`` when no
+                such local path exists (resolved through the ``huggingface_hub`` cache:
+                ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``, ``HF_TOKEN``; needs the ``[hf]`` extra).
             device: where to put the weights (default CPU).
-            dtype: weight dtype (default float32); logits are always float32.
+            dtype: weight dtype (default float32; ``"auto"``: as stored); logits are always float32.
+            revision: Hub branch, tag or commit hash (Hub ids only).
         """
         from .checkpoint import read_checkpoint, validate_state_dict
 
-        ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path, revision)
         with torch.device("meta"):
             model = cls(ckpt.config)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if ckpt.config.tie_embeddings:
             expected.pop("lm_head.weight", None)
         validate_state_dict(ckpt.tensors, expected, ckpt.config, ckpt.source)
+        if dtype == "auto":
+            dtype = ckpt.tensors["backbone.embeddings.weight"].dtype
+        elif dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype: expected None, 'auto' or a torch.dtype, got {dtype!r}")
         dtype = dtype or torch.float32
+        _warn_zeroed_a_log(ckpt, path, revision)
         tensors = {k: v.to(device=device, dtype=dtype) for k, v in ckpt.tensors.items()}
         if ckpt.config.tie_embeddings:
             tensors["lm_head.weight"] = tensors["backbone.embeddings.weight"]
@@ -671,6 +692,17 @@ def _sample(
         logits = logits.masked_fill(drop, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def _warn_zeroed_a_log(ckpt: CheckpointContents, path: str | os.PathLike, revision: str | None) -> None:
+    """One :class:`ZeroedALogWarning` when the checkpoint's ``A_log`` looks SparseSSM-pruned."""
+    a_logs = {i: ckpt.tensors[a_log_name(i)] for i in range(ckpt.config.n_layer)}
+    layouts = {i: layout for i, (layout, _) in ckpt.layer_masks.items()}
+    found = find_zeroed_a_log_layers(a_logs, layouts)
+    if found:
+        rev = f" --revision {revision}" if revision is not None else ""
+        hint = f"sparsessm convert {path}{rev} --out DIR --zero-a-log-pruned"
+        warnings.warn(zeroed_a_log_message(str(path), found, hint), ZeroedALogWarning, stacklevel=3)
 
 
 def load_model(path: str | os.PathLike | Path, **kwargs) -> MambaLM:

@@ -11,13 +11,15 @@ Layering: imports :mod:`sparsessm_kernels.ops`, :mod:`~sparsessm_kernels.sparsit
 * :mod:`.evaluate` -- perplexity, lm-eval zero-shot;
 * :mod:`.report` -- ``prune_report.json``;
 * :mod:`.run` -- :class:`PruneJob` / :func:`run_prune`, :class:`EvalJob` / :func:`run_eval`
-  (what the CLI runs).
+  (what the CLI runs);
+* :mod:`.convert` -- :class:`ConvertJob` / :func:`run_convert` (``sparsessm convert``).
 
 Methods, choices and departures from the paper: ``docs/pruning.md``.
 """
 
 from .capture import ModuleRecord, PruneResult, mixer_intermediates, prune_model
 from .config import METHODS, TARGETS, PruneConfig, PruneConfigError, select_modules
+from .convert import ConvertJob, run_convert
 from .data import (
     DATASET_NAMES,
     ByteTokenizer,
@@ -42,6 +44,7 @@ __all__ = [
     "REPORT_NAME",
     "TARGETS",
     "ByteTokenizer",
+    "ConvertJob",
     "DataError",
     "EvalJob",
     "ModuleRecord",
@@ -63,6 +66,7 @@ __all__ = [
     "mixer_intermediates",
     "prune_model",
     "remove_states",
+    "run_convert",
     "run_eval",
     "run_prune",
     "score_continuations",

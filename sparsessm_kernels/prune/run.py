@@ -19,7 +19,9 @@ from typing import Any
 import torch
 
 from ..models import MambaLM, MambaLMConfig, config_from_hf_dict, config_from_mamba_ssm_dict
+from ..models.checkpoint import resolve_checkpoint_dir
 from ..models.config import CheckpointFormatError, detect_config_format
+from ..models.hub import resolve_local_or_hub
 from ..sparsity import kept_count
 from .capture import prune_model
 from .config import PruneConfig, PruneConfigError
@@ -35,7 +37,16 @@ from .data import (
 from .evaluate import DEFAULT_TASKS, evaluate_perplexity, zero_shot
 from .report import REPORT_NAME, build_report, write_report
 
-__all__ = ["DTYPES", "EvalJob", "PruneJob", "read_model_config", "resolve_device", "run_eval", "run_prune"]
+__all__ = [
+    "DTYPES",
+    "EvalJob",
+    "PruneJob",
+    "read_model_config",
+    "resolve_device",
+    "run_eval",
+    "run_prune",
+    "tokenizer_dir",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +68,17 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def read_model_config(model_dir: str | Path) -> MambaLMConfig:
-    """The config of a model directory, read from ``config.json`` alone (no weights).
+def read_model_config(model_dir: str | Path, revision: str | None = None) -> MambaLMConfig:
+    """The config of a model directory or Hub id, read from ``config.json`` alone (no weights).
+
+    A Hub id is resolved without its weights (config, tokenizer and masks files only).
 
     Raises:
-        FileNotFoundError: the directory or its ``config.json`` is missing.
+        FileNotFoundError: the directory or its ``config.json`` is missing; a Hub id that cannot
+            be resolved (:class:`~sparsessm_kernels.models.HubLookupError`).
         CheckpointFormatError: not a Mamba-1 config.
     """
-    d = Path(model_dir)
+    d = resolve_checkpoint_dir(model_dir, revision, weights=False)
     if not d.exists():
         raise FileNotFoundError(f"model directory not found: {d}")
     if not d.is_dir():
@@ -95,6 +109,14 @@ def _copy_tokenizer(src: Path, dst: Path) -> list[str]:
             shutil.copyfile(f, dst / name)
             copied.append(name)
     return copied
+
+
+def tokenizer_dir(tokenizer: str | None, model_dir: str, revision: str | None = None) -> Path:
+    """The local directory with the tokenizer files: ``tokenizer`` (a directory or Hub id; only
+    the tokenizer files are fetched), else the model's own directory (``revision`` applies)."""
+    if tokenizer is not None:
+        return resolve_local_or_hub(tokenizer, allow_patterns=TOKENIZER_FILES)
+    return resolve_checkpoint_dir(model_dir, revision, weights=False)
 
 
 def _check_tokenizer(tokenizer_dir: Path, config: MambaLMConfig) -> None:
@@ -139,10 +161,11 @@ class PruneJob:
     dtype: str = "float32"
     tokenizer: str | None = None
     progress: bool = True
+    revision: str | None = None
 
     def validate(self) -> tuple[PruneConfig, MambaLMConfig, torch.device]:
         """Every check that needs no weights or text; raises before any work starts."""
-        config = read_model_config(self.model_dir)
+        config = read_model_config(self.model_dir, self.revision)
         cfg = self.cfg.resolve()
         cfg.check_model(config)
         for name, value, low in (("nsamples", self.nsamples, 1), ("seqlen", self.seqlen, 2)):
@@ -188,7 +211,7 @@ class PruneJob:
         check_text_source(self.calib, "--calib")
         if self.eval is not None:
             check_text_source(self.eval, "--eval")
-        _check_tokenizer(Path(self.tokenizer or self.model_dir), config)
+        _check_tokenizer(tokenizer_dir(self.tokenizer, self.model_dir, self.revision), config)
         return cfg, config, device
 
 
@@ -199,11 +222,11 @@ def run_prune(job: PruneJob) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    model = MambaLM.from_pretrained(job.model_dir, dtype=DTYPES[job.dtype])
+    model = MambaLM.from_pretrained(job.model_dir, dtype=DTYPES[job.dtype], revision=job.revision)
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    tok_dir = Path(job.tokenizer or job.model_dir)
+    tok_dir = tokenizer_dir(job.tokenizer, job.model_dir, job.revision)
     tokenizer = load_tokenizer(tok_dir, model.config.vocab_size)
     calib_tokens = load_tokens(job.calib, tokenizer, "train")
     calib_ids = calibration_windows(calib_tokens, job.nsamples, job.seqlen, cfg.seed)
@@ -251,6 +274,7 @@ def run_prune(job: PruneJob) -> dict[str, Any]:
     timings["total"] = time.perf_counter() - t_start
 
     run = {
+        "revision": job.revision,
         "calib": job.calib,
         "nsamples": job.nsamples,
         "seqlen": job.seqlen,
@@ -290,9 +314,10 @@ class EvalJob:
     tokenizer: str | None = None
     tasks: tuple[str, ...] = ()
     progress: bool = True
+    revision: str | None = None
 
     def validate(self) -> torch.device:
-        config = read_model_config(self.model_dir)
+        config = read_model_config(self.model_dir, self.revision)
         if isinstance(self.seqlen, bool) or not isinstance(self.seqlen, int) or self.seqlen < 2:
             raise PruneConfigError(f"seqlen: expected an integer >= 2, got {self.seqlen!r}")
         if self.batch_size < 1:
@@ -303,7 +328,7 @@ class EvalJob:
             raise PruneConfigError(f"dtype: expected one of {tuple(DTYPES)}, got {self.dtype!r}")
         device = resolve_device(self.device)
         check_text_source(self.data, "--data")
-        _check_tokenizer(Path(self.tokenizer or self.model_dir), config)
+        _check_tokenizer(tokenizer_dir(self.tokenizer, self.model_dir, self.revision), config)
         if self.tasks:
             from .evaluate import lm_eval_available
 
@@ -315,11 +340,14 @@ class EvalJob:
 def run_eval(job: EvalJob) -> dict[str, Any]:
     """Perplexity (and lm-eval tasks when asked) of a model directory."""
     device = job.validate()
-    model = MambaLM.from_pretrained(job.model_dir, dtype=DTYPES[job.dtype])
-    tokenizer = load_tokenizer(Path(job.tokenizer or job.model_dir), model.config.vocab_size)
+    model = MambaLM.from_pretrained(job.model_dir, dtype=DTYPES[job.dtype], revision=job.revision)
+    tokenizer = load_tokenizer(
+        tokenizer_dir(job.tokenizer, job.model_dir, job.revision), model.config.vocab_size
+    )
     tokens = load_tokens(job.data, tokenizer, "test")
     out: dict[str, Any] = {
         "model_dir": str(job.model_dir),
+        "revision": job.revision,
         "data": job.data,
         "tokenizer": tokenizer.name,
         "perplexity": evaluate_perplexity(
