@@ -490,7 +490,9 @@ def apply(
     default_dir = getattr(model, "name_or_path", None) or getattr(
         getattr(model, "config", None), "_name_or_path", None
     )
-    masks, modes, source = read_sparsity(sparsity, default_dir, f"{type(model).__name__}")
+    # A model loaded from a hub id reads its masks from the commit its weights came from.
+    revision = getattr(getattr(model, "config", None), "_commit_hash", None)
+    masks, modes, source = read_sparsity(sparsity, default_dir, f"{type(model).__name__}", revision=revision)
     shapes = [(int(m.intermediate_size), int(m.A_log.shape[-1])) for m in mixers]
     for i, m in enumerate(mixers):
         if shapes[i][1] != m.ssm_state_size:
