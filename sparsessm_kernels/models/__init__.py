@@ -11,6 +11,7 @@ Layering: imports :mod:`sparsessm_kernels.ops`, :mod:`sparsessm_kernels.sparsity
 Formats, masks files and export exactness are documented in ``docs/models.md``.
 """
 
+from .._io import OutputPathError
 from .cache import LayerCache, MambaCache
 from .checkpoint import CheckpointContents, read_checkpoint
 from .config import CheckpointFormatError, MambaLMConfig, config_from_hf_dict, config_from_mamba_ssm_dict
@@ -28,6 +29,7 @@ __all__ = [
     "MambaLM",
     "MambaLMConfig",
     "MambaMixer",
+    "OutputPathError",
     "a_log_name",
     "config_from_hf_dict",
     "config_from_mamba_ssm_dict",
