@@ -9,6 +9,7 @@ works both as ``benchmarks._common`` and, when a script in this folder runs dire
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import importlib
 import importlib.metadata
@@ -338,6 +339,17 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, (set, tuple)):
         return list(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def check_out_path(parser: argparse.ArgumentParser, path: str | os.PathLike, option: str = "--out") -> None:
+    """Exit with status 2 (``parser.error``) before any benchmarking unless the result file ``path``
+    can be written (not a directory; its directory exists or can be created, and is writable)."""
+    from sparsessm_kernels._io import OutputPathError, check_output_file
+
+    try:
+        check_output_file(path, option)
+    except OutputPathError as exc:
+        parser.error(str(exc))
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:

@@ -537,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
     out_path = args.out or common.RESULTS_DIR / f"e2e_{common.device_kind(device)}.json"
+    common.check_out_path(parser, out_path)
     bench = Bench(args, device, dtype)
     proj_path, proj_reason = semi_structured_status(device, dtype)
     if proj_path == "masked_dense":

@@ -1042,6 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     pruned = list(PRUNED_STATES) if args.pruned_states == "both" else [args.pruned_states]
     out_path = args.out or common.RESULTS_DIR / f"scan_{common.device_kind(device)}.json"
+    common.check_out_path(parser, out_path)
 
     bench = Bench(args, device, dtype)
     backends = select_backends(args.backends, device, bench)

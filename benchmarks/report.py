@@ -625,8 +625,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"--inputs: no result files given and none found under {common.display_path(common.RESULTS_DIR)}"
         )
-    if args.plots is not None and args.plots.exists() and not args.plots.is_dir():
-        parser.error(f"--plots: {args.plots} exists and is not a directory")
+    if args.plots is not None and not args.no_plots:
+        from sparsessm_kernels._io import OutputPathError, check_writable_dir
+
+        try:
+            check_writable_dir(args.plots, "--plots")
+        except OutputPathError as exc:
+            parser.error(str(exc))
+    if args.markdown is not None:
+        common.check_out_path(parser, args.markdown, "--markdown")
     try:
         if args.quality_table:
             quality = [d for d in (load_result(Path(p)) for p in paths) if d["_kind"] == "quality"]

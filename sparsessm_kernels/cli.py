@@ -19,19 +19,22 @@ Adding a subcommand: write ``_configure_<name>(parser)`` (adds the arguments) an
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import importlib
 import importlib.metadata
 import json
 import os
 import platform
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ._version import __version__
 
-__all__ = ["COMMANDS", "Command", "build_parser", "collect_env", "format_env", "main"]
+__all__ = ["COMMANDS", "Command", "build_parser", "collect_env", "format_cli_warning", "format_env", "main"]
 
 ENV_PREFIX = "SPARSESSM_"
 
@@ -269,6 +272,8 @@ def _positive_int(text: str) -> int:
 
 
 def _add_common_run_args(parser: argparse.ArgumentParser) -> None:
+    from ._progress import DEFAULT_INTERVAL_S, INTERVAL_ENV
+
     parser.add_argument(
         "--device",
         default="auto",
@@ -285,7 +290,11 @@ def _add_common_run_args(parser: argparse.ArgumentParser) -> None:
         "UTF-8 bytes when vocab >= 256)",
     )
     parser.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars"
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"progress bars on stderr (off a terminal: one line at most every {INTERVAL_ENV} seconds, "
+        f"default {DEFAULT_INTERVAL_S:g})",
     )
     parser.add_argument("--verbose", action="store_true", help="log details (per-layer timings, allocation)")
 
@@ -370,6 +379,7 @@ def _configure_prune(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--export-stock", metavar="DIR", default=None, help="also write a stock transformers checkpoint"
     )
+    _add_overwrite_arg(parser, "--save / --export-stock")
     parser.add_argument(
         "--score", choices=SCORES, default="sparsessm", help="SparseSSM score (default sparsessm)"
     )
@@ -403,13 +413,26 @@ def _configure_prune(parser: argparse.ArgumentParser) -> None:
     _add_common_run_args(parser)
 
 
+def _add_overwrite_arg(parser: argparse.ArgumentParser, outputs: str) -> None:
+    """``--overwrite``: output directories (``outputs``) that exist and are not empty are refused
+    before any work unless it is given (see :func:`sparsessm_kernels._io.check_output_dir`)."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace {outputs} when the directory exists and is not empty (everything in it is "
+        "removed; the new directory is renamed into place only once complete)",
+    )
+
+
 def _fail(command: str, exc: BaseException, code: int) -> int:
     print(f"sparsessm {command}: error: {exc}", file=sys.stderr)
     return code
 
 
 _INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, TypeError)
-_RUN_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError)
+_RUN_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError)
+INTERRUPTED_EXIT_CODE = 130
+"""Exit code after Ctrl-C (128 + SIGINT), the shell convention."""
 
 
 def _run_job(
@@ -429,6 +452,9 @@ def _run_job(
         result = run(job)
     except _RUN_ERRORS as exc:
         return _fail(command, exc, 1)
+    except KeyboardInterrupt:
+        print(f"sparsessm {command}: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     if as_json:
         print(json.dumps(result, indent=2))
     else:
@@ -480,6 +506,7 @@ def _run_prune(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             tokenizer=args.tokenizer,
             progress=args.progress,
+            overwrite=args.overwrite,
         )
         job.validate()
         return job
@@ -559,6 +586,7 @@ def _configure_convert(parser: argparse.ArgumentParser) -> None:
     )
     _add_model_args(parser, "src", "SRC", "source checkpoint")
     parser.add_argument("--out", metavar="DST", required=True, help="output model directory")
+    _add_overwrite_arg(parser, "--out")
     parser.add_argument(
         "--zero-a-log-pruned",
         action="store_true",
@@ -581,6 +609,7 @@ def _run_convert(args: argparse.Namespace) -> int:
             revision=args.revision,
             zero_a_log_pruned=args.zero_a_log_pruned,
             dtype=args.dtype,
+            overwrite=args.overwrite,
         )
         job.validate()
         return job
@@ -719,6 +748,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def format_cli_warning(
+    command: str,
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    """A warning as ``sparsessm COMMAND: warning: MESSAGE`` (the category unless ``UserWarning``),
+    without the source line a Python warning shows by default: the command line has no call site
+    a user wrote."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    return f"sparsessm {command}: warning: {message}{kind}\n"
+
+
+@contextlib.contextmanager
+def _cli_warnings(command: str) -> Iterator[None]:
+    """Within the block, warnings print as :func:`format_cli_warning` (display only: filters and
+    recording by ``warnings.catch_warnings`` are unchanged)."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = functools.partial(format_cli_warning, command)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparsessm`` console script; returns the exit code.
 
@@ -727,7 +783,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
-    return int(args._run(args))
+    with _cli_warnings(args.command):
+        return int(args._run(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

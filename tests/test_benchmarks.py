@@ -206,6 +206,15 @@ def test_bad_cuda_time_segments_is_refused(tmp_path):
     assert not out.exists()
 
 
+def test_unwritable_out_is_refused_before_the_run(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    proc = _run("--quick", "--out", str(blocker / "r.json"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"--out: cannot write {blocker / 'r.json'}: {blocker} is not a directory" in proc.stderr
+    assert "backend" not in proc.stdout  # no table: nothing was benchmarked
+
+
 def test_graph_timer_needs_cuda(tmp_path, monkeypatch):
     if _cuda_visible():
         pytest.skip("a GPU is visible: the graph timer would run")

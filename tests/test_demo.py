@@ -84,3 +84,5 @@ def test_demo_rejects_bad_out(tmp_path: Path, capsys):
     blocker.write_text("x", encoding="utf-8")
     assert cli.main(["demo", "--quick", "--out", str(blocker)]) == 2
     assert "demo" in capsys.readouterr().err
+    assert cli.main(["demo", "--quick", "--out", str(blocker / "sub")]) == 2  # checked before any work
+    assert f"--out: cannot create {blocker / 'sub'}: {blocker} is not a directory" in capsys.readouterr().err

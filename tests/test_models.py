@@ -16,6 +16,7 @@ from sparsessm_kernels.models import (
     ExportError,
     MambaLM,
     MambaLMConfig,
+    OutputPathError,
 )
 from sparsessm_kernels.ops import StateLayout, selective_scan_ref
 
@@ -420,9 +421,13 @@ def test_save_pretrained_round_trip(tmp_path: Path) -> None:
     ids = _ids()
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)
-    # saving the dense model again removes the stale masks file
+    # a non-empty directory is replaced only with overwrite=True, and then as a whole: saving the
+    # dense model removes the stale masks file
     loaded.clear_state_masks()
-    loaded.save_pretrained(tmp_path)
+    with pytest.raises(OutputPathError, match=r"not empty.*overwrite=True"):
+        loaded.save_pretrained(tmp_path)
+    assert MambaLM.from_pretrained(tmp_path).pruned_states_map() == model.pruned_states_map()
+    loaded.save_pretrained(tmp_path, overwrite=True)
     assert not (tmp_path / "sparsity.safetensors").exists()
     assert MambaLM.from_pretrained(tmp_path).state_masks() == {}
 

@@ -12,11 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sparsessm_kernels"
 
 # layer -> package-internal modules it may import
+_BASE = {"_io", "_progress", "_version", "_warn"}  # package-wide helpers every layer may use
 ALLOWED = {
-    "ops": {"ops", "_io", "_version"},
-    "sparsity": {"ops", "sparsity", "_io", "_version"},
-    "models": {"ops", "sparsity", "models", "_io", "_version"},
-    "prune": {"ops", "sparsity", "models", "prune", "_io", "_version"},
+    "ops": {"ops", *_BASE},
+    "sparsity": {"ops", "sparsity", *_BASE},
+    "models": {"ops", "sparsity", "models", *_BASE},
+    "prune": {"ops", "sparsity", "models", "prune", *_BASE},
 }
 
 

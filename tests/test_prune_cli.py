@@ -100,18 +100,16 @@ def test_prune_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert set(report["allocation"]) == {
         f"backbone.layers.{i}.mixer.{k}" for i in range(2) for k in ("in_proj", "out_proj")
     }
-    for phase in (
-        "load",
-        "data",
-        "statistics",
-        "prune",
-        "forward",
-        "eval_before",
-        "eval_after",
-        "save",
-        "export",
-    ):
-        assert report["timings_s"][phase] >= 0
+    timings = report["timings_s"]
+    phases = ["load", "data", "eval_before", "capture", "sensitivity", "statistics", "prune", "forward"]
+    phases += ["eval_after", "save", "export", "other"]
+    assert [k for k in timings if k not in ("total", "layers")] == phases  # every phase, in run order
+    assert all(timings[k] >= 0 for k in phases)
+    assert sum(timings[k] for k in phases) == pytest.approx(timings["total"], abs=1e-3)
+    time_line = next(line for line in printed.splitlines() if line.startswith("time: "))
+    for phase in ("load", "data", "eval_before", "statistics", "forward", "eval_after", "save", "export"):
+        assert f" {phase} " in time_line, (phase, time_line)
+    assert time_line.rstrip().endswith(f"total {timings['total']:.2f}s")
     ppl = report["perplexity"]
     assert ppl["before"]["tokens"] == ppl["after"]["tokens"] == 3 * 23
     assert ppl["before"]["ppl"] != ppl["after"]["ppl"]
@@ -226,6 +224,129 @@ def test_prune_cli_bad_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     small = _model_dir(tmp_path, vocab=100, name="small")
     assert cli.main(_prune_args(small, corpus, out)) == 2
     assert "too small for the UTF-8 byte fallback" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- output locations
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if a prune run gets as far as loading the model."""
+
+    def loading(*args, **kwargs):
+        raise AssertionError("the run started working before rejecting its output location")
+
+    monkeypatch.setattr("sparsessm_kernels.prune.run.MambaLM.from_pretrained", loading)
+
+
+def test_prune_cli_output_checks_before_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_work: None
+) -> None:
+    model_dir, corpus = _model_dir(tmp_path), _corpus(tmp_path)
+    out, stock = tmp_path / "out", tmp_path / "stock"
+    out.mkdir()
+    (out / "keep.txt").write_text("a previous model", encoding="utf-8")
+    afile = tmp_path / "afile"
+    afile.write_text("x", encoding="utf-8")
+    cases = [
+        (
+            _prune_args(model_dir, corpus, out),
+            f"--save: {out} already exists and is not empty (keep.txt); pass --overwrite to replace it",
+        ),
+        (_prune_args(model_dir, corpus, afile), f"--save: {afile} exists and is not a directory"),
+        (_prune_args(model_dir, corpus, afile / "o"), f"--save: cannot create {afile / 'o'}: "),
+        (_prune_args(model_dir, corpus, tmp_path), f"--save: {tmp_path} contains MODEL_DIR"),
+        (
+            [*_prune_args(model_dir, corpus, stock), "--export-stock", str(out)],
+            f"--export-stock: {out} already exists and is not empty",
+        ),
+        (
+            [*_prune_args(model_dir, corpus, stock), "--export-stock", str(stock / "inner")],
+            "must be separate directories",
+        ),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("sparsessm prune: error: ") and message in err, (message, err)
+    assert (out / "keep.txt").read_text(encoding="utf-8") == "a previous model"
+    assert not stock.exists() and not (afile.parent / "o").exists()
+
+
+def test_prune_cli_overwrite_replaces_the_whole_directory(tmp_path: Path) -> None:
+    model_dir, corpus = _model_dir(tmp_path), _corpus(tmp_path)
+    out, stock = tmp_path / "out", tmp_path / "stock"
+    for d in (out, stock):
+        d.mkdir()
+        (d / "sparsity.safetensors").write_text("stale masks of another model", encoding="utf-8")
+    argv = [*_prune_args(model_dir, corpus, out), "--export-stock", str(stock), "--overwrite", "--json"]
+    with pytest.warns(UserWarning, match="UTF-8 bytes"):
+        assert cli.main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "prune_report.json",
+        "sparsity.safetensors",
+    ]
+    assert sorted(p.name for p in stock.iterdir()) == ["config.json", "model.safetensors"]
+    assert set(MambaLM.from_pretrained(out).state_masks()) == {
+        f"backbone.layers.{i}.mixer.A_log" for i in range(2)
+    }
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "overwrite"])
+def test_prune_cli_interrupted_leaves_no_partial_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    """Interrupted after the model files are staged (writing the report): neither output appears,
+    a replaced directory keeps its old contents, and nothing is left behind."""
+    model_dir, corpus = _model_dir(tmp_path), _corpus(tmp_path)
+    out, stock = tmp_path / "out", tmp_path / "stock"
+    if existing:
+        for d in (out, stock):
+            d.mkdir()
+            (d / "old.txt").write_text("old", encoding="utf-8")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sparsessm_kernels.prune.run.write_report", interrupted)
+    argv = [*_prune_args(model_dir, corpus, out), "--export-stock", str(stock), "--overwrite"]
+    with pytest.warns(UserWarning, match="UTF-8 bytes"):
+        assert cli.main(argv) == cli.INTERRUPTED_EXIT_CODE
+    assert "interrupted" in capsys.readouterr().err
+    for d in (out, stock):
+        assert ([p.name for p in d.iterdir()] == ["old.txt"]) if existing else not d.exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_prune_cli_subprocess_stderr_is_clean(tmp_path: Path) -> None:
+    """As a user sees it with stderr redirected to a file: the tokenizer warning without a source
+    line, and progress as a few whole lines instead of one per update."""
+    import os
+    import subprocess
+    import sys
+
+    model_dir, corpus, out = _model_dir(tmp_path), _corpus(tmp_path), tmp_path / "out"
+    argv = [a for a in _prune_args(model_dir, corpus, out) if a != "--no-progress"]
+    # the evaluation batch is one window: 40 updates of each perplexity bar
+    argv += ["--eval", str(corpus), "--eval-seqlen", "8", "--eval-max-windows", "40"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("SPARSESSM_PROGRESS_INTERVAL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sparsessm_kernels", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr
+    assert "sparsessm prune: warning: " in err and "UTF-8 bytes" in err
+    assert "load_tokenizer(" not in err and "warnings.warn" not in err  # no source line
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert 2 <= sum(line.startswith("perplexity: ") for line in lines) <= 4, err  # before + after
+    assert 1 <= sum(line.startswith("pruning layers: ") for line in lines) <= 2, err
 
 
 # ---------------------------------------------------------------------- eval

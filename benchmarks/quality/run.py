@@ -462,8 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out_path = args.out or DEFAULT_OUT
-    if out_path.exists() and out_path.is_dir():
-        parser.error(f"--out: {out_path} is a directory, expected a JSON file path")
+    common.check_out_path(parser, out_path)
     try:
         wiki, wiki_info = _load_wikitext(args.wikitext)
     except FileNotFoundError as exc:

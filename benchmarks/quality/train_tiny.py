@@ -2,7 +2,7 @@
 
 Run from the repository root (CPU, a few minutes)::
 
-    python benchmarks/quality/train_tiny.py                  # writes the embedded checkpoint
+    python benchmarks/quality/train_tiny.py --overwrite      # replaces the embedded checkpoint
     python benchmarks/quality/train_tiny.py --steps 50 --out /tmp/tiny   # quick try
 
 Data: the Python standard library's own top-level source files (``*.py`` directly under
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sparsessm_kernels._io import write_text_atomic
+from sparsessm_kernels._io import OutputPathError, atomic_directory, check_output_dir, write_text_atomic
 from sparsessm_kernels.models import MambaLM, MambaLMConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,6 +104,11 @@ def heldout_loss(model: MambaLM, tokens: torch.Tensor, seqlen: int, windows: int
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint directory")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out when it exists and is not empty (the embedded checkpoint does)",
+    )
     p.add_argument("--seed", type=int, default=0, help="initialisation and batch sampling seed")
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--n-layer", type=int, default=4)
@@ -125,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--log-every", type=int, default=10)
     args = p.parse_args(argv)
+    try:
+        check_output_dir(args.out, "--out", overwrite=args.overwrite, overwrite_hint="--overwrite")
+    except OutputPathError as exc:
+        p.error(str(exc))
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -191,49 +200,61 @@ def main(argv: list[str] | None = None) -> int:
 
     model.eval()
     out = Path(args.out)
-    model.save_pretrained(out)
-    loaded = MambaLM.from_pretrained(out)
-    check = held_tokens[: 2 * args.seqlen].reshape(2, args.seqlen)
-    with torch.no_grad():
-        ref = train_logits(model, check)
-        got = loaded(check)
-    max_err = float((ref - got).abs().max())
-    if not max_err < 1e-3:
-        print(f"error: MambaLM logits differ from the training forward by {max_err:.3e}", file=sys.stderr)
-        return 1
-    held_loss = heldout_loss(loaded, held_tokens, 256, 64)
-    training_config = {
-        "script": "benchmarks/quality/train_tiny.py",
-        "command": "python benchmarks/quality/train_tiny.py " + " ".join(argv or sys.argv[1:]),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
-        "model": {**config.to_hf_dict(), "params": n_params},
-        "data": {
-            "source": "top-level *.py files of sysconfig.get_paths()['stdlib'], sorted by name",
-            "python": sys.version.split()[0],
-            "split_rule": f"file index i % {HELDOUT_EVERY} == 0 -> held out, else train",
-            "tokenizer": "UTF-8 bytes (vocab 256)",
-            "train_files": [f.name for f in train_files],
-            "heldout_files": [f.name for f in held_files],
-            "train_bytes": int(train_tokens.numel()),
-            "heldout_bytes": int(held_tokens.numel()),
-        },
-        "optimizer": "AdamW(betas=(0.9, 0.95)), linear warmup then cosine to 0.1 lr, grad clip 1.0",
-        "steps_done": steps_done,
-        "reproduce": (
-            f"python benchmarks/quality/train_tiny.py --seed {args.seed} --d-model {args.d_model} "
-            f"--n-layer {args.n_layer} --seqlen {args.seqlen} --batch-size {args.batch_size} "
-            f"--steps {args.steps} --lr {args.lr} --stop-step {steps_done} --max-minutes 1000"
-        ),
-        "train_seconds": round(train_seconds, 1),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "final_train_loss": curve[-1]["loss"],
-        "heldout_nll_256x64": held_loss,
-        "heldout_ppl_256x64": math.exp(held_loss),
-        "max_abs_logit_err_mambalm_vs_training_forward": max_err,
-    }
-    write_text_atomic(out / "training_config.json", json.dumps(training_config, indent=2) + "\n")
-    write_text_atomic(out / "loss_curve.json", json.dumps(curve, indent=1) + "\n")
+    # checkpoint, training_config.json and loss_curve.json appear together, or not at all
+    with atomic_directory(
+        out,
+        overwrite=args.overwrite,
+        key_files=("config.json",),
+        option="--out",
+        overwrite_hint="--overwrite",
+    ) as staging:
+        model.save_pretrained(staging)
+        loaded = MambaLM.from_pretrained(staging)
+        check = held_tokens[: 2 * args.seqlen].reshape(2, args.seqlen)
+        with torch.no_grad():
+            ref = train_logits(model, check)
+            got = loaded(check)
+        max_err = float((ref - got).abs().max())
+        if not max_err < 1e-3:
+            print(f"error: MambaLM logits differ from the training forward by {max_err:.3e}", file=sys.stderr)
+            raise SystemExit(1)  # an exception: nothing is written
+        held_loss = heldout_loss(loaded, held_tokens, 256, 64)
+        training_config = {
+            "script": "benchmarks/quality/train_tiny.py",
+            "command": "python benchmarks/quality/train_tiny.py " + " ".join(argv or sys.argv[1:]),
+            "args": {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in vars(args).items()
+                if k not in ("out", "overwrite")
+            },
+            "model": {**config.to_hf_dict(), "params": n_params},
+            "data": {
+                "source": "top-level *.py files of sysconfig.get_paths()['stdlib'], sorted by name",
+                "python": sys.version.split()[0],
+                "split_rule": f"file index i % {HELDOUT_EVERY} == 0 -> held out, else train",
+                "tokenizer": "UTF-8 bytes (vocab 256)",
+                "train_files": [f.name for f in train_files],
+                "heldout_files": [f.name for f in held_files],
+                "train_bytes": int(train_tokens.numel()),
+                "heldout_bytes": int(held_tokens.numel()),
+            },
+            "optimizer": "AdamW(betas=(0.9, 0.95)), linear warmup then cosine to 0.1 lr, grad clip 1.0",
+            "steps_done": steps_done,
+            "reproduce": (
+                f"python benchmarks/quality/train_tiny.py --seed {args.seed} --d-model {args.d_model} "
+                f"--n-layer {args.n_layer} --seqlen {args.seqlen} --batch-size {args.batch_size} "
+                f"--steps {args.steps} --lr {args.lr} --stop-step {steps_done} --max-minutes 1000 --overwrite"
+            ),
+            "train_seconds": round(train_seconds, 1),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "final_train_loss": curve[-1]["loss"],
+            "heldout_nll_256x64": held_loss,
+            "heldout_ppl_256x64": math.exp(held_loss),
+            "max_abs_logit_err_mambalm_vs_training_forward": max_err,
+        }
+        write_text_atomic(staging / "training_config.json", json.dumps(training_config, indent=2) + "\n")
+        write_text_atomic(staging / "loss_curve.json", json.dumps(curve, indent=1) + "\n")
     print(
         f"saved {out}: {n_params} params, held-out ppl {math.exp(held_loss):.3f}, logit check {max_err:.2e}",
         file=sys.stderr,

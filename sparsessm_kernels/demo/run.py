@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .._io import write_text_atomic
+from .._io import check_writable_dir, write_text_atomic
 
 MODEL_DIR = Path(__file__).resolve().parent / "tiny_mamba"
 """The embedded checkpoint (HF layout)."""
@@ -87,9 +87,7 @@ class DemoOptions:
                 raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
         if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
             raise ValueError(f"repeats: expected an integer >= 1, got {self.repeats!r}")
-        out = Path(self.out)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"out: {out} exists and is not a directory")
+        check_writable_dir(self.out, "--out")
 
 
 # ---------------------------------------------------------------------- data

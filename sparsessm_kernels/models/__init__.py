@@ -14,6 +14,7 @@ Layering: imports :mod:`sparsessm_kernels.ops`, :mod:`sparsessm_kernels.sparsity
 Formats, masks files and export exactness are documented in ``docs/models.md``.
 """
 
+from .._io import OutputPathError
 from .cache import LayerCache, MambaCache
 from .checkpoint import CheckpointContents, read_checkpoint, resolve_checkpoint_dir
 from .config import CheckpointFormatError, MambaLMConfig, config_from_hf_dict, config_from_mamba_ssm_dict
@@ -34,6 +35,7 @@ __all__ = [
     "MambaLM",
     "MambaLMConfig",
     "MambaMixer",
+    "OutputPathError",
     "ZeroedALogWarning",
     "a_log_name",
     "config_from_hf_dict",

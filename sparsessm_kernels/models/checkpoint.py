@@ -15,7 +15,9 @@ keyed by ``backbone.layers.{i}.mixer.A_log``; its metadata key ``"pruned_states"
 JSON object ``{param name: "zero_transition" | "remove"}`` or one plain string for every layer
 (absent = ``"zero_transition"``).
 
-Write (:func:`write_hf_checkpoint`, :func:`write_mamba_ssm_checkpoint`): every file atomically.
+Write (:func:`write_hf_checkpoint`, :func:`write_mamba_ssm_checkpoint`): every file atomically;
+:meth:`MambaLM.save_pretrained` and the stock export call them on a staging directory of
+:func:`sparsessm_kernels._io.atomic_directory`, which makes the directory atomic as a whole.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .checkpoint import write_hf_checkpoint, write_mamba_ssm_checkpoint
+from .._io import atomic_directory
+from .checkpoint import CONFIG_NAME, write_hf_checkpoint, write_mamba_ssm_checkpoint
 from .config import CheckpointFormatError
 
 if TYPE_CHECKING:
@@ -91,18 +92,24 @@ def stock_state_dict(model: MambaLM) -> tuple[dict[str, torch.Tensor], list[int]
     return tensors, d_states
 
 
-def export_for_stock_kernels(model: MambaLM, directory: str | os.PathLike, *, format: str = "hf") -> None:
+def export_for_stock_kernels(
+    model: MambaLM, directory: str | os.PathLike, *, format: str = "hf", overwrite: bool = False
+) -> None:
     """Write ``model`` (masks included) as a dense checkpoint for stock kernels.
 
     Args:
         model: the (masked) model.
-        directory: output directory; every file is written atomically.
+        directory: output directory, written atomically as a whole (see
+            :meth:`MambaLM.save_pretrained`); missing or empty, or any with ``overwrite``.
         format: ``"hf"`` (transformers ``MambaForCausalLM``: ``config.json`` +
             ``model.safetensors``) or ``"mamba_ssm"`` (``config.json`` + ``pytorch_model.bin``).
+        overwrite: replace a non-empty ``directory`` (everything in it is removed).
 
     Raises:
         ExportError: per-channel ``remove`` masks; layers left with different state sizes;
             LayerNorm models for ``format="hf"``.
+        OutputPathError (a ``ValueError``): ``directory`` is a file, is not empty and
+            ``overwrite`` is false, or cannot be written; raised before anything is written.
     """
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format: expected one of {EXPORT_FORMATS}, got {format!r}")
@@ -121,7 +128,6 @@ def export_for_stock_kernels(model: MambaLM, directory: str | os.PathLike, *, fo
             "in every layer"
         )
     stock_config = config.with_layer_d_states(d_states)
-    if format == "hf":
-        write_hf_checkpoint(directory, stock_config, tensors, dtype=model.dtype)
-    else:
-        write_mamba_ssm_checkpoint(directory, stock_config, tensors, dtype=model.dtype)
+    write = write_hf_checkpoint if format == "hf" else write_mamba_ssm_checkpoint
+    with atomic_directory(directory, overwrite=overwrite, key_files=(CONFIG_NAME,)) as staging:
+        write(staging, stock_config, tensors, dtype=model.dtype)

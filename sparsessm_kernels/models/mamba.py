@@ -388,37 +388,53 @@ class MambaLM(nn.Module):
             model.set_state_mask(layer_idx, layout, pruned_states=pruned)
         return model
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write this model as an HF-layout checkpoint that :meth:`from_pretrained` restores exactly.
 
-        Files (each written atomically): ``config.json`` (``model_type: "mamba"``, HF field names),
-        ``model.safetensors`` (HF keys, ``lm_head.weight`` omitted when tied) and, when any layer
-        has a state mask, ``sparsity.safetensors`` (masks keyed by ``backbone.layers.{i}.mixer.A_log``
-        with the per-layer ``pruned_states`` as JSON metadata). A stale ``sparsity.safetensors``
-        is removed when the model has no masks.
+        Files: ``config.json`` (``model_type: "mamba"``, HF field names), ``model.safetensors``
+        (HF keys, ``lm_head.weight`` omitted when tied) and, when any layer has a state mask,
+        ``sparsity.safetensors`` (masks keyed by ``backbone.layers.{i}.mixer.A_log`` with the
+        per-layer ``pruned_states`` as JSON metadata).
+
+        The directory is written atomically as a whole (built in a hidden sibling directory,
+        renamed into place when complete, see :func:`sparsessm_kernels._io.atomic_directory`): an
+        interrupted save leaves no directory that loads.
 
         Dense models with uniform state size and RMSNorm are plain transformers checkpoints; masks
         need this package (use :meth:`export_for_stock_kernels` for stock kernels).
+
+        Args:
+            directory: the output directory; missing or empty, or any with ``overwrite``.
+            overwrite: replace a non-empty ``directory`` (everything in it is removed).
+
+        Raises:
+            OutputPathError (a ``ValueError``): ``directory`` is a file, is not empty and
+                ``overwrite`` is false, or cannot be written; raised before anything is written.
         """
-        from .checkpoint import write_hf_checkpoint
+        from .._io import atomic_directory
+        from .checkpoint import CONFIG_NAME, write_hf_checkpoint
 
-        write_hf_checkpoint(
-            directory,
-            self.config,
-            self.state_dict(),
-            dtype=self.dtype,
-            masks={a_log_name(i): lay for i, (lay, _) in self._layer_masks().items()},
-            pruned_states={a_log_name(i): ps for i, (_, ps) in self._layer_masks().items()},
-        )
+        masks = self._layer_masks()
+        with atomic_directory(directory, overwrite=overwrite, key_files=(CONFIG_NAME,)) as staging:
+            write_hf_checkpoint(
+                staging,
+                self.config,
+                self.state_dict(),
+                dtype=self.dtype,
+                masks={a_log_name(i): lay for i, (lay, _) in masks.items()},
+                pruned_states={a_log_name(i): ps for i, (_, ps) in masks.items()},
+            )
 
-    def export_for_stock_kernels(self, directory: str | os.PathLike, *, format: str = "hf") -> None:
+    def export_for_stock_kernels(
+        self, directory: str | os.PathLike, *, format: str = "hf", overwrite: bool = False
+    ) -> None:
         """Write a dense checkpoint that stock transformers / mamba_ssm run with this model's outputs.
 
         See :func:`sparsessm_kernels.models.export.export_for_stock_kernels`.
         """
         from .export import export_for_stock_kernels
 
-        export_for_stock_kernels(self, directory, format=format)
+        export_for_stock_kernels(self, directory, format=format, overwrite=overwrite)
 
     # -------------------------------------------------------------- masks
     @property

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .._progress import progress as progress_bar
 from ..models import MambaBlock, MambaLM, MambaMixer
 from ..ops import selective_scan
 from ..sparsity import kept_count
@@ -313,7 +313,7 @@ def prune_model(
             logger.info("allocation: %s", {k: round(v[0], 4) for k, v in alloc.items()})
 
         layers = model.backbone.layers
-        for layer in tqdm(range(len(layers)), desc="pruning layers", disable=not progress):
+        for layer in progress_bar(range(len(layers)), desc="pruning layers", enabled=progress):
             block = layers[layer]
             home = block.norm.weight.device
             block.to(device)

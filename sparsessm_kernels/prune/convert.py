@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .._io import check_output_dir
 from ..models import MambaLM, a_log_name
 from ..models.checkpoint import resolve_checkpoint_dir
 from ..models.zeroed_a_log import (
@@ -26,7 +27,7 @@ from ..models.zeroed_a_log import (
     zeroed_a_log_mask,
 )
 from .config import PruneConfigError
-from .run import DTYPES, _copy_tokenizer, _same_path, read_model_config
+from .run import DTYPES, _copy_tokenizer, _inside, _output_dir, read_model_config
 
 __all__ = ["CONVERT_DTYPES", "ConvertJob", "run_convert"]
 
@@ -43,18 +44,21 @@ class ConvertJob:
     revision: str | None = None
     zero_a_log_pruned: bool = False
     dtype: str = "auto"
+    overwrite: bool = False
 
     def validate(self) -> None:
         """Every check that needs no weights; raises before any work starts."""
         read_model_config(self.src, self.revision)
         if self.dtype not in CONVERT_DTYPES:
             raise PruneConfigError(f"dtype: expected one of {CONVERT_DTYPES}, got {self.dtype!r}")
-        out = Path(self.out)
-        if out.exists() and not out.is_dir():
-            raise PruneConfigError(f"out: {out} exists and is not a directory")
         source = resolve_checkpoint_dir(self.src, self.revision, weights=False)
-        if _same_path(out, self.src) or _same_path(out, source):
-            raise PruneConfigError("out: the output directory must differ from SRC (it would overwrite it)")
+        for given in {str(self.src), str(source)}:
+            if _inside(given, self.out):
+                raise PruneConfigError(
+                    f"--out: {self.out} is or contains SRC {given}, and writing --out replaces the whole "
+                    "directory; choose another one"
+                )
+        check_output_dir(self.out, "--out", overwrite=self.overwrite, overwrite_hint="--overwrite")
 
 
 def _mark_zeroed_a_log(model: MambaLM) -> list[dict[str, Any]]:
@@ -93,8 +97,9 @@ def run_convert(job: ConvertJob) -> dict[str, Any]:
         model = MambaLM.from_pretrained(job.src, dtype=dtype, revision=job.revision)
     layers = _mark_zeroed_a_log(model) if job.zero_a_log_pruned else []
     out = Path(job.out)
-    model.save_pretrained(out)
-    copied = _copy_tokenizer(source, out)
+    with _output_dir(job.out, "--out", job.overwrite) as staged:  # renamed in once complete
+        model.save_pretrained(staged)
+        copied = _copy_tokenizer(source, staged)
     return {
         "src": job.src,
         "revision": job.revision,

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from .._warn import warn_user
+
 __all__ = [
     "DATASET_NAMES",
     "TOKENIZER_FILES",
@@ -228,11 +230,9 @@ def load_tokenizer(model_dir: str | os.PathLike, vocab_size: int) -> Tokenizer:
             f"vocabulary ({vocab_size}) is too small for the UTF-8 byte fallback (needs >= 256); "
             "pass --tokenizer DIR"
         )
-    warnings.warn(
+    warn_user(
         f"{directory} has no tokenizer files; tokenizing text as UTF-8 bytes (ids 0..255). "
-        "Perplexities are then per byte, not comparable with a real tokenizer's",
-        UserWarning,
-        stacklevel=2,
+        "Perplexities are then per byte, not comparable with a real tokenizer's"
     )
     return ByteTokenizer()
 

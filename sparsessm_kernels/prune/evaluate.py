@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .._progress import progress as progress_bar
 from ..models import MambaLM
 from .data import Tokenizer, eval_windows
 
@@ -68,7 +68,7 @@ def evaluate_perplexity(
     count = 0
     try:
         starts = range(0, windows.shape[0], batch_size)
-        for i in tqdm(starts, desc="perplexity", disable=not progress):
+        for i in progress_bar(starts, desc="perplexity", enabled=progress):
             ids = windows[i : i + batch_size].to(device)
             logits = model(ids)
             loss = F.cross_entropy(

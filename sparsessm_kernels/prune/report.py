@@ -13,9 +13,10 @@ Top-level fields (documented in docs/pruning.md):
   SparseSSM);
 * ``summary``: ``{"ssm" | "ffn" | "total": {"params", "pruned", "sparsity"}}`` over the pruned modules;
 * ``allocation``: per in_proj / out_proj ``{"sensitivity", "sparsity", "pruned"}`` (``alpha > 0``);
-* ``timings_s``: seconds per phase (``load``, ``data``, ``capture``, ``sensitivity``,
-  ``statistics`` = calibration, ``prune``, ``forward``, ``eval_before``, ``eval_after``, ``save``,
-  ``export``, ``total``) and ``layers``: per-layer ``statistics`` / ``prune`` / ``forward``;
+* ``timings_s``: seconds per phase (:data:`PHASES`, in run order: ``load``, ``data``,
+  ``eval_before``, ``capture``, ``sensitivity``, ``statistics`` = calibration, ``prune``,
+  ``forward``, ``eval_after``, ``save``, ``export``, then ``other`` = ``total`` minus the phases),
+  ``total``, and ``layers``: per-layer ``statistics`` / ``prune`` / ``forward``;
 * ``perplexity``: ``{"before": ..., "after": ...}`` (each ``ppl``, ``mean_nll``, ``tokens``,
   ``windows``, ``seqlen``, ``seconds``) when ``--eval`` is given, else ``null``.
 """
@@ -31,10 +32,27 @@ from .._io import write_text_atomic
 from .._version import __version__
 from .capture import PruneResult
 
-__all__ = ["REPORT_FORMAT", "REPORT_NAME", "build_report", "format_table", "write_report"]
+__all__ = ["PHASES", "REPORT_FORMAT", "REPORT_NAME", "build_report", "format_table", "write_report"]
 
 REPORT_NAME = "prune_report.json"
 REPORT_FORMAT = "sparsessm-prune-report"
+
+PHASES = (
+    "load",
+    "data",
+    "eval_before",
+    "capture",
+    "sensitivity",
+    "statistics",
+    "prune",
+    "forward",
+    "eval_after",
+    "save",
+    "export",
+    "other",
+)
+"""The phases of ``timings_s``, in run order; ``other`` is what the others leave of ``total``
+(checks before work, bookkeeping between phases, writing the report)."""
 
 
 def _summary(result: PruneResult) -> dict[str, dict[str, Any]]:
@@ -66,7 +84,12 @@ def build_report(
     settings = result.config.to_dict()
     settings.update(run)
     all_timings = {**{k: round(v, 4) for k, v in result.timings.items() if k != "total"}, **timings}
-    all_timings = {k: round(float(v), 4) for k, v in all_timings.items()}
+    if "total" in all_timings:
+        accounted = sum(float(v) for k, v in all_timings.items() if k in PHASES)
+        all_timings["other"] = max(float(all_timings["total"]) - accounted, 0.0)
+    order = [*PHASES, "total"]
+    ranked = sorted(all_timings, key=lambda k: order.index(k) if k in order else len(order))
+    all_timings = {k: round(float(all_timings[k]), 4) for k in ranked}
     all_timings["layers"] = [
         {k: (round(v, 4) if isinstance(v, float) else v) for k, v in lt.items()}
         for lt in result.layer_timings
@@ -120,10 +143,10 @@ def format_table(report: dict[str, Any], max_rows: int = 12) -> str:
     if d_after != report["model"]["d_state_before"]:
         lines.append(f"d_state per layer after column pruning: {d_after}")
     t = report["timings_s"]
-    lines.append(
-        "time: "
-        + ", ".join(f"{k} {t[k]:.2f}s" for k in ("statistics", "prune", "forward", "total") if k in t)
-    )
+    phases = [f"{k} {t[k]:.2f}s" for k in PHASES if t.get(k)]
+    if "total" in t:
+        phases.append(f"total {t['total']:.2f}s")
+    lines.append("time: " + ", ".join(phases))
     ppl = report.get("perplexity") or {}
     if ppl:
         parts = [f"{k} {v['ppl']:.3f}" for k, v in ppl.items() if v]

@@ -8,6 +8,7 @@ be checked without loading weights or text (missing directories, settings, shape
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -18,8 +19,10 @@ from typing import Any
 
 import torch
 
+from .._io import atomic_directory, check_output_dir
+from .._progress import progress_interval
 from ..models import MambaLM, MambaLMConfig, config_from_hf_dict, config_from_mamba_ssm_dict
-from ..models.checkpoint import resolve_checkpoint_dir
+from ..models.checkpoint import CONFIG_NAME, resolve_checkpoint_dir
 from ..models.config import CheckpointFormatError, detect_config_format
 from ..models.hub import resolve_local_or_hub
 from ..sparsity import kept_count
@@ -97,8 +100,9 @@ def read_model_config(model_dir: str | Path, revision: str | None = None) -> Mam
     return parse(raw, str(cfg_path))
 
 
-def _same_path(a: str | Path, b: str | Path) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
+def _inside(inner: str | Path, outer: str | Path) -> bool:
+    """Whether ``inner`` is ``outer`` or lies below it (after resolving both)."""
+    return Path(outer).resolve() in (Path(inner).resolve(), *Path(inner).resolve().parents)
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> list[str]:
@@ -162,6 +166,35 @@ class PruneJob:
     tokenizer: str | None = None
     progress: bool = True
     revision: str | None = None
+    overwrite: bool = False
+
+    def _check_outputs(self) -> None:
+        """``--save`` / ``--export-stock``: writable, empty unless ``overwrite``, apart from the inputs."""
+        outputs = [("--save", self.save)]
+        if self.export_stock is not None:
+            outputs.append(("--export-stock", self.export_stock))
+        inputs = [("MODEL_DIR", self.model_dir)]
+        if self.tokenizer is not None:
+            inputs.append(("--tokenizer", self.tokenizer))
+        for option, path in outputs:
+            for name, source in inputs:
+                if Path(source).resolve() == Path(path).resolve():
+                    raise PruneConfigError(
+                        f"{option}: the output directory must differ from {name} (it would replace it)"
+                    )
+                if _inside(source, path):
+                    raise PruneConfigError(
+                        f"{option}: {path} contains {name} {source}, and writing {option} replaces the "
+                        "whole directory; choose another one"
+                    )
+            check_output_dir(path, option, overwrite=self.overwrite, overwrite_hint="--overwrite")
+        if self.export_stock is not None and (
+            _inside(self.export_stock, self.save) or _inside(self.save, self.export_stock)
+        ):
+            raise PruneConfigError(
+                f"--export-stock: {self.export_stock} and --save {self.save} must be separate directories "
+                "(neither inside the other)"
+            )
 
     def validate(self) -> tuple[PruneConfig, MambaLMConfig, torch.device]:
         """Every check that needs no weights or text; raises before any work starts."""
@@ -176,22 +209,11 @@ class PruneJob:
         if self.dtype not in DTYPES:
             raise PruneConfigError(f"dtype: expected one of {tuple(DTYPES)}, got {self.dtype!r}")
         device = resolve_device(self.device)
-        save = Path(self.save)
-        if save.exists() and not save.is_dir():
-            raise PruneConfigError(f"save: {save} exists and is not a directory")
-        if _same_path(save, self.model_dir):
-            raise PruneConfigError(
-                "save: the output directory must differ from MODEL_DIR (it would overwrite it)"
-            )
+        self._check_outputs()
         if self.export_stock is not None:
-            exp = Path(self.export_stock)
-            if _same_path(exp, self.model_dir) or _same_path(exp, save):
-                raise PruneConfigError("export-stock: must differ from MODEL_DIR and from --save")
-            if exp.exists() and not exp.is_dir():
-                raise PruneConfigError(f"export-stock: {exp} exists and is not a directory")
             if config.norm_type != "rms_norm":
                 raise PruneConfigError(
-                    "export-stock: this model uses LayerNorm, which transformers' MambaForCausalLM "
+                    "--export-stock: this model uses LayerNorm, which transformers' MambaForCausalLM "
                     "cannot express"
                 )
             if cfg.pattern == "column":
@@ -205,9 +227,11 @@ class PruneJob:
                 ]
                 if len(set(sizes)) > 1:
                     raise PruneConfigError(
-                        "export-stock: a stock checkpoint has one state size, but column pruning would leave "
-                        f"layers with state sizes {sizes}"
+                        "--export-stock: a stock checkpoint has one state size, but column pruning would "
+                        f"leave layers with state sizes {sizes}"
                     )
+        if self.progress:
+            progress_interval()  # a bad SPARSESSM_PROGRESS_INTERVAL fails here, not at the first bar
         check_text_source(self.calib, "--calib")
         if self.eval is not None:
             check_text_source(self.eval, "--eval")
@@ -261,18 +285,6 @@ def run_prune(job: PruneJob) -> dict[str, Any]:
     if eval_tokens is not None:
         measure_perplexity("after")
 
-    t0 = time.perf_counter()
-    save = Path(job.save)
-    model.save_pretrained(save)
-    _copy_tokenizer(tok_dir, save)
-    timings["save"] = time.perf_counter() - t0
-    if job.export_stock is not None:
-        t0 = time.perf_counter()
-        model.export_for_stock_kernels(job.export_stock)
-        _copy_tokenizer(tok_dir, Path(job.export_stock))
-        timings["export"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
-
     run = {
         "revision": job.revision,
         "calib": job.calib,
@@ -285,18 +297,39 @@ def run_prune(job: PruneJob) -> dict[str, Any]:
         "tokenizer": tokenizer.name,
         "calibration_tokens": int(calib_ids.numel()),
     }
-    report = build_report(
-        result,
-        model_dir=job.model_dir,
-        output_dir=save,
-        run=run,
-        model_info=_model_info(model),
-        timings=timings,
-        perplexity=perplexity,
-        export_stock=job.export_stock,
-    )
-    write_report(save / REPORT_NAME, report)
+    # Both outputs are staged completely (the report last) before either is renamed into place.
+    with contextlib.ExitStack() as outputs:
+        t0 = time.perf_counter()
+        save = outputs.enter_context(_output_dir(job.save, "--save", job.overwrite))
+        model.save_pretrained(save)
+        _copy_tokenizer(tok_dir, save)
+        timings["save"] = time.perf_counter() - t0
+        if job.export_stock is not None:
+            t0 = time.perf_counter()
+            stock = outputs.enter_context(_output_dir(job.export_stock, "--export-stock", job.overwrite))
+            model.export_for_stock_kernels(stock)
+            _copy_tokenizer(tok_dir, stock)
+            timings["export"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+        report = build_report(
+            result,
+            model_dir=job.model_dir,
+            output_dir=job.save,
+            run=run,
+            model_info=_model_info(model),
+            timings=timings,
+            perplexity=perplexity,
+            export_stock=job.export_stock,
+        )
+        write_report(save / REPORT_NAME, report)
     return report
+
+
+def _output_dir(path: str, option: str, overwrite: bool) -> contextlib.AbstractContextManager[Path]:
+    """The staging directory of a model output, renamed onto ``path`` when the block completes."""
+    return atomic_directory(
+        path, overwrite=overwrite, key_files=(CONFIG_NAME,), option=option, overwrite_hint="--overwrite"
+    )
 
 
 # ---------------------------------------------------------------------- eval
@@ -327,6 +360,8 @@ class EvalJob:
         if self.dtype not in DTYPES:
             raise PruneConfigError(f"dtype: expected one of {tuple(DTYPES)}, got {self.dtype!r}")
         device = resolve_device(self.device)
+        if self.progress:
+            progress_interval()
         check_text_source(self.data, "--data")
         _check_tokenizer(tokenizer_dir(self.tokenizer, self.model_dir, self.revision), config)
         if self.tasks:
