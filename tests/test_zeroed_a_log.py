@@ -128,6 +128,10 @@ def test_convert_text_output_and_plain_conversion(
         a, b = MambaLM.from_pretrained(src), MambaLM.from_pretrained(plain)
     torch.testing.assert_close(b(ids), a(ids), atol=0, rtol=0)
 
+    # --overwrite replaces a previous conversion as a whole (no stale masks file survives)
+    assert cli.main(["convert", str(src), "--out", str(dst), "--overwrite"]) == 0
+    assert not (dst / "sparsity.safetensors").exists()
+
 
 def test_initial_value_of_state_0_is_not_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = MambaLMConfig(vocab_size=260, d_model=16, n_layer=2, d_state=8)
@@ -194,10 +198,14 @@ def test_layouts_combine_with_existing_masks() -> None:
 def test_convert_bad_input(tmp_path: Path, authors_state, capsys: pytest.CaptureFixture[str]) -> None:
     src = write_authors_checkpoint(tmp_path / "authors", authors_state)
     (tmp_path / "file").write_text("x")
+    (tmp_path / "nonempty").mkdir()
+    (tmp_path / "nonempty" / "keep.txt").write_text("x")
     cases = [
         (["convert", str(tmp_path / "missing"), "--out", str(tmp_path / "o")], "model directory not found"),
-        (["convert", str(src), "--out", str(src)], "must differ from SRC"),
-        (["convert", str(src), "--out", str(tmp_path / "file")], "exists and is not a directory"),
+        (["convert", str(src), "--out", str(src)], "is or contains SRC"),
+        (["convert", str(src), "--out", str(tmp_path)], "is or contains SRC"),
+        (["convert", str(src), "--out", str(tmp_path / "file")], "--out"),
+        (["convert", str(src), "--out", str(tmp_path / "nonempty")], "not empty"),
         (
             ["convert", str(src), "--out", str(tmp_path / "o"), "--revision", "main"],
             "applies to Hugging Face",
