@@ -129,7 +129,8 @@ def test_convert_text_output_and_plain_conversion(
     torch.testing.assert_close(b(ids), a(ids), atol=0, rtol=0)
 
     # --overwrite replaces a previous conversion as a whole (no stale masks file survives)
-    assert cli.main(["convert", str(src), "--out", str(dst), "--overwrite"]) == 0
+    with pytest.warns(ZeroedALogWarning):
+        assert cli.main(["convert", str(src), "--out", str(dst), "--overwrite"]) == 0
     assert not (dst / "sparsity.safetensors").exists()
 
 
