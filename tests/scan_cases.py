@@ -34,6 +34,7 @@ class ScanCase:
     with_bias: bool = True
     softplus: bool = True
     chunk: int | None = None  # SPARSESSM_TORCH_CHUNK override
+    fixed: str = ""  # time-invariant (d, n) B / C (mamba_ssm's is_variable_B=False): "", "B", "C", "BC"
     extra: dict = field(default_factory=dict)
 
 
@@ -60,6 +61,21 @@ CASES = [
     ScanCase("fp16", dtype=torch.float16, mask="2:4"),
     ScanCase("bf16", dtype=torch.bfloat16, mask="column"),
     ScanCase("fp64_unstructured", dtype=torch.float64, mask="unstructured"),
+    # time-invariant (d, n) B and / or C (S4-style), each with the other input-dependent or not
+    ScanCase("fixed_B", fixed="B"),
+    ScanCase("fixed_C", fixed="C", seqlen=17, chunk=8),
+    ScanCase("fixed_BC", fixed="BC"),
+    ScanCase("fixed_B_odd", fixed="B", d=37, n=5, seqlen=20),
+    ScanCase("fixed_C_grouped_B", fixed="C", groups=3),
+    ScanCase("fixed_B_column_mask", fixed="B", mask="column"),
+    ScanCase("fixed_C_2_4", fixed="C", mask="2:4", seqlen=40, chunk=16),
+    ScanCase("fixed_BC_unstructured_sparse", fixed="BC", mask="unstructured_sparse", seqlen=21, chunk=8),
+    ScanCase("fixed_B_unstructured_masked_dense", fixed="B", mask="unstructured"),
+    ScanCase("fixed_BC_empty_channel", fixed="BC", mask="empty_channel"),
+    ScanCase("fixed_C_all_pruned_column", fixed="C", mask="all_pruned_column"),
+    ScanCase("fixed_B_no_optionals", fixed="B", with_D=False, with_z=False, with_bias=False, softplus=False),
+    ScanCase("fixed_BC_bf16", fixed="BC", dtype=torch.bfloat16, mask="column"),
+    ScanCase("fixed_C_fp64", fixed="C", dtype=torch.float64, mask="unstructured_sparse"),
 ]
 
 
@@ -101,6 +117,13 @@ def make_inputs(case: ScanCase, seed: int = 0, device: str = "cpu") -> dict:
 
     bc_shape = (b, case.groups, n, l) if case.groups else (b, n, l)
     dt_ = case.dtype
+    weight_dtype = torch.float64 if dt_ == torch.float64 else torch.float32
+
+    def bc(name: str) -> torch.Tensor:
+        # a time-invariant B / C is a weight, float32 like A (as mamba_ssm requires); float64 cases
+        # keep float64
+        return randn(d, n).to(weight_dtype) if name in case.fixed else randn(*bc_shape).to(dt_)
+
     inputs = {
         "u": randn(b, d, l).to(dt_),
         "delta": (
@@ -108,16 +131,12 @@ def make_inputs(case: ScanCase, seed: int = 0, device: str = "cpu") -> dict:
             if case.softplus
             else torch.rand(b, d, l, generator=gen) * 0.5 + 0.01
         ).to(dt_),
-        "A": -torch.exp(randn(d, n, scale=0.5)).to(torch.float64 if dt_ == torch.float64 else torch.float32),
-        "B": randn(*bc_shape).to(dt_),
-        "C": randn(*bc_shape).to(dt_),
-        "D": randn(d).to(torch.float64 if dt_ == torch.float64 else torch.float32) if case.with_D else None,
+        "A": -torch.exp(randn(d, n, scale=0.5)).to(weight_dtype),
+        "B": bc("B"),
+        "C": bc("C"),
+        "D": randn(d).to(weight_dtype) if case.with_D else None,
         "z": randn(b, d, l).to(dt_) if case.with_z else None,
-        "delta_bias": (
-            randn(d, scale=0.1).to(torch.float64 if dt_ == torch.float64 else torch.float32)
-            if case.with_bias
-            else None
-        ),
+        "delta_bias": randn(d, scale=0.1).to(weight_dtype) if case.with_bias else None,
         "delta_softplus": case.softplus,
     }
     mask = make_mask(case.mask, d, n, gen)

@@ -68,6 +68,17 @@ CASES = [
     TritonCase(_c("bf16_column", dtype=torch.bfloat16, mask="column", n=8)),
     TritonCase(_c("bf16_dense", dtype=torch.bfloat16, n=8), pruned=("zero_transition",)),
     TritonCase(_c("fp64_unstructured", dtype=torch.float64, mask="unstructured", n=8)),
+    # time-invariant (d, n) B / C: a grouped view with stride 0 over batch and time, g = d
+    TritonCase(_c("fixed_B", fixed="B", batch=2)),
+    TritonCase(_c("fixed_C_two_pass", fixed="C", seqlen=63, n=8, mask="column"), segments=3, chunk=16),
+    TritonCase(_c("fixed_BC_2_4", fixed="BC", n=8, mask="2:4", batch=2)),
+    TritonCase(
+        _c("fixed_B_unstructured_two_pass", fixed="B", n=8, mask="unstructured"), segments=2, chunk=16
+    ),
+    TritonCase(_c("fixed_C_grouped_B_odd", fixed="C", d=15, n=5, groups=3, mask="column"), block_d=4),
+    TritonCase(_c("fixed_BC_block1_rows", fixed="BC", d=5, n=4, mask="column"), block_d=1),
+    TritonCase(_c("fixed_BC_empty_channel", fixed="BC", d=6, n=4, mask="empty_channel")),
+    TritonCase(_c("fixed_B_bf16", fixed="B", dtype=torch.bfloat16, n=8, mask="column")),
 ]
 
 

@@ -226,3 +226,27 @@ def test_cuda_graph_capture_replays_the_decode_step() -> None:
     torch.cuda.synchronize()
     torch.testing.assert_close(captured, expected)
     torch.testing.assert_close(captured_state, expected_state)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "2:4"])
+def test_decode_chain_with_time_invariant_B_C(mask_kind: str) -> None:
+    """Time-invariant (d, n) B / C: the scan takes them as they are, the decode step as the grouped
+    view ``B[None].expand(b, d, n)`` (stride 0 over the batch, one group per channel)."""
+    case = ScanCase("chain_fixed", batch=2, d=10, n=8, seqlen=6, mask=mask_kind, fixed="BC")
+    inputs, mask = make_inputs(case, device=DEVICE)
+    layout = StateLayout(mask) if mask is not None else None
+    out, last = ssk.selective_scan(**inputs, return_last_state=True, state_mask=layout, backend="triton")
+    b, d, l = inputs["u"].shape
+    k = layout.n_kept if layout is not None else 8
+    B_step, C_step = (inputs[name][None].expand(b, d, 8) for name in ("B", "C"))
+    state = torch.zeros(b, d, k, device=DEVICE)
+    steps = [
+        ssk.selective_state_update(
+            state, inputs["u"][..., t], inputs["delta"][..., t], inputs["A"], B_step, C_step, inputs["D"],
+            inputs["z"][..., t], inputs["delta_bias"], True, state_mask=layout, backend="triton",
+        )
+        for t in range(l)
+    ]  # fmt: skip
+    torch.testing.assert_close(torch.stack(steps, -1), out, rtol=1e-5, atol=1e-5)
+    full = layout.expand_state(state) if layout is not None else state
+    torch.testing.assert_close(full, last, rtol=1e-5, atol=1e-5)
