@@ -136,12 +136,20 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> selective_scan_fwd(
   check_dtype("A", A, at::kFloat, "real float32");
 
   int64_t groups[2] = {1, 1};
+  bool variable[2] = {true, true};
   const at::Tensor* bc[2] = {&B, &C};
   const char* bc_names[2] = {"B", "C"};
   for (int i = 0; i < 2; ++i) {
     const at::Tensor& t = *bc[i];
     const char* name = bc_names[i];
     check_device(name, t, u);
+    if (t.dim() == 2) {  // time-invariant (d, n), mamba_ssm's is_variable_B = false
+      variable[i] = false;
+      TORCH_CHECK_VALUE(t.size(0) == d && t.size(1) == n, name, ": expected time-invariant shape (d, n) = (", num(d),
+                        ", ", num(n), "), got ", shape_str(t));
+      check_dtype(name, t, at::kFloat, "float32 for a time-invariant (d, n) B / C");
+      continue;
+    }
     check_dtype(name, t, seq_type, "the dtype of u");
     if (t.dim() == 3) {
       check_shape(name, t, {b, n, l}, "(b, n, l)");
@@ -149,7 +157,8 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> selective_scan_fwd(
       TORCH_CHECK_VALUE(t.dim() == 4 && t.size(0) == b && t.size(2) == n && t.size(3) == l && t.size(1) >= 1 &&
                             d % t.size(1) == 0,
                         name, ": expected shape (b, n, l) = (", num(b), ", ", num(n), ", ", num(l),
-                        ") or grouped (b, g, n, l) with g dividing d=", num(d), ", got ", shape_str(t));
+                        "), grouped (b, g, n, l) with g dividing d=", num(d), " or time-invariant (d, n) = (",
+                        num(d), ", ", num(n), "), got ", shape_str(t));
       groups[i] = t.size(1);
     }
     check_last_stride(name, t);
@@ -251,13 +260,23 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> selective_scan_fwd(
   p.out_batch_stride = out.stride(0);
   p.out_dim_stride = out.stride(1);
   p.B = B.data_ptr();
-  p.B_batch_stride = B.stride(0);
-  p.B_group_stride = B.dim() == 4 ? B.stride(1) : 0;
-  p.B_dstate_stride = B.stride(-2);
   p.C = C.data_ptr();
-  p.C_batch_stride = C.stride(0);
-  p.C_group_stride = C.dim() == 4 ? C.stride(1) : 0;
-  p.C_dstate_stride = C.stride(-2);
+  p.is_variable_B = variable[0];
+  p.is_variable_C = variable[1];
+  if (variable[0]) {
+    p.B_batch_stride = B.stride(0);
+    p.B_group_stride = B.dim() == 4 ? B.stride(1) : 0;
+  } else {
+    p.B_dim_stride = B.stride(0);
+  }
+  p.B_dstate_stride = variable[0] ? B.stride(-2) : B.stride(1);
+  if (variable[1]) {
+    p.C_batch_stride = C.stride(0);
+    p.C_group_stride = C.dim() == 4 ? C.stride(1) : 0;
+  } else {
+    p.C_dim_stride = C.stride(0);
+  }
+  p.C_dstate_stride = variable[1] ? C.stride(-2) : C.stride(1);
   p.A = A.data_ptr<float>();
   p.A_dim_stride = A.stride(0);
   p.A_dstate_stride = A.stride(1);

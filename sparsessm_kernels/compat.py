@@ -17,7 +17,11 @@ that already calls mamba_ssm's functions gets sparse states by passing one more 
 Differences from mamba_ssm, all deliberate:
 
 * gradients come from the ops' backward, which recomputes through the reference (exact, slow);
-* real ``A`` only (complex ``A`` raises ``TypeError``);
+* real ``A``, ``B`` and ``C`` only (complex ones raise ``TypeError``; mamba_ssm also takes complex
+  ``A`` with complex ``(d, n)`` / interleaved ``(b, n, 2l)`` B and C);
+* a time-invariant ``(d, n)`` ``B`` or ``C`` (mamba_ssm's ``is_variable_B=False``) may be of any
+  float dtype (mamba_ssm requires float32), and may be combined with a grouped input-dependent
+  other one (mamba_ssm's CUDA kernel then requires a single group);
 * ``selective_state_update``: Mamba-1 shapes only (``state (b, d, n)``, ``x (b, d)``); the multi-head
   Mamba-2 layout (``state (b, nheads, dim, n)``, ``x (b, nheads, dim)``, ``A (nheads, dim, n)``) raises
   ``ValueError``. With a uniform mask the state may be compact ``(b, d, k)``.
@@ -63,8 +67,10 @@ def selective_scan_fn(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """mamba_ssm's ``selective_scan_fn`` (forward).
 
-    ``u``, ``delta``, ``z``: ``(b, d, l)``; ``A``: ``(d, n)`` float32; ``B``, ``C``: ``(b, n, l)`` or
-    ``(b, g, n, l)``; ``D``, ``delta_bias``: ``(d,)``.
+    ``u``, ``delta``, ``z``: ``(b, d, l)``; ``A``: ``(d, n)`` float32; ``B``, ``C``: each
+    input-dependent ``(b, n, l)``, grouped ``(b, g, n, l)``, or time-invariant ``(d, n)``
+    (mamba_ssm's ``is_variable_B`` / ``is_variable_C`` false: the same ``B[c]`` at every batch row
+    and timestep); ``D``, ``delta_bias``: ``(d,)``.
 
     Returns ``out`` ``(b, d, l)`` in ``u.dtype`` (already gated by ``silu(z)`` when ``z`` is
     given), or ``(out, last_state)`` with ``last_state`` ``(b, d, n)`` float32 when
@@ -215,14 +221,25 @@ def mamba_inner_fn(
         xz: ``(b, 2 * d, l)`` output of ``in_proj`` (x and z stacked on dim 1).
         conv1d_weight: ``(d, 1, w)``. x_proj_weight: ``(dt_rank + 2n, d)``.
         delta_proj_weight: ``(d, dt_rank)``. out_proj_weight: ``(d_model, d)``.
-        A: ``(d, n)`` float32. B, C: ``None`` (input-dependent, taken from x_proj) or given.
-        b_rms_weight, c_rms_weight, dt_rms_weight, b_c_dt_rms_eps: FalconMamba's RMS norms.
+        A: ``(d, n)`` float32. B, C: ``None`` (input-dependent, the rows of ``x_proj`` after the
+            ``dt_rank`` ones: B first, C last) or given, typically time-invariant ``(d, n)`` (then
+            ``x_proj_weight`` has no rows for it: ``dt_rank + n`` rows with one of them given,
+            ``dt_rank`` with both), and ``B_proj_bias`` / ``C_proj_bias`` do not apply to it.
+        b_rms_weight, c_rms_weight, dt_rms_weight, b_c_dt_rms_eps: FalconMamba's RMS norms (over
+            the ``n`` states of B / C at every step: input-dependent B / C only).
 
     Returns:
         ``(b, l, d_model)``.
     """
     if A.is_complex():
         raise TypeError("A: complex tensors are not supported (only real Mamba-1 SSMs)")
+    for name, given, weight in (("B", B, b_rms_weight), ("C", C, c_rms_weight)):
+        if weight is not None and isinstance(given, torch.Tensor) and given.dim() == 2:
+            raise ValueError(
+                f"{name.lower()}_rms_weight: normalises an input-dependent {name} over its states at every "
+                f"step, but {name} is time-invariant with shape {tuple(given.shape)} (mamba_ssm fails here "
+                f"too); normalise it once before the call instead"
+            )
     seqlen = xz.shape[-1]
     delta_rank = delta_proj_weight.shape[1]
     d_state = A.shape[-1]
@@ -251,7 +268,7 @@ def mamba_inner_fn(
 
     B_ = seq_param(B, slice(delta_rank, delta_rank + d_state), B_proj_bias)
     C_ = seq_param(C, slice(x_dbl.shape[1] - d_state, x_dbl.shape[1]), C_proj_bias)
-    if b_rms_weight is not None:
+    if b_rms_weight is not None:  # over n at every (batch row, step): (..., n, l) -> (..., l, n)
         B_ = _rms_norm(B_.transpose(-1, -2), b_rms_weight, b_c_dt_rms_eps).transpose(-1, -2).contiguous()
     if c_rms_weight is not None:
         C_ = _rms_norm(C_.transpose(-1, -2), c_rms_weight, b_c_dt_rms_eps).transpose(-1, -2).contiguous()

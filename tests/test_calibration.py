@@ -15,6 +15,7 @@ CASES = [
     ScanCase("grouped", batch=2, d=12, n=16, seqlen=12, groups=3),
     ScanCase("no_bias_no_softplus", batch=2, d=8, n=4, seqlen=15, with_bias=False, softplus=False),
     ScanCase("fp64", batch=2, d=8, n=8, seqlen=20, dtype=torch.float64),
+    ScanCase("time_invariant_B", batch=3, d=10, n=8, seqlen=17, fixed="B"),
 ]
 
 
@@ -76,3 +77,18 @@ def test_bad_arguments() -> None:
         state_saliency(*args, backend="fast")
     with pytest.raises(ValueError, match="B: expected"):
         state_saliency(inputs["u"], inputs["delta"], inputs["A"], inputs["B"][:, :2])
+
+
+def test_time_invariant_B_equals_one_group_per_channel() -> None:
+    inputs, _ = make_inputs(ScanCase("fixed", batch=2, d=6, n=4, seqlen=9, fixed="B"))
+    x = to_float64(inputs)
+    b, _, l = x["u"].shape
+    grouped = x["B"][None, :, :, None].repeat(b, 1, 1, l)  # (b, g = d, n, l)
+    for per_step in (False, True):
+        ours = state_saliency_ref(
+            x["u"], x["delta"], x["A"], x["B"], x["delta_bias"], True, per_step=per_step
+        )
+        theirs = state_saliency_ref(
+            x["u"], x["delta"], x["A"], grouped, x["delta_bias"], True, per_step=per_step
+        )
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)

@@ -228,6 +228,24 @@ def test_mamba_inner_fn_falcon_norms() -> None:
     torch.testing.assert_close(out, _inner_manual(xz, wt, None, norms), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("which", ["B", "C"])
+def test_mamba_inner_fn_rms_norm_needs_an_input_dependent_B_C(which: str) -> None:
+    """FalconMamba's B / C norms act on every step of an input-dependent B / C; a time-invariant one
+    is refused with a clear error (mamba_ssm fails inside a rearrange there)."""
+    wt = _inner_weights()
+    xz = torch.randn(2, 32, 10, generator=torch.Generator().manual_seed(8))
+    given = {"B": None, "C": None, which: torch.randn(16, 8)}
+    x_proj = wt["x_proj_weight"][: 2 + 8]  # dt_rank + one input-dependent B / C
+    with pytest.raises(
+        ValueError, match=rf"{which.lower()}_rms_weight: .* {which} is time-invariant with shape \(16, 8\)"
+    ):
+        compat.mamba_inner_fn(
+            xz, wt["conv1d_weight"], wt["conv1d_bias"], x_proj, wt["delta_proj_weight"],
+            wt["out_proj_weight"], wt["out_proj_bias"], wt["A"], given["B"], given["C"], wt["D"],
+            **{f"{which.lower()}_rms_weight": torch.ones(8)},
+        )  # fmt: skip
+
+
 def test_compat_imports_only_ops() -> None:
     tree = ast.parse((ROOT / "sparsessm_kernels" / "compat.py").read_text(encoding="utf-8"))
     for node in ast.walk(tree):

@@ -252,6 +252,28 @@ def test_strided_and_misaligned_inputs(runner: SimpleNamespace, dtype: torch.dty
     assert_close(state.cpu(), ref_state, torch.float32, "strided state")
 
 
+@pytest.mark.parametrize("mask_kind", ["none", "column", "unstructured_sparse"])
+def test_time_invariant_B_C_with_any_strides(runner: SimpleNamespace, mask_kind: str) -> None:
+    """The binding reads a time-invariant (d, n) B / C through its strides (here transposed views
+    of (n, d) parameters), next to bf16 sequence tensors."""
+    case = ScanCase("fixed_strided", dtype=torch.bfloat16, mask=mask_kind, fixed="BC", seqlen=41)
+    inputs, mask = make_inputs(case, seed=13)
+    dev = runner.device
+    layout = _layout(mask, dev)
+    args = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    B_t, C_t = (args[k].t().contiguous().t() for k in ("B", "C"))
+    assert not B_t.is_contiguous()
+    out, state = runner.ext.selective_scan_fwd(
+        args["u"], args["delta"], args["A"], B_t, C_t, args["D"], args["z"], args["delta_bias"],
+        True, True, None if layout is None else layout.kept_idx,
+        None if layout is None or layout.kind == "column" else layout.kept_count,
+        "zero_transition", 0,
+    )  # fmt: skip
+    ref, ref_state = selective_scan_ref(**to_float64(inputs), return_last_state=True, state_mask=mask)
+    assert_close(out.cpu(), ref, torch.bfloat16, "fixed strided out")
+    assert_close(state.cpu(), ref_state, torch.float32, "fixed strided state")
+
+
 def test_mixed_dtypes_are_promoted(runner: SimpleNamespace) -> None:
     inputs, mask = make_inputs(ScanCase("mixed", dtype=torch.bfloat16, mask="2:4"), seed=11)
     mixed = dict(inputs)
@@ -297,6 +319,12 @@ def test_binding_errors_name_the_argument(runner: SimpleNamespace) -> None:
         ({"kept_count": None}, ValueError, "kept_count"),
         ({"pruned_states": "drop"}, ValueError, "pruned_states"),
         ({"time_segments": 3}, ValueError, "time_segments"),
+        ({"B": inputs["A"].half()}, TypeError, r"B: expected dtype .*float32 for a time-invariant"),
+        (
+            {"C": inputs["A"][:, :-1]},
+            ValueError,
+            r"C: expected time-invariant shape \(d, n\) = \(24, 16\), got \(24, 15\)",
+        ),
     ]
     for change, error, text in bad:
         with pytest.raises(error, match=text):

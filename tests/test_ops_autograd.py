@@ -56,6 +56,19 @@ def test_scan_gradcheck_grouped_and_prebuilt_layout() -> None:
     assert torch.autograd.gradcheck(scan, _scan_inputs(grouped=True), eps=1e-6, atol=1e-6)
 
 
+def test_scan_gradcheck_time_invariant_b_c() -> None:
+    """mamba_ssm's ``is_variable_B/C=False``: B and C of shape ``(d, n)``."""
+    u, delta, A, _, _, D, z, bias = _scan_inputs()
+    g = torch.Generator().manual_seed(5)
+    B = torch.randn(D_, N_, generator=g, dtype=torch.float64, requires_grad=True)
+    C = torch.randn(D_, N_, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def scan(*args):
+        return ssk.selective_scan(*args, True, state_mask=_mask("column"), backend="torch")
+
+    assert torch.autograd.gradcheck(scan, [u, delta, A, B, C, D, z, bias], eps=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("pruned_states", ["zero_transition", "remove"])
 def test_pruned_entries_get_zero_gradient(pruned_states: str) -> None:
     pruned = pruned_states

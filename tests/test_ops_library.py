@@ -62,6 +62,24 @@ def test_opcheck_selective_scan(mask_kind: str, return_last_state: bool) -> None
     )
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        ScanCase("time_invariant_B_C", d=8, n=8, seqlen=5, mask="2:4", fixed="BC"),
+        ScanCase("time_invariant_C_grouped_B", d=8, n=8, seqlen=5, fixed="C", groups=2),
+        ScanCase("float64", d=8, n=8, seqlen=5, mask="column", dtype=torch.float64),
+        ScanCase("empty_batch", batch=0, d=8, n=8, seqlen=5),
+    ],
+    ids=lambda c: c.name,
+)
+@pytest.mark.parametrize("return_last_state", [True, False])
+def test_opcheck_selective_scan_more_layouts(case: ScanCase, return_last_state: bool) -> None:
+    inputs, mask = make_inputs(case)
+    torch.library.opcheck(
+        torch.ops.sparsessm.selective_scan.default, _scan_args(inputs, mask, return_last_state)
+    )
+
+
 @pytest.mark.parametrize("mask_kind", ["none", "2:4"])
 def test_opcheck_selective_state_update(mask_kind: str) -> None:
     inputs, mask = make_inputs(ScanCase("opcheck", d=8, n=8, seqlen=1, mask=mask_kind))

@@ -4,7 +4,10 @@
 * zero_transition == the dense scan with A = -inf on pruned states;
 * remove with a column mask == the dense scan on the kept states only;
 * remove with a per-channel mask == channel-by-channel dense scans on the kept states;
-* decode steps chained == the scan, for dense, full and compact states.
+* decode steps chained == the scan, for dense, full and compact states;
+* every curated case (input-dependent and time-invariant B / C, every mask kind, both modes) ==
+  the closed-form scan of ``tests/scan_oracle.py`` (no recurrence);
+* a time-invariant ``(d, n)`` B / C == the same values as a grouped ``(b, g = d, n, l)`` B / C.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from sparsessm_kernels.ops.reference import selective_scan_ref, selective_state_update_ref
-from tests.scan_cases import ScanCase, make_inputs, to_float64
+from tests.scan_cases import CASES, ScanCase, make_inputs, to_float64
+from tests.scan_oracle import closed_form_scan
 
 
 def _hf_scan():
@@ -204,3 +208,62 @@ def test_decode_reference_matches_transformers_fallback() -> None:
     ours = selective_state_update_ref(state, **args, dt_softplus=True)
     torch.testing.assert_close(ours, theirs)
     torch.testing.assert_close(state, theirs_state)
+
+
+ORACLE_CASES = [c for c in CASES if c.n <= 64]
+
+
+@pytest.mark.parametrize("pruned_states", ["zero_transition", "remove"])
+@pytest.mark.parametrize("case", ORACLE_CASES, ids=lambda c: c.name)
+def test_reference_matches_the_closed_form(case: ScanCase, pruned_states: str) -> None:
+    inputs, mask = make_inputs(case)
+    x = to_float64(inputs)
+    out, state = selective_scan_ref(**x, return_last_state=True, state_mask=mask, pruned_states=pruned_states)
+    want, want_state = closed_form_scan(**x, state_mask=mask, pruned_states=pruned_states)
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state, want_state, rtol=1e-10, atol=1e-10)
+
+
+def as_grouped(t: torch.Tensor, b: int, l: int) -> torch.Tensor:
+    """A time-invariant (d, n) B / C materialised as grouped (b, g = d, n, l): one group per channel."""
+    return t[None, :, :, None].repeat(b, 1, 1, l) if t.dim() == 2 else t
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.fixed], ids=lambda c: c.name)
+def test_time_invariant_equals_one_group_per_channel(case: ScanCase) -> None:
+    inputs, mask = make_inputs(case)
+    x = to_float64(inputs)
+    b, _, l = x["u"].shape
+    grouped = {**x, "B": as_grouped(x["B"], b, l), "C": as_grouped(x["C"], b, l)}
+    for ps in ("zero_transition", "remove"):
+        out, state = selective_scan_ref(**x, return_last_state=True, state_mask=mask, pruned_states=ps)
+        want, want_state = selective_scan_ref(
+            **grouped, return_last_state=True, state_mask=mask, pruned_states=ps
+        )
+        torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(state, want_state, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("fixed", ["B", "C", "BC"])
+def test_decode_steps_with_a_time_invariant_B_chain_to_the_scan(fixed: str) -> None:
+    """The decode step takes a time-invariant B / C as the zero-copy grouped view
+    ``B[None].expand(b, d, n)`` (one group per channel)."""
+    case = ScanCase("decode_fixed", mask="2:4", seqlen=5, fixed=fixed)
+    inputs, mask = make_inputs(case)
+    x = to_float64(inputs)
+    ref, last = selective_scan_ref(**x, return_last_state=True, state_mask=mask)
+    b, d, l = x["u"].shape
+
+    def at(t: torch.Tensor, step: int) -> torch.Tensor:
+        return t[None].expand(b, *t.shape) if t.dim() == 2 else t[..., step]
+
+    state = torch.zeros(b, d, x["A"].shape[1], dtype=torch.float64)
+    outs = [
+        selective_state_update_ref(
+            state, x["u"][..., t], x["delta"][..., t], x["A"], at(x["B"], t), at(x["C"], t), x["D"],
+            x["z"][..., t], x["delta_bias"], True, state_mask=mask,
+        )
+        for t in range(l)
+    ]  # fmt: skip
+    torch.testing.assert_close(torch.stack(outs, -1), ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state, last, rtol=1e-12, atol=1e-12)

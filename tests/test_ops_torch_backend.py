@@ -158,3 +158,29 @@ def test_scratch_arena_survives_switching_inference_mode() -> None:
         again = ssk.selective_scan(**inputs, state_mask=mask)
     torch.testing.assert_close(inside, outside, rtol=0, atol=0)
     torch.testing.assert_close(again, outside, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "column", "2:4", "unstructured_sparse"])
+def test_time_invariant_B_C_strided_and_through_decode_steps(mask_kind: str) -> None:
+    """A time-invariant B given as a transposed (n, d) parameter (any strides), and decode steps
+    that take B / C as the grouped view ``B[None].expand(b, d, n)`` chaining to the same scan."""
+    case = ScanCase("fixed_chain", mask=mask_kind, seqlen=7, fixed="BC")
+    inputs, mask = make_inputs(case)
+    inputs["B"] = inputs["B"].t().contiguous().t()
+    assert not inputs["B"].is_contiguous()
+    out, last = ssk.selective_scan(**inputs, return_last_state=True, state_mask=mask, backend="torch")
+    ref, ref_last = selective_scan_ref(**to_float64(inputs), return_last_state=True, state_mask=mask)
+    assert_close(out, ref, torch.float32, "out")
+    assert_close(last, ref_last, torch.float32, "last_state")
+    b, d, l = inputs["u"].shape
+    B_step, C_step = (inputs[k][None].expand(b, d, case.n) for k in ("B", "C"))
+    state = torch.zeros(b, d, case.n)
+    steps = [
+        ssk.selective_state_update(
+            state, inputs["u"][..., t], inputs["delta"][..., t], inputs["A"], B_step, C_step, inputs["D"],
+            inputs["z"][..., t], inputs["delta_bias"], True, state_mask=mask, backend="torch",
+        )
+        for t in range(l)
+    ]  # fmt: skip
+    torch.testing.assert_close(torch.stack(steps, -1), out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, last, rtol=1e-5, atol=1e-5)

@@ -9,7 +9,8 @@
 //
 // Tensors (b = batch, d = channels, l = sequence length, n = states, k = kept states):
 //   u, delta, z, out  (b, d, l)                  dtype = params.dtype, stride 1 along l
-//   B, C              (b, n, l) or (b, g, n, l)  dtype = params.dtype, stride 1 along l
+//   B, C              (b, n, l) or (b, g, n, l)  dtype = params.dtype, stride 1 along l; or
+//                     time-invariant (d, n)      float32, any strides (is_variable_B / _C = false)
 //   A                 (d, n)  float32, any strides
 //   D, delta_bias     (d,)    float32, contiguous, optional
 //   kept_idx          int32   (k,) column mask, or (d, k_max) per-channel rows (ascending,
@@ -67,6 +68,11 @@ struct SelectiveScanParams {
   int64_t B_batch_stride = 0, B_group_stride = 0, B_dstate_stride = 0;
   const void* C = nullptr;
   int64_t C_batch_stride = 0, C_group_stride = 0, C_dstate_stride = 0;
+  // Time-invariant B / C (mamba_ssm's is_variable_B = false): B points at a float32 (d, n) matrix,
+  // the same at every batch row and timestep; B_dim_stride and B_dstate_stride address it, the
+  // batch and group strides and n_groups_B are unused. Likewise for C.
+  bool is_variable_B = true, is_variable_C = true;
+  int64_t B_dim_stride = 0, C_dim_stride = 0;
 
   // ---- per-channel parameters (float32)
   const float* A = nullptr;

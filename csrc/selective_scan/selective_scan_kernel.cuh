@@ -37,8 +37,12 @@
 // Padded slots of per-channel masks (j >= kept_count[c]) load nothing and use A = 0, B = C = 0, so
 // they are exact no-ops without divergent control flow around the shuffles.
 //
+// Time-invariant B / C (is_variable_B / _C = false): a float32 (d, n) matrix; a lane reads its
+// channel's value of state s once per chunk and uses it for all its steps (no per-step loads).
+//
 // Pruned-state feed-through (zero_transition only). A small pre-pass kernel writes
-// G[b, q, t] = sum_s B_t[s] C_t[s] per batch row, B/C group pair q and timestep into the workspace:
+// G[b, q, t] = sum_s B_t[s] C_t[s] per batch row, B/C group pair q (channel q when B or C is
+// time-invariant) and timestep into the workspace:
 //   column masks:      s over the pruned states, and y += du * G: no work per pruned state at all;
 //   per-channel masks: s over all states, and each kept state contributes C_t (h_t - dt u B_t[s])
 //                      = C_t dA_t h_{t-1} instead of C_t h_t, which is the same total.
@@ -229,6 +233,20 @@ __device__ __forceinline__ void store_items(T* __restrict__ row, int t0, int l, 
   }
 }
 
+// B or C of state s for the lane's steps: offset s * dstate_stride into the channel's sequence row
+// (seq, vector loads as above) or into its time-invariant float32 row (fixed, one value for all).
+template <typename T>
+__device__ __forceinline__ void load_bc(const T* __restrict__ seq, const float* __restrict__ fixed, int64_t offset,
+                                        int t0, int l, float (&v)[kItems]) {
+  if (fixed != nullptr) {
+    const float x = fixed[offset];
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) v[i] = x;
+  } else {
+    load_items(seq + offset, t0, l, v);
+  }
+}
+
 __device__ __forceinline__ float softplus(float x) {
   // torch.nn.functional.softplus, beta 1, threshold 20.
   return x > 20.f ? x : log1pf(expf(x));
@@ -294,7 +312,7 @@ __device__ __forceinline__ void segment_outputs(float h, const float (&dA)[kItem
 
 // ------------------------------------------------------------------------------ kernels
 // Pre-pass: feed[b, q, t] = sum over states s (all, or all but the kept_idx list) of B_t[s] C_t[s]
-// for the B/C groups of channel q * (d / feed_groups).
+// for the B/C groups of channel q * (d / feed_groups) (its own rows when B or C is time-invariant).
 template <typename T>
 __global__ void __launch_bounds__(kFeedBlock)
     feedthrough_kernel(const SelectiveScanParams p, float* __restrict__ feed, int64_t pitch, int feed_groups,
@@ -308,6 +326,8 @@ __global__ void __launch_bounds__(kFeedBlock)
   const int gC = c / (p.dim / p.n_groups_C);
   const T* __restrict__ Bp = static_cast<const T*>(p.B) + bi * p.B_batch_stride + gB * p.B_group_stride + t;
   const T* __restrict__ Cp = static_cast<const T*>(p.C) + bi * p.C_batch_stride + gC * p.C_group_stride + t;
+  const float* __restrict__ Bf = p.is_variable_B ? nullptr : static_cast<const float*>(p.B) + c * p.B_dim_stride;
+  const float* __restrict__ Cf = p.is_variable_C ? nullptr : static_cast<const float*>(p.C) + c * p.C_dim_stride;
   const int32_t* __restrict__ kept = p.kept_idx;
   const int n_excluded = exclude_kept ? p.n_kept : 0;
   float acc = 0.f;
@@ -317,7 +337,9 @@ __global__ void __launch_bounds__(kFeedBlock)
       ++j;
       continue;
     }
-    acc = fmaf(to_float(Bp[s * p.B_dstate_stride]), to_float(Cp[s * p.C_dstate_stride]), acc);
+    const float bv = Bf != nullptr ? Bf[s * p.B_dstate_stride] : to_float(Bp[s * p.B_dstate_stride]);
+    const float cv = Cf != nullptr ? Cf[s * p.C_dstate_stride] : to_float(Cp[s * p.C_dstate_stride]);
+    acc = fmaf(bv, cv, acc);
   }
   feed[(static_cast<int64_t>(bi) * feed_groups + q) * pitch + t] = acc;
 }
@@ -416,8 +438,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
       if (j < count) {
         const int s = kidx != nullptr ? kidx[j] : j;
         a2 = A_row[s * p.A_dstate_stride] * kLog2e;
-        load_items(B_base + s * p.B_dstate_stride, t0, l, bv);
-        load_items(C_base + s * p.C_dstate_stride, t0, l, cv);
+        // A time-invariant B / C row is addressed from the params here rather than kept in a
+        // register across the loop (the register budget is tight; see kMinBlocksPerSM).
+        load_bc(B_base, p.is_variable_B ? nullptr : static_cast<const float*>(p.B) + cc * p.B_dim_stride,
+                s * p.B_dstate_stride, t0, l, bv);
+        load_bc(C_base, p.is_variable_C ? nullptr : static_cast<const float*>(p.C) + cc * p.C_dim_stride,
+                s * p.C_dstate_stride, t0, l, cv);
       } else {
         a2 = 0.f;
 #pragma unroll

@@ -167,6 +167,7 @@ struct Config {
   int b = 2, d = 24, l = 33, n = 16;
   int gB = 1, gC = 1;  // 1: ungrouped (b, n, l)
   bool grouped = false;
+  bool fixed_B = false, fixed_C = false;  // time-invariant (d, n) float32 B / C
   ScalarType dtype = ScalarType::kFloat32;
   MaskKind mask = MaskKind::kDense;
   int k = 0;          // column: kept states; unstructured: largest per-channel count; N:M: N (M = 4)
@@ -178,9 +179,9 @@ struct Config {
 
   std::string describe() const {
     char buf[256];
-    std::snprintf(buf, sizeof(buf), "b=%d d=%d l=%d n=%d g=(%d,%d) %s %s k=%d %s%s%s%s%s P=%d", b, d, l, n, gB,
-                  gC, dtype_name(dtype), mask_name(mask), k,
-                  pruned == PrunedStates::kZeroTransition ? "zero_transition" : "remove", with_z ? " z" : "",
+    std::snprintf(buf, sizeof(buf), "b=%d d=%d l=%d n=%d g=(%d,%d)%s%s %s %s k=%d %s%s%s%s%s P=%d", b, d, l, n,
+                  gB, gC, fixed_B ? " fixed_B" : "", fixed_C ? " fixed_C" : "", dtype_name(dtype), mask_name(mask),
+                  k, pruned == PrunedStates::kZeroTransition ? "zero_transition" : "remove", with_z ? " z" : "",
                   with_D ? " D" : "", with_bias ? " bias" : "", softplus ? " softplus" : "", time_segments);
     return buf;
   }
@@ -189,7 +190,7 @@ struct Config {
 // Host copy of a problem (values already rounded to the dtype) plus its mask.
 struct Problem {
   Config cfg;
-  std::vector<float> u, delta, z, B, C, A, D, bias;  // B, C: (b, gB|1, n, l)
+  std::vector<float> u, delta, z, B, C, A, D, bias;  // B, C: (b, gB|1, n, l), or (d, n) when fixed
   std::vector<uint8_t> keep;                         // (d, n) 0/1
   StateMode mode = StateMode::kDense;
   int n_kept = 0;                  // k (column) or k_max (channel)
@@ -204,8 +205,9 @@ inline Problem make_problem(const Config& cfg) {
   std::normal_distribution<float> normal(0.f, 1.f);
   std::uniform_real_distribution<float> uniform(0.f, 1.f);
   const size_t bdl = static_cast<size_t>(cfg.b) * cfg.d * cfg.l;
-  const size_t bc = static_cast<size_t>(cfg.b) * (cfg.grouped ? cfg.gB : 1) * cfg.n * cfg.l;
-  const size_t cc = static_cast<size_t>(cfg.b) * (cfg.grouped ? cfg.gC : 1) * cfg.n * cfg.l;
+  const size_t dn = static_cast<size_t>(cfg.d) * cfg.n;
+  const size_t bc = cfg.fixed_B ? dn : static_cast<size_t>(cfg.b) * (cfg.grouped ? cfg.gB : 1) * cfg.n * cfg.l;
+  const size_t cc = cfg.fixed_C ? dn : static_cast<size_t>(cfg.b) * (cfg.grouped ? cfg.gC : 1) * cfg.n * cfg.l;
   auto fill = [&](std::vector<float>& v, size_t count, float scale, float shift) {
     v.resize(count);
     for (auto& x : v) x = quantize(normal(gen) * scale + shift, cfg.dtype);
@@ -220,6 +222,11 @@ inline Problem make_problem(const Config& cfg) {
   fill(p.z, bdl, 1.f, 0.f);
   fill(p.B, bc, 1.f, 0.f);
   fill(p.C, cc, 1.f, 0.f);
+  auto unquantized = [&](std::vector<float>& v) {  // a time-invariant B / C is float32, like A
+    for (auto& x : v) x = normal(gen);
+  };
+  if (cfg.fixed_B) unquantized(p.B);
+  if (cfg.fixed_C) unquantized(p.C);
   p.A.resize(static_cast<size_t>(cfg.d) * cfg.n);
   for (auto& x : p.A) x = -std::exp(normal(gen) * 0.5f);
   p.D.resize(cfg.d);
@@ -310,8 +317,10 @@ inline void reference(const Problem& p, std::vector<double>& out, std::vector<do
         const double uu = p.u[i];
         double y = 0.0;
         for (int s = 0; s < n; ++s) {
-          const double Bv = p.B[((static_cast<size_t>(bi) * gBn + gb) * n + s) * l + t];
-          const double Cv = p.C[((static_cast<size_t>(bi) * gCn + gc) * n + s) * l + t];
+          const double Bv = g.fixed_B ? p.B[static_cast<size_t>(c) * n + s]
+                                      : p.B[((static_cast<size_t>(bi) * gBn + gb) * n + s) * l + t];
+          const double Cv = g.fixed_C ? p.C[static_cast<size_t>(c) * n + s]
+                                      : p.C[((static_cast<size_t>(bi) * gCn + gc) * n + s) * l + t];
           const bool kept = p.keep[static_cast<size_t>(c) * n + s] != 0;
           if (kept) {
             h[s] = std::exp(dt * p.A[static_cast<size_t>(c) * n + s]) * h[s] + dt * Bv * uu;
@@ -351,8 +360,8 @@ struct DeviceProblem {
     put(u, encode(p.u, g.dtype));
     put(delta, encode(p.delta, g.dtype));
     put(z, encode(p.z, g.dtype));
-    put(B, encode(p.B, g.dtype));
-    put(C, encode(p.C, g.dtype));
+    put(B, encode(p.B, g.fixed_B ? ScalarType::kFloat32 : g.dtype));
+    put(C, encode(p.C, g.fixed_C ? ScalarType::kFloat32 : g.dtype));
     put_f32(A, p.A);
     put_f32(D, p.D);
     put_f32(bias, p.bias);
@@ -399,6 +408,18 @@ struct DeviceProblem {
     q.C_batch_stride = static_cast<int64_t>(q.n_groups_C) * g.n * g.l;
     q.C_group_stride = g.grouped ? static_cast<int64_t>(g.n) * g.l : 0;
     q.C_dstate_stride = g.l;
+    q.is_variable_B = !g.fixed_B;
+    q.is_variable_C = !g.fixed_C;
+    if (g.fixed_B) {  // (d, n) row-major
+      q.B_batch_stride = q.B_group_stride = 0;
+      q.B_dim_stride = g.n;
+      q.B_dstate_stride = 1;
+    }
+    if (g.fixed_C) {
+      q.C_batch_stride = q.C_group_stride = 0;
+      q.C_dim_stride = g.n;
+      q.C_dstate_stride = 1;
+    }
     q.A = static_cast<const float*>(A.get());
     q.A_dim_stride = g.n;
     q.A_dstate_stride = 1;

@@ -32,6 +32,16 @@ def _check_time_weights(time_weights: torch.Tensor | None, seqlen: int, device: 
     return time_weights.to(device=device, dtype=torch.float32)
 
 
+def _check_saliency_inputs(u, delta, A, B, delta_bias) -> None:
+    """The scan's checks (C, D and z are not read), and at least one sample to average over."""
+    shape = check_scan_inputs(u, delta, A, B, None, None, None, delta_bias)
+    if shape.batch < 1:
+        raise ValueError(
+            f"u: expected at least one calibration sample (b >= 1) to average over, "
+            f"got shape {tuple(u.shape)}"
+        )
+
+
 def state_saliency_ref(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -46,7 +56,8 @@ def state_saliency_ref(
     """SparseSSM transition saliency, one timestep at a time (the oracle).
 
     Args:
-        u, delta: ``(b, d, l)``. A: ``(d, n)``. B: ``(b, n, l)`` or grouped ``(b, g, n, l)``.
+        u, delta: ``(b, d, l)``, ``b >= 1``. A: ``(d, n)``. B: ``(b, n, l)``, grouped
+            ``(b, g, n, l)`` or time-invariant ``(d, n)``.
         delta_bias: ``(d,)``. delta_softplus: softplus on ``delta + delta_bias``.
         time_weights: ``(l,)`` weights ``w_t`` (default all ones).
         per_step: return the per-step scores instead of their weighted sum.
@@ -56,7 +67,7 @@ def state_saliency_ref(
         ``(l, d, n)`` ``mean_b dA_t^2 * h_{t-1}^2`` (unweighted). ``h_{-1} = 0``, so step 0
         scores 0. ``C``, ``D`` and ``z`` do not affect the states and are not needed.
     """
-    check_scan_inputs(u, delta, A, B, B, None, None, delta_bias)
+    _check_saliency_inputs(u, delta, A, B, delta_bias)
     b, d, l = u.shape
     w = _check_time_weights(time_weights, l, u.device)
     dtype = torch.float64 if torch.float64 in (u.dtype, delta.dtype, A.dtype, B.dtype) else torch.float32
@@ -65,7 +76,12 @@ def state_saliency_ref(
         dt = dt + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         dt = F.softplus(dt)
-    B_ch = B.to(dtype).unsqueeze(1) if B.dim() == 3 else B.to(dtype).repeat_interleave(d // B.shape[1], dim=1)
+    if B.dim() == 2:  # time-invariant (d, n)
+        B_ch = B.to(dtype)[None, :, :, None].expand(1, d, A.shape[1], l)
+    elif B.dim() == 3:
+        B_ch = B.to(dtype).unsqueeze(1)
+    else:
+        B_ch = B.to(dtype).repeat_interleave(d // B.shape[1], dim=1)
     A_m = A.to(dtype)
     h = torch.zeros(b, d, A.shape[1], dtype=dtype, device=u.device)
     total = torch.zeros(d, A.shape[1], dtype=dtype, device=u.device)
@@ -99,7 +115,7 @@ def state_saliency(
     Same arguments and result as the reference; ``backend`` as in ``selective_scan``
     (``"auto"``: Triton for CUDA tensors when usable, else the chunked PyTorch path).
     """
-    check_scan_inputs(u, delta, A, B, B, None, None, delta_bias)
+    _check_saliency_inputs(u, delta, A, B, delta_bias)
     w = _check_time_weights(time_weights, u.shape[2], u.device)
     chosen = resolve_backend(backend, u.device, op="state_saliency")
     if chosen == "triton":
@@ -132,8 +148,9 @@ def _state_saliency_torch(
         dt = F.softplus(dt)
     dtu = dt * u.to(dtype)
     A_m = A.to(dtype)
-    Bg = B.to(dtype) if B.dim() == 4 else B.to(dtype).unsqueeze(1)  # (b, g, n, l)
-    g = Bg.shape[1]
+    fixed = B.dim() == 2  # time-invariant (d, n): the same drive weights at every (b, t)
+    Bg = B.to(dtype) if B.dim() != 3 else B.to(dtype).unsqueeze(1)  # (b, g, n, l), or (d, n)
+    g = Bg.shape[1] if not fixed else d
     w = w.to(dtype)
     T = max(1, min(l, 256, _TARGET_CHUNK_ELEMENTS // max(1, b * d * n)))
 
@@ -147,9 +164,12 @@ def _state_saliency_torch(
         s = slice(start, min(start + T, l))
         Tc = s.stop - start
         dA = torch.exp(dt[:, :, s].transpose(1, 2)[..., None] * A_m)  # (b, T, d, n)
-        B_c = Bg[..., s].permute(0, 3, 1, 2)  # (b, T, g, n)
-        if g > 1:
-            B_c = B_c.repeat_interleave(d // g, dim=2)
+        if fixed:
+            B_c = Bg  # (d, n), broadcast over (b, T)
+        else:
+            B_c = Bg[..., s].permute(0, 3, 1, 2)  # (b, T, g, n)
+            if g > 1:
+                B_c = B_c.repeat_interleave(d // g, dim=2)
         H = dtu[:, :, s].transpose(1, 2)[..., None] * B_c  # the drive, then the states in place
         H_t, dA_t = H.unbind(1), dA.unbind(1)
         H_t[0].addcmul_(dA_t[0], h)

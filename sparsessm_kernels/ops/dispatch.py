@@ -210,7 +210,8 @@ def selective_scan(
         u: ``(b, d, l)`` input (fp16, bf16, fp32 or fp64).
         delta: ``(b, d, l)`` time step before ``delta_bias`` / softplus.
         A: ``(d, n)`` real float32 state matrix (``-exp(A_log)``), ``n <= 256``.
-        B, C: ``(b, n, l)`` or grouped ``(b, g, n, l)``.
+        B, C: each ``(b, n, l)``, grouped ``(b, g, n, l)`` or time-invariant ``(d, n)`` (mamba_ssm's
+            ``is_variable_B=False``: row ``c`` at every batch row and timestep).
         D: ``(d,)`` skip. z: ``(b, d, l)`` gate: ``out * silu(z)``. delta_bias: ``(d,)``.
         delta_softplus: softplus on ``delta + delta_bias``.
         return_last_state: also return the final state ``(b, d, n)`` (float32; pruned entries 0).
@@ -223,6 +224,7 @@ def selective_scan(
 
     Returns:
         ``out`` ``(b, d, l)`` in ``u.dtype``; with ``return_last_state``, ``(out, last_state)``.
+        An empty batch (``b = 0``) gives empty results.
     """
     shape = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     check_pruned_states(pruned_states)
@@ -274,7 +276,8 @@ def selective_state_update(
     Args:
         state: ``(b, d, n)``, or compact ``(b, d, k)`` (kept states in ascending ``n``) when the
             mask keeps the same ``k`` states in every channel; updated in place, pruned entries 0.
-        x: ``(b, d)``. dt: ``(b, d)``. A: ``(d, n)`` float32. B, C: ``(b, n)`` or ``(b, g, n)``.
+        x: ``(b, d)``. dt: ``(b, d)``. A: ``(d, n)`` float32. B, C: ``(b, n)`` or ``(b, g, n)`` (a
+            time-invariant ``(d, n)`` B of the scan as the view ``B[None].expand(b, d, n)``).
         D: ``(d,)``. z: ``(b, d)``. dt_bias: ``(d,)``. dt_softplus: softplus on ``dt + dt_bias``.
         state_mask, pruned_states, backend: as in :func:`selective_scan`.
         state_batch_indices: optional ``(b,)`` int32/int64 for continuous batching: row ``i`` updates

@@ -6,7 +6,8 @@ traces calls without graph breaks and CUDA graphs can capture them. The op bodie
 :mod:`.torch_backend`, ``"triton"`` the kernels of :mod:`.triton` and ``"cuda"`` (scan only) the
 compiled extension through :mod:`.cuda` (both imported on first use; the Triton path never
 synchronises with the host, so a captured CUDA graph replays it). The scan's autograd formula
-(a backward through the reference) is registered by :mod:`.autograd`.
+(a backward through the reference) is registered by :mod:`.autograd`. An empty batch
+(``b = 0``) returns empty outputs without calling any backend.
 
 The op bodies are plain functions (:func:`selective_scan_impl`, :func:`selective_state_update_impl`)
 that :mod:`.dispatch` calls directly in plain eager mode (no tracing, no torch function or dispatch
@@ -19,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import autograd as _autograd
+from .checks import math_dtype
 from .torch_backend import selective_scan_torch, selective_state_update_torch
 
 
@@ -39,6 +41,8 @@ def selective_scan_impl(
     pruned_states: str,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    if u.shape[0] == 0:  # an empty batch: nothing to compute, no kernel launched (any backend)
+        return _empty_scan(u, delta, A, B, C, D, z, delta_bias, return_last_state)
     if backend == "triton":
         from .triton.selective_scan import selective_scan_triton as impl
     elif backend == "cuda":
@@ -63,8 +67,18 @@ def selective_scan_impl(
         kept_count,
         pruned_states,
     )
-    if last_state is None:
-        last_state = out.new_empty((0,), dtype=torch.float32)
+    if last_state is None:  # the op always returns a tensor: an empty one, in the fake's dtype
+        last_state = out.new_empty((0,), dtype=math_dtype(u, delta, A, B, C, D, z, delta_bias))
+    return out, last_state
+
+
+def _empty_scan(u, delta, A, B, C, D, z, delta_bias, return_last_state):
+    """``(out, last_state)`` of the scan for the given shapes, allocated but not computed (the
+    fake implementation; also the result of an empty batch, where there is nothing to compute)."""
+    b, d, l = u.shape
+    state_dtype = math_dtype(u, delta, A, B, C, D, z, delta_bias)
+    out = u.new_empty((b, d, l))
+    last_state = u.new_empty((b, d, A.shape[1]) if return_last_state else (0,), dtype=state_dtype)
     return out, last_state
 
 
@@ -92,14 +106,7 @@ def _(
     pruned_states,
     backend,
 ):
-    b, d, l = u.shape
-    inputs = (u, delta, A, B, C, D, z, delta_bias)
-    state_dtype = (
-        torch.float64 if any(t is not None and t.dtype == torch.float64 for t in inputs) else torch.float32
-    )
-    out = u.new_empty((b, d, l))
-    last_state = u.new_empty((b, d, A.shape[1]) if return_last_state else (0,), dtype=state_dtype)
-    return out, last_state
+    return _empty_scan(u, delta, A, B, C, D, z, delta_bias, return_last_state)
 
 
 def selective_state_update_impl(
@@ -120,6 +127,8 @@ def selective_state_update_impl(
     backend: str,
     state_batch_indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    if x.shape[0] == 0:  # an empty batch: no state row changes, no kernel launched
+        return x.new_empty(x.shape)
     if backend == "triton":
         from .triton.state_update import selective_state_update_triton as impl
     elif backend == "torch":

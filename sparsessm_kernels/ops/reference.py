@@ -14,13 +14,19 @@ from .checks import check_scan_inputs, check_state_update_inputs, math_dtype
 from .layout import StateLayout, as_layout, check_pruned_states
 
 
-def _bc_per_channel(t: torch.Tensor, d: int, grouped: bool, dtype: torch.dtype) -> torch.Tensor:
-    """B or C ``(b, n, ...)`` / grouped ``(b, g, n, ...)`` -> per-channel ``(b, d, n, ...)``."""
+def _bc_per_channel(
+    t: torch.Tensor, b: int, d: int, tail: tuple[int, ...], dtype: torch.dtype
+) -> torch.Tensor:
+    """B or C -> per-channel ``(b, d, n, *tail)``: from ``(b, n, *tail)`` (shared by the channels),
+    grouped ``(b, g, n, *tail)`` (channel ``c`` reads group ``c // (d // g)``) or, in the scan,
+    time-invariant ``(d, n)`` (the same for every batch row and timestep)."""
     t = t.to(dtype)
-    if not grouped:
-        return t.unsqueeze(1).expand(t.shape[0], d, *t.shape[1:])
-    g = t.shape[1]
-    return t.repeat_interleave(d // g, dim=1)
+    if t.dim() == 2 + len(tail):  # (b, n, *tail)
+        return t.unsqueeze(1).expand(b, d, *t.shape[1:])
+    if t.dim() == 3 + len(tail):  # (b, g, n, *tail)
+        return t.repeat_interleave(d // t.shape[1], dim=1)
+    n = t.shape[1]  # time-invariant (d, n)
+    return t.reshape(1, d, n, *(1 for _ in tail)).expand(b, d, n, *tail)
 
 
 def _masks(layout: StateLayout | None, d: int, n: int, pruned_states: str, device: torch.device):
@@ -54,7 +60,9 @@ def selective_scan_ref(
         u: ``(b, d, l)`` input.
         delta: ``(b, d, l)`` time step (before ``delta_bias`` / softplus).
         A: ``(d, n)`` real state matrix (float32, or float64 for a float64 oracle).
-        B, C: ``(b, n, l)`` or grouped ``(b, g, n, l)``; channel ``i`` uses group ``i // (d // g)``.
+        B, C: ``(b, n, l)``, grouped ``(b, g, n, l)`` (channel ``i`` uses group ``i // (d // g)``) or
+            time-invariant ``(d, n)`` (mamba_ssm's ``is_variable_B=False``: the same ``B[c]`` at every
+            batch row and timestep); each of B and C independently.
         D: ``(d,)`` skip connection. z: ``(b, d, l)`` gate. delta_bias: ``(d,)``.
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return the final state ``(b, d, n)``.
@@ -82,8 +90,8 @@ def selective_scan_ref(
     if delta_softplus:
         delta_m = F.softplus(delta_m)
     A_m = A.to(dtype)
-    B_ch = _bc_per_channel(B, d, B.dim() == 4, dtype)  # (b, d, n, l)
-    C_ch = _bc_per_channel(C, d, C.dim() == 4, dtype)
+    B_ch = _bc_per_channel(B, b, d, (l,), dtype)  # (b, d, n, l)
+    C_ch = _bc_per_channel(C, b, d, (l,), dtype)
     kept, feeds = _masks(layout, d, n, pruned_states, u.device)
 
     h = torch.zeros(b, d, n, dtype=dtype, device=u.device)
@@ -179,8 +187,8 @@ def selective_state_update_ref(
     if dt_softplus:
         dt_m = F.softplus(dt_m)
     x_m = x.to(dtype)
-    B_ch = _bc_per_channel(B, d, B.dim() == 3, dtype)  # (b, d, n)
-    C_ch = _bc_per_channel(C, d, C.dim() == 3, dtype)
+    B_ch = _bc_per_channel(B, shape.batch, d, (), dtype)  # (b, d, n)
+    C_ch = _bc_per_channel(C, shape.batch, d, (), dtype)
     kept, feeds = _masks(layout, d, n, pruned_states, x.device)
     h = layout.to(x.device).expand_state(state.to(dtype)) if compact else state.to(dtype, copy=True)
 

@@ -19,6 +19,10 @@ Sparsity is handled by working only on the ``k`` kept states:
   unstructured masks) gains nothing from gathering, so it runs the dense recurrence with the
   pruned transitions (``zero_transition``) or drives (``remove``) multiplied by 0.
 
+A time-invariant ``(d, n)`` B or C (mamba_ssm's ``is_variable_B=False``) is gathered once per
+call into a ``(k, d)`` table of its value at every (slot, channel), like ``A``: the drive is then
+``du * B_kd`` and the output ``sum_k C_kd * h``, with no per-timestep B / C rows at all.
+
 So a 50 % column or N:M mask halves the work of the recurrence and of every per-state op.
 """
 
@@ -64,6 +68,8 @@ class _StatePlan:
         kept_idx: ``(k,)`` (column) or ``(d, k_max)`` (per-channel) ascending kept indices.
         kept_count: ``(d,)`` kept states per channel (per-channel masks), else None.
         for_scan: build the chunked-scan tables (selection matrices); the decode step gathers.
+        fixed_B, fixed_C: time-invariant ``(d, n)`` B / C (scan only), or None when input-dependent
+            (then ``groups`` counts the groups of the input-dependent ones only).
 
     Attributes:
         k: state slots per channel that the recurrence runs on.
@@ -72,9 +78,12 @@ class _StatePlan:
         kept_cols: ``(k,)`` shared slot indices when B/C can be sliced once (dense, column, g = 1).
         select: ``(g*n, k*d)`` 0/1 matrix; ``BT @ select`` gathers the B/C row of every
             (slot, channel) pair (per-channel slots or grouped B/C), else None.
+        B_kd, C_kd: ``(k, d)`` time-invariant B / C of every slot (0 on padding), else None.
         slot_mask: ``(k, d)`` 0/1 multiplier of the masked-dense mode, else None.
-        feedthrough: ``(g*n, d)`` 0/1 matrix of pruned states that still feed through
-            (``zero_transition``, when the recurrence skips them), else None.
+        feedthrough: ``(g*n, d)`` weights of the pruned states that still feed through
+            (``zero_transition``, when the recurrence skips them): 0/1, times the time-invariant
+            B or C when one is; the rows it multiplies are ``B*C``, ``C`` or ``B`` accordingly.
+        feedthrough_const: ``(d,)`` ``sum_{pruned} B*C`` when both are time-invariant, else None.
     """
 
     def __init__(
@@ -88,11 +97,14 @@ class _StatePlan:
         dtype: torch.dtype,
         *,
         for_scan: bool = True,
+        fixed_B: torch.Tensor | None = None,
+        fixed_C: torch.Tensor | None = None,
     ) -> None:
         d, n = A.shape
         dev = A.device
         self.slot_mask = None
         self.feedthrough = None
+        self.feedthrough_const = None
         self.masked_dense = (
             for_scan
             and state_mask is not None
@@ -109,12 +121,14 @@ class _StatePlan:
             self.k = int(shared.numel())
             self.slots = shared[None, :].expand(d, self.k)
             self.valid = torch.ones(d, self.k, dtype=torch.bool, device=dev)
-            self.A_kd = A.to(dtype).index_select(1, shared).t().contiguous()
         else:
             self.k = int(kept_idx.shape[1])
             self.slots = kept_idx.long()
             self.valid = torch.arange(self.k, device=dev)[None, :] < kept_count[:, None].long()
-            self.A_kd = (torch.gather(A.to(dtype), 1, self.slots) * self.valid).t().contiguous()
+        self._shared = shared
+        self.A_kd = self.per_slot(A, dtype)
+        self.B_kd = None if fixed_B is None else self.per_slot(fixed_B, dtype)
+        self.C_kd = None if fixed_C is None else self.per_slot(fixed_C, dtype)
 
         if self.masked_dense:
             self.valid = state_mask
@@ -122,7 +136,8 @@ class _StatePlan:
 
         self.kept_cols = shared if (shared is not None and groups == 1 and for_scan) else None
         self.select = None
-        if for_scan and self.kept_cols is None and self.k > 0:
+        some_variable = fixed_B is None or fixed_C is None
+        if for_scan and self.kept_cols is None and self.k > 0 and some_variable:
             group_of = torch.arange(d, device=dev) // (d // groups)
             select = torch.zeros(groups * n, self.k, d, dtype=dtype, device=dev)  # viewed (g*n, k*d)
             rows = group_of[:, None] * n + self.slots  # (d, k)
@@ -136,10 +151,25 @@ class _StatePlan:
         if for_scan and pruned_states == "zero_transition" and pruned_skipped:
             full = state_mask if state_mask.dim() == 2 else state_mask[None, :].expand(d, n)
             if not bool(full.all()):
-                group_of = torch.arange(d, device=dev) // (d // groups)
-                ft = torch.zeros(groups, n, d, dtype=dtype, device=dev)
-                ft[group_of, :, torch.arange(d, device=dev)] = (~full).to(dtype)
-                self.feedthrough = ft.reshape(groups * n, d)
+                weight = (~full).to(dtype)  # (d, n)
+                for fixed in (fixed_B, fixed_C):
+                    if fixed is not None:
+                        weight = weight * fixed.to(dtype)
+                if not some_variable:
+                    self.feedthrough_const = weight.sum(dim=1)
+                else:
+                    group_of = torch.arange(d, device=dev) // (d // groups)
+                    ft = torch.zeros(groups, n, d, dtype=dtype, device=dev)
+                    ft[group_of, :, torch.arange(d, device=dev)] = weight
+                    self.feedthrough = ft.reshape(groups * n, d)
+
+    def per_slot(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A per-state ``(d, n)`` table (A, a time-invariant B or C) at every slot: ``(k, d)``,
+        0 on padding slots (so padded slots stay exactly 0)."""
+        t = t.to(dtype)
+        if self._shared is not None:
+            return t.index_select(1, self._shared).t().contiguous()
+        return (torch.gather(t, 1, self.slots) * self.valid).t().contiguous()
 
 
 _workspaces = threading.local()
@@ -183,12 +213,12 @@ class _ChunkBuffers:
         d: int,
         dtype: torch.dtype,
         device: torch.device,
-        select: bool,
+        products: bool,
         ft: bool,
         slot: str = "chunk",
     ) -> None:
         small, large = b * d * T, b * T * k * d
-        total = small * (7 + int(ft)) + large * (2 + int(select))
+        total = small * (7 + int(ft)) + large * (2 + int(products))
         arena = _workspace(slot, total, dtype, device)
         offset = 0
 
@@ -206,7 +236,7 @@ class _ChunkBuffers:
         self.dA, self.H = buffer(b, T, k, d), buffer(b, T, k, d)
         # Per-timestep views, made once: building 2*T views per chunk costs more than the math.
         self.dA_t, self.H_t = self.dA.unbind(1), self.H.unbind(1)
-        self.C = buffer(b, T, k, d) if select else None
+        self.C = buffer(b, T, k, d) if products else None  # gathered C, or C * h
 
 
 def selective_scan_torch(
@@ -227,26 +257,31 @@ def selective_scan_torch(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked selective scan; arguments validated by the caller (see ``ops.dispatch``).
 
-    Shapes: u, delta, z ``(b, d, l)``; A ``(d, n)``; B, C ``(b, n, l)`` or ``(b, g, n, l)``;
-    D, delta_bias ``(d,)``; state_mask None, bool ``(n,)`` or ``(d, n)`` with the ``kept_idx`` /
-    ``kept_count`` tables of its ``StateLayout``.
+    Shapes: u, delta, z ``(b, d, l)``; A ``(d, n)``; B, C ``(b, n, l)``, ``(b, g, n, l)`` or
+    time-invariant ``(d, n)``; D, delta_bias ``(d,)``; state_mask None, bool ``(n,)`` or ``(d, n)``
+    with the ``kept_idx`` / ``kept_count`` tables of its ``StateLayout``.
 
     Returns ``(out (b, d, l) in u.dtype, last_state (b, d, n) or None)``.
     """
     dtype = math_dtype(u, delta, A, B, C, D, z, delta_bias)
     b, d, l = u.shape
     n = A.shape[1]
+    fixed_B = B if B.dim() == 2 else None  # time-invariant (d, n)
+    fixed_C = C if C.dim() == 2 else None
     gB = B.shape[1] if B.dim() == 4 else 1
     gC = C.shape[1] if C.dim() == 4 else 1
     groups = math.lcm(gB, gC)
-    # (b, l, g*n) time-major copies of B and C in math precision: small next to (b, l, k, d).
-    BT = _time_major_bc(B, groups, dtype)
-    CT = _time_major_bc(C, groups, dtype)
-    plan = _StatePlan(A, groups, state_mask, kept_idx, kept_count, pruned_states, dtype)
+    # (b, l, g*n) time-major copies of the input-dependent B and C in math precision: small next
+    # to (b, l, k, d).
+    BT = _time_major_bc(B, groups, dtype) if fixed_B is None else None
+    CT = _time_major_bc(C, groups, dtype) if fixed_C is None else None
+    plan = _StatePlan(
+        A, groups, state_mask, kept_idx, kept_count, pruned_states, dtype, fixed_B=fixed_B, fixed_C=fixed_C
+    )
     k = plan.k
     if plan.kept_cols is not None:
-        BT_k = BT.index_select(2, plan.kept_cols)
-        CT_k = CT.index_select(2, plan.kept_cols)
+        BT_k = None if BT is None else BT.index_select(2, plan.kept_cols)
+        CT_k = None if CT is None else CT.index_select(2, plan.kept_cols)
     bias = None if delta_bias is None else delta_bias.to(dtype)
     D_m = None if D is None else D.to(dtype)
 
@@ -256,15 +291,14 @@ def selective_scan_torch(
     h = torch.zeros(b, k, d, dtype=dtype, device=dev)
     out = torch.empty(b, d, l, dtype=u.dtype, device=dev)
     write_direct = out.dtype == dtype
-    bufs = _ChunkBuffers(b, T, k, d, dtype, dev, plan.select is not None, plan.feedthrough is not None)
+    products = plan.select is not None or plan.C_kd is not None  # a (b, T, k, d) buffer for C * h
+    bufs = _ChunkBuffers(b, T, k, d, dtype, dev, products, plan.feedthrough is not None)
 
     for start in range(0, l, T):
         Tc = min(T, l - start)
         s = slice(start, start + Tc)
         if Tc != bufs.T:  # the shorter last chunk gets its own contiguous buffers
-            bufs = _ChunkBuffers(
-                b, Tc, k, d, dtype, dev, plan.select is not None, plan.feedthrough is not None, slot="tail"
-            )
+            bufs = _ChunkBuffers(b, Tc, k, d, dtype, dev, products, plan.feedthrough is not None, slot="tail")
         # Prologue, channel-major: dt = softplus(delta + bias), du = dt * u.
         dt_c, du_c = bufs.dt_cm, bufs.du_cm
         if bias is not None:
@@ -284,7 +318,9 @@ def selective_scan_torch(
             dA.exp_()
             if plan.slot_mask is not None and pruned_states == "zero_transition":
                 dA.mul_(plan.slot_mask)
-            if plan.select is None:
+            if plan.B_kd is not None:  # time-invariant B
+                torch.mul(du[:, :, None, :], plan.B_kd, out=H)
+            elif plan.select is None:
                 torch.mul(du[:, :, None, :], BT_k[:, s, :, None], out=H)
             else:  # gather the B row of every (slot, channel) with one 0/1 matmul, scale by du
                 torch.matmul(BT[:, s], plan.select, out=H.view(b, Tc, k * d))
@@ -296,7 +332,9 @@ def selective_scan_torch(
             for t in range(1, Tc):
                 H_t[t].addcmul_(dA_t[t], H_t[t - 1])
             h = H_t[Tc - 1].clone()
-            if plan.select is None:
+            if plan.C_kd is not None:  # time-invariant C
+                torch.sum(torch.mul(H, plan.C_kd, out=bufs.C), dim=2, out=y)
+            elif plan.select is None:
                 torch.matmul(CT_k[:, s, None, :], H, out=y.view(b, Tc, 1, d))
             else:
                 Cg = bufs.C
@@ -304,10 +342,13 @@ def selective_scan_torch(
                 torch.sum(Cg.mul_(H), dim=2, out=y)
         else:
             y.zero_()
-        if plan.feedthrough is not None:
+        if plan.feedthrough is not None:  # rows B*C, or the input-dependent one of B and C
+            rows = CT[:, s] if BT is None else BT[:, s] if CT is None else BT[:, s] * CT[:, s]
             ft = bufs.ft_tm
-            torch.matmul(BT[:, s] * CT[:, s], plan.feedthrough, out=ft)
+            torch.matmul(rows, plan.feedthrough, out=ft)
             y.addcmul_(du, ft)
+        elif plan.feedthrough_const is not None:  # both time-invariant
+            y.addcmul_(du, plan.feedthrough_const)
 
         # Epilogue, channel-major: out = (y + u * D) * silu(z).
         y_c = out[:, :, s] if write_direct else bufs.y_cm

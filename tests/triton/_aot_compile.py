@@ -79,6 +79,24 @@ def main() -> int:
                 dict(MASK_KIND=mask_kind, ROW_B=row, HAS_BIAS=True, SOFTPLUS=True),
             )
         )
+    # time-invariant (d, n) B / C: float32 weights read through a grouped view next to bf16 u
+    fixed_bc = {"B_ptr": "*fp32", "C_ptr": "*fp32"}
+    variants.append(
+        (
+            "scan time-invariant B/C mask_kind=2 ft_mode=2",
+            selective_scan._scan_kernel,
+            dict(MASK_KIND=2, FT_MODE=2, ROW_B=False, ROW_C=False, UNI_B=False, UNI_C=False, **scan_flags),
+            fixed_bc,
+        )
+    )
+    variants.append(
+        (
+            "segment_state time-invariant B mask_kind=1",
+            selective_scan._segment_state_kernel,
+            dict(MASK_KIND=1, ROW_B=False, HAS_BIAS=True, SOFTPLUS=True),
+            fixed_bc,
+        )
+    )
     variants.append(("segment_carry", selective_scan._segment_carry_kernel, dict(MASK_KIND=2, BLOCK=256)))
     for mode, mask_kind in ((0, 0), (1, 1), (1, 2), (2, 2)):
         variants.append(
@@ -99,11 +117,14 @@ def main() -> int:
         )
 
     failed = 0
-    for name, fn, flags in variants:
+    for name, fn, flags, *pointer_types in variants:
         flags = {"ACC": tl.float32, **flags}
         if "T" in fn.arg_names:
             flags.update(BLOCK_D=4, T=64, KB=16)
-        signature, values = _signature(fn, pointers(fn), flags)
+        kinds = pointers(fn)
+        for overrides in pointer_types:
+            kinds.update({k: v for k, v in overrides.items() if k in kinds})
+        signature, values = _signature(fn, kinds, flags)
         try:
             kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=values), target=target)
             ok = "cubin" in kernel.asm

@@ -20,6 +20,7 @@ CASES = [
     ScanCase("no_bias_no_softplus", batch=2, d=8, n=4, seqlen=15, with_bias=False, softplus=False),
     ScanCase("bf16", batch=2, d=8, n=8, seqlen=20, dtype=torch.bfloat16),
     ScanCase("fp64", batch=2, d=8, n=8, seqlen=20, dtype=torch.float64),
+    ScanCase("time_invariant_B", batch=3, d=10, n=8, seqlen=12, fixed="B"),
 ]
 
 

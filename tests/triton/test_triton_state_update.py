@@ -11,7 +11,7 @@ from sparsessm_kernels.ops import StateLayout
 from sparsessm_kernels.ops.reference import selective_state_update_ref
 from tests.scan_cases import ScanCase, assert_close, make_inputs, to_float64
 
-from .conftest import DEVICE
+from .conftest import DEVICE, TRITON_TOLERANCES
 
 # (name, mask kind, compact state, state dtype)
 DECODE_CASES = [
@@ -72,8 +72,8 @@ def test_decode_step_matches_reference(
         ref_state, **to_float64(step), state_mask=mask, pruned_states=pruned_states
     )
     assert out.dtype == step["x"].dtype and ours.dtype == state_dtype
-    assert_close(out, ref, dtype, f"{name} out")
-    assert_close(ours, ref_state, state_dtype, f"{name} state")
+    assert_close(out, ref, dtype, f"{name} out", tolerances=TRITON_TOLERANCES)
+    assert_close(ours, ref_state, state_dtype, f"{name} state", tolerances=TRITON_TOLERANCES)
 
 
 @pytest.mark.parametrize("compact", [False, True], ids=["dense_state", "compact_state"])
@@ -98,8 +98,8 @@ def test_state_batch_indices_with_pad_rows(compact: bool, index_dtype: torch.dty
         out = ssk.selective_state_update(
             ours, **step, state_mask=layout, backend=backend, state_batch_indices=sbi
         )
-        assert_close(out, ref, torch.float32, f"{backend} out")
-        assert_close(ours, ref_state, torch.float32, f"{backend} state")
+        assert_close(out, ref, torch.float32, f"{backend} out", tolerances=TRITON_TOLERANCES)
+        assert_close(ours, ref_state, torch.float32, f"{backend} state", tolerances=TRITON_TOLERANCES)
         assert (out[1] == 0).all() and (out[3] == 0).all()
         untouched = [1, 3, 4, 6]
         assert torch.equal(ours[untouched], state0[untouched])
@@ -199,8 +199,8 @@ def test_full_size_decode_on_gpu(batch: int, mask_kind: str) -> None:
     out = ssk.selective_state_update(ours, **step, state_mask=layout, backend="triton")
     ref_state = state0.clone().double()
     ref = selective_state_update_ref(ref_state, **to_float64(step), state_mask=layout)
-    assert_close(out, ref, torch.bfloat16, "out")
-    assert_close(ours, ref_state, torch.float32, "state")
+    assert_close(out, ref, torch.bfloat16, "out", tolerances=TRITON_TOLERANCES)
+    assert_close(ours, ref_state, torch.float32, "state", tolerances=TRITON_TOLERANCES)
 
 
 @pytest.mark.gpu
@@ -226,3 +226,27 @@ def test_cuda_graph_capture_replays_the_decode_step() -> None:
     torch.cuda.synchronize()
     torch.testing.assert_close(captured, expected)
     torch.testing.assert_close(captured_state, expected_state)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "2:4"])
+def test_decode_chain_with_time_invariant_B_C(mask_kind: str) -> None:
+    """Time-invariant (d, n) B / C: the scan takes them as they are, the decode step as the grouped
+    view ``B[None].expand(b, d, n)`` (stride 0 over the batch, one group per channel)."""
+    case = ScanCase("chain_fixed", batch=2, d=10, n=8, seqlen=6, mask=mask_kind, fixed="BC")
+    inputs, mask = make_inputs(case, device=DEVICE)
+    layout = StateLayout(mask) if mask is not None else None
+    out, last = ssk.selective_scan(**inputs, return_last_state=True, state_mask=layout, backend="triton")
+    b, d, l = inputs["u"].shape
+    k = layout.n_kept if layout is not None else 8
+    B_step, C_step = (inputs[name][None].expand(b, d, 8) for name in ("B", "C"))
+    state = torch.zeros(b, d, k, device=DEVICE)
+    steps = [
+        ssk.selective_state_update(
+            state, inputs["u"][..., t], inputs["delta"][..., t], inputs["A"], B_step, C_step, inputs["D"],
+            inputs["z"][..., t], inputs["delta_bias"], True, state_mask=layout, backend="triton",
+        )
+        for t in range(l)
+    ]  # fmt: skip
+    torch.testing.assert_close(torch.stack(steps, -1), out, rtol=1e-5, atol=1e-5)
+    full = layout.expand_state(state) if layout is not None else state
+    torch.testing.assert_close(full, last, rtol=1e-5, atol=1e-5)

@@ -128,7 +128,8 @@ def selective_scan_cuda(
     """Selective scan on the CUDA kernels; arguments validated by the caller (see ``ops.dispatch``).
 
     Shapes as in :func:`~sparsessm_kernels.ops.torch_backend.selective_scan_torch`: u, delta, z
-    ``(b, d, l)``; A ``(d, n)`` float32; B, C ``(b, n, l)`` or ``(b, g, n, l)``; D, delta_bias ``(d,)``;
+    ``(b, d, l)``; A ``(d, n)`` float32; B, C ``(b, n, l)``, ``(b, g, n, l)`` or time-invariant
+    ``(d, n)`` (passed as float32, read once per chunk by the kernel); D, delta_bias ``(d,)``;
     state_mask None, bool ``(n,)`` or ``(d, n)`` with the ``kept_idx`` / ``kept_count`` tables of its
     ``StateLayout``. Sequence tensors of mixed dtypes are computed in their promoted dtype (exact:
     the math is float32 either way); float64 is not supported by the kernels (use the torch backend).
@@ -136,15 +137,16 @@ def selective_scan_cuda(
     Returns ``(out (b, d, l) in u.dtype, last_state (b, d, n) float32 or None)``.
     """
     ext = _extension()
-    seq = {"u": u, "delta": delta, "B": B, "C": C, "z": z}
-    for name, t in (*seq.items(), ("A", A), ("D", D), ("delta_bias", delta_bias)):
+    named = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
+    for name, t in named.items():
         if t is not None and t.dtype == torch.float64:
             raise TypeError(
                 f"{name}: the cuda backend computes in float32 and does not take float64 tensors "
                 "(use backend='torch' for a float64 scan)"
             )
+    # The sequence tensors share one dtype; a time-invariant (d, n) B / C is a float32 weight like A.
     dtype = u.dtype
-    for t in seq.values():
+    for t in (delta, z, B if B.dim() != 2 else None, C if C.dim() != 2 else None):
         if t is not None:
             dtype = torch.promote_types(dtype, t.dtype)
     if dtype not in _KERNEL_DTYPES:
@@ -163,8 +165,8 @@ def selective_scan_cuda(
         _seq(u, dtype),
         _seq(delta, dtype),
         _f32(A),
-        _seq(B, dtype),
-        _seq(C, dtype),
+        _seq(B, dtype) if B.dim() != 2 else _f32(B),
+        _seq(C, dtype) if C.dim() != 2 else _f32(C),
         _f32(D),
         _seq(z, dtype),
         _f32(delta_bias),

@@ -85,6 +85,15 @@ def bc_strides(t: torch.Tensor, grouped: bool) -> tuple[int, int, int, int]:
     return t.shape[1], t.stride(0), t.stride(1), t.stride(2)
 
 
+def time_invariant_as_grouped(t: torch.Tensor, b: int, l: int) -> torch.Tensor:
+    """A time-invariant ``(d, n)`` B / C as the grouped ``(b, g = d, n, l)`` view the kernels read
+    (stride 0 over batch and time: no copy); any other layout unchanged."""
+    if t.dim() != 2:
+        return t
+    d, n = t.shape
+    return t[None, :, :, None].expand(b, d, n, l)
+
+
 @triton.jit
 def softplus(x):
     """PyTorch's softplus (beta 1, threshold 20); log1p through Kahan's trick for small exp(x)."""

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, device_guard, next_pow2, softplus
+from ._common import acc_dtype, device_guard, next_pow2, softplus, time_invariant_as_grouped
 
 
 @triton.jit
@@ -108,6 +108,7 @@ def state_saliency_triton(
     n = A.shape[1]
     dev = u.device
     acc_torch, acc_tl = acc_dtype(u, delta, A, B, delta_bias)
+    B = time_invariant_as_grouped(B, b, l)  # (d, n) -> (b, d, n, l) view, stride 0 over b and l
     grouped = B.dim() == 4
     g = B.shape[1] if grouped else 1
     sB = (

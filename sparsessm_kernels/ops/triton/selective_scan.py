@@ -51,6 +51,11 @@ least two chunks and three kernels run:
 When ``batch * d-blocks`` already fills the GPU, ``S = 1`` and only the third kernel runs (one
 pass). The choice depends on shapes only: no host synchronisation, so CUDA graphs capture it.
 
+A time-invariant ``(d, n)`` B or C is passed to the kernels as a grouped ``(b, g = d, n, l)`` view
+with stride 0 over batch and time (no copy): every channel is its own group, its rows gathered
+per channel like a grouped B / C inside a channel block (not specialised further: the ``T`` loads
+of a row hit the same address).
+
 ``return_last_state`` is written by the program of the last segment: the carried slots are
 scattered to ``(b, d, n)`` (zero elsewhere, so pruned entries are 0). Math is float32 (float64
 when an input is float64); ``out`` is stored in ``u.dtype``.
@@ -77,6 +82,7 @@ from ._common import (
     silu,
     sm_count,
     softplus,
+    time_invariant_as_grouped,
 )
 
 MASK_DENSE, MASK_COLUMN, MASK_CHANNEL = 0, 1, 2
@@ -385,7 +391,7 @@ def _segments(b: int, d_blocks: int, n_chunks: int, device: torch.device) -> int
     device idle or end in a long partial wave (programs are long: they walk the whole sequence)."""
     target = 2 * RESIDENT_PER_SM * sm_count(device)
     have = b * d_blocks
-    if have >= target or n_chunks < 4:
+    if have == 0 or have >= target or n_chunks < 4:
         return 1
     return max(1, min(n_chunks // 2, math.ceil(target / have)))
 
@@ -420,6 +426,7 @@ def selective_scan_triton(
     n = A.shape[1]
     dev = u.device
     acc_torch, acc_tl = acc_dtype(u, delta, A, B, C, D, z, delta_bias)
+    B, C = time_invariant_as_grouped(B, b, l), time_invariant_as_grouped(C, b, l)
     if state_mask is None:
         mask_kind, k = MASK_DENSE, n
     elif state_mask.dim() == 1:
