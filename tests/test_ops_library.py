@@ -241,3 +241,38 @@ def test_fast_path_matches_the_registered_ops_exactly() -> None:
         state_ref, *step, True, *_layout_args(mask), "zero_transition", "torch"
     )
     assert torch.equal(y, y_ref) and torch.equal(state, state_ref)
+
+
+def test_raw_mask_layout_is_built_once_per_mask_and_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A raw mask passed on every call is validated and turned into a layout once, not per call."""
+    from sparsessm_kernels.ops import layout as layout_mod
+
+    built = []
+    real_init = layout_mod.StateLayout.__init__
+
+    def counting_init(self, mask):
+        built.append(tuple(mask.shape))
+        real_init(self, mask)
+
+    monkeypatch.setattr(layout_mod.StateLayout, "__init__", counting_init)
+    d, n = 6, 4
+    g = torch.Generator().manual_seed(0)
+    u, delta = torch.randn(1, d, 5, generator=g), torch.randn(1, d, 5, generator=g)
+    A = -torch.rand(d, n, generator=g) - 0.5
+    B, C = torch.randn(1, n, 5, generator=g), torch.randn(1, n, 5, generator=g)
+    mask = torch.rand(d, n, generator=g) > 0.5
+    first = ssk.selective_scan(u, delta, A, B, C, state_mask=mask)
+    for _ in range(3):
+        assert torch.equal(ssk.selective_scan(u, delta, A, B, C, state_mask=mask), first)
+    assert len(built) == 1
+    mask[0] = ~mask[0]  # an in-place change is seen: the layout is rebuilt
+    changed = ssk.selective_scan(u, delta, A, B, C, state_mask=mask)
+    assert len(built) == 2 and not torch.equal(changed, first)
+    want = ssk.selective_scan(u, delta, A, B, C, state_mask=mask.clone())  # a new tensor: a new layout
+    assert len(built) == 3 and torch.equal(changed, want)
+    key = id(mask)
+    del mask
+    import gc
+
+    gc.collect()
+    assert key not in layout_mod._RAW_MASK_LAYOUTS  # freed masks leave the cache

@@ -216,9 +216,10 @@ def selective_scan(
         delta_softplus: softplus on ``delta + delta_bias``.
         return_last_state: also return the final state ``(b, d, n)`` (float32; pruned entries 0).
         state_mask: ``None`` (dense), bool ``(n,)`` column mask or ``(d, n)`` per-channel mask
-            (True = kept), or a prebuilt :class:`StateLayout` / ``StateSparsity`` (build it once
-            per layer; a raw mask is validated on every call, and under ``torch.compile`` only a
-            prebuilt layout traces without graph breaks).
+            (True = kept), or a prebuilt :class:`StateLayout` / ``StateSparsity``. A raw mask is
+            turned into a layout on its first use and cached by identity and version (one host
+            read-back for a CUDA mask, then none); under ``torch.compile`` only a prebuilt layout
+            traces without graph breaks.
         pruned_states: ``"zero_transition"`` (default) or ``"remove"``; see docs/semantics.md.
         backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``.
 

@@ -19,6 +19,8 @@ Two kinds of masks exist:
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 MAX_D_STATE = 256
@@ -183,6 +185,37 @@ class StateLayout:
         )
 
 
+# Layouts of raw masks passed to the ops, keyed by the mask tensor's identity: (a weak reference
+# to the mask, its version counter when the layout was built, the layout). An entry is dropped when
+# its mask is freed; an in-place change of the mask bumps its version, so the layout is rebuilt.
+_RAW_MASK_LAYOUTS: dict[int, tuple[weakref.ref, int, StateLayout]] = {}
+
+
+def _forget_mask(key: int, ref: weakref.ref) -> None:
+    entry = _RAW_MASK_LAYOUTS.get(key)
+    if entry is not None and entry[0] is ref:  # not a newer mask that reuses the same id
+        del _RAW_MASK_LAYOUTS[key]
+
+
+def _layout_of_raw_mask(mask: object) -> StateLayout:
+    """The :class:`StateLayout` of a raw mask tensor, built once per mask (and per in-place change).
+
+    Building a layout validates the mask and reads two numbers back to the host (``k`` and
+    whether every channel keeps ``k``): a device sync for a CUDA mask. Cached, a mask passed on
+    every call costs that once, not per call. Under ``torch.compile`` the layout is built inline.
+    """
+    if not isinstance(mask, torch.Tensor) or torch.compiler.is_compiling():
+        return StateLayout(mask)  # type: ignore[arg-type]  (validates and raises on bad input)
+    key = id(mask)
+    entry = _RAW_MASK_LAYOUTS.get(key)
+    if entry is not None and entry[0]() is mask and entry[1] == mask._version:
+        return entry[2]
+    layout = StateLayout(mask.detach().clone())  # holds no reference to the key: it can be freed
+    ref = weakref.ref(mask, lambda r, key=key: _forget_mask(key, r))
+    _RAW_MASK_LAYOUTS[key] = (ref, mask._version, layout)
+    return layout
+
+
 def as_layout(
     state_mask: torch.Tensor | StateLayout | None, d_inner: int, d_state: int
 ) -> StateLayout | None:
@@ -196,7 +229,7 @@ def as_layout(
     """
     if state_mask is None:
         return None
-    layout = state_mask if isinstance(state_mask, StateLayout) else StateLayout(state_mask)
+    layout = state_mask if isinstance(state_mask, StateLayout) else _layout_of_raw_mask(state_mask)
     if layout.d_state != d_state:
         raise ValueError(
             f"state_mask: expected {d_state} states (A has shape (d, {d_state})), "
