@@ -22,6 +22,13 @@ def _mask(rows: int, n: int = 16) -> torch.Tensor:
     return torch.ones(rows, n, dtype=torch.bool)
 
 
+def _uneven() -> torch.Tensor:
+    """A (2, 16) per-group mask keeping 3 states in group 0 and 1 in group 1 (no compact state)."""
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, :3] = mask[1, 0] = True
+    return mask
+
+
 SCAN_ERRORS = [
     (
         "x_3d",
@@ -112,7 +119,7 @@ SCAN_ERRORS = [
     ),
     (
         "compact_initial_states_need_uniform_mask",
-        lambda t: {**t, "initial_states": torch.zeros(2, 4, 8, 8), "state_mask": torch.rand(2, 16) > 0.5},
+        lambda t: {**t, "initial_states": torch.zeros(2, 4, 8, 8), "state_mask": _uneven()},
         ValueError,
         r"initial_states: expected shape \(b, nheads, headdim, d_state\) = \(2, 4, 8, 16\)",
     ),

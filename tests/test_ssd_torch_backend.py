@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -199,3 +201,17 @@ def test_gpu_torch_backend_matches_reference(case: SSDCase) -> None:
     ref, ref_final = ssd_scan_ref(**to_float64(inputs), return_final_states=True)
     assert_close(out.cpu(), ref, case.dtype, f"{case.name} out")
     assert_close(final.cpu(), ref_final, _math(case.dtype), f"{case.name} final")
+
+
+def test_readme_ssd_example_runs() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    example = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "ssk.ssd_scan" in b)
+    sizes = "b, l, h, p, g, n = 1, 512, 24, 64, 1, 128"
+    assert sizes in example
+    namespace: dict = {}
+    exec(
+        compile(example.replace(sizes, "b, l, h, p, g, n = 1, 40, 8, 16, 1, 32"), "README.md", "exec"),
+        namespace,
+    )
+    assert namespace["y"].shape == (1, 8, 16)
+    assert namespace["state"].shape == (1, 8, 16, 16)
