@@ -97,7 +97,6 @@ def _chunked_scan(
     dA: torch.Tensor,
     Bk: torch.Tensor,
     Ck: torch.Tensor,
-    row_of_head: torch.Tensor,
     h0: torch.Tensor | None,
     seq_idx: torch.Tensor | None,
     chunk: int,
@@ -105,12 +104,14 @@ def _chunked_scan(
     """The recurrence ``h_t = exp(dA_t) h_{t-1} + B_t X_t``, ``y_t = C_t . h_t`` over chunks.
 
     ``X`` ``(b, l, H, p)`` (``dt * x``); ``dA`` ``(b, l, H)`` (``dt * A``); ``Bk``, ``Ck``
-    ``(b, l, R, k)``; ``row_of_head`` ``(H,)``; ``h0`` ``(b, H, p, k)`` or None; ``seq_idx``
-    ``(b, l)`` or None (the state restarts where it changes; position -1 has index 0).
+    ``(b, l, R, k)`` with ``R`` dividing ``H``: head ``i`` reads row ``i // (H // R)`` (so the heads
+    of a row are contracted together, never expanded); ``h0`` ``(b, H, p, k)`` or None;
+    ``seq_idx`` ``(b, l)`` or None (the state restarts where it changes; position -1 has index 0).
     Returns ``(y (b, l, H, p), h_last (b, H, p, k))``.
     """
     b, l, H, p = X.shape
-    k = Bk.shape[-1]
+    R, k = Bk.shape[-2:]
+    G = H // R
     Q = min(chunk, l)
     pad = (-l) % Q
     if pad:  # padded steps have dt = 0: no decay, no drive, so the last state is kept
@@ -120,8 +121,8 @@ def _chunked_scan(
             seq_idx = torch.cat([seq_idx, seq_idx[:, -1:].expand(b, pad)], dim=1)
     c = (l + pad) // Q
     Xc = X.reshape(b, c, Q, H, p)
-    Bc = Bk.reshape(b, c, Q, *Bk.shape[2:])
-    Cc = Ck.reshape(b, c, Q, *Ck.shape[2:])
+    Bc = Bk.reshape(b, c, Q, R, k)
+    Cc = Ck.reshape(b, c, Q, R, k)
     dAc = dA.reshape(b, c, Q, H).permute(0, 1, 3, 2)  # (b, c, H, Q)
     A_cs = torch.cumsum(dAc, dim=-1)
     L = _segsum_exp(dAc)  # (b, c, H, Q, Q)
@@ -130,12 +131,14 @@ def _chunked_scan(
         L = L * (sq[:, :, :, None] == sq[:, :, None, :])[:, :, None].to(L.dtype)
 
     # Intra-chunk (diagonal blocks): y_i += sum_{j <= i} (C_i . B_j) L[i, j] X_j
-    CB = torch.einsum("bcqrn,bcsrn->bcrqs", Cc, Bc)[:, :, row_of_head]  # (b, c, H, Q, Q)
-    y = torch.einsum("bchqs,bcshp->bcqhp", CB * L, Xc)
+    CB = torch.einsum("bcqrn,bcsrn->bcrqs", Cc, Bc)  # (b, c, R, Q, Q), once per row
+    M = (CB[:, :, :, None] * L.view(b, c, R, G, Q, Q)).view(b, c, H, Q, Q)
+    y = torch.einsum("bchqs,bcshp->bcqhp", M, Xc)
 
     # Each chunk's own end state, from a zero start: sum_j L[Q-1, j] B_j X_j
-    B_h = Bc[:, :, :, row_of_head]  # (b, c, Q, H, k)
-    chunk_states = torch.einsum("bcqhn,bchq,bcqhp->bchpn", B_h, L[..., Q - 1, :], Xc)
+    Xd = Xc * L[..., Q - 1, :].permute(0, 1, 3, 2)[..., None]  # (b, c, Q, H, p)
+    chunk_states = torch.einsum("bcqrn,bcqrm->bcrmn", Bc, Xd.reshape(b, c, Q, R, G * p))
+    chunk_states = chunk_states.reshape(b, c, H, p, k)
 
     # Inter-chunk: pass the states along, one step per chunk.
     state = X.new_zeros(b, H, p, k) if h0 is None else h0
@@ -157,11 +160,11 @@ def _chunked_scan(
     start = torch.stack(starts, dim=1)  # (b, c, H, p, k)
 
     # Off-diagonal blocks: y_i += exp(A_cs[i]) C_i . h_start
-    C_h = Cc[:, :, :, row_of_head]  # (b, c, Q, H, k)
     weight = torch.exp(A_cs).permute(0, 1, 3, 2)  # (b, c, Q, H)
     if reach is not None:
         weight = weight * reach[..., None]
-    y = y + torch.einsum("bcqhn,bchpn->bcqhp", C_h, start) * weight[..., None]
+    Cs = torch.einsum("bcqrn,bcrmn->bcqrm", Cc, start.reshape(b, c, R, G * p, k)).reshape(b, c, Q, H, p)
+    y = y + Cs * weight[..., None]
     return y.reshape(b, c * Q, H, p)[:, :l], state
 
 
@@ -204,7 +207,7 @@ def ssd_scan_torch(
             idx, valid = slots
             h0 = torch.gather(h0, -1, idx[:, None, :].expand(b, h, p, k)) * valid[:, None, :]
 
-    recurrent = None if head_transition_mask is None else head_transition_mask
+    recurrent = head_transition_mask
     if recurrent is not None and bool(recurrent.all()):
         recurrent = None
     y = X.new_zeros(b, l, h, p)
@@ -212,12 +215,15 @@ def ssd_scan_torch(
     rec = None if recurrent is None else torch.nonzero(recurrent).flatten()
     if rec is None or rec.numel():
         heads = slice(None) if rec is None else rec
+        # a subset of heads no longer maps onto whole rows: give each its own row of B / C
+        Bs, Cs = (
+            (Bk, Ck) if rec is None else (Bk[:, :, rows.row_of_head[rec]], Ck[:, :, rows.row_of_head[rec]])
+        )
         y_rec, last_rec = _chunked_scan(
             X[:, :, heads],
             dt_m[:, :, heads] * A.to(dtype)[heads],
-            Bk,
-            Ck,
-            rows.row_of_head[heads],
+            Bs,
+            Cs,
             None if h0 is None else h0[:, heads],
             seq_idx,
             chunk_size,
