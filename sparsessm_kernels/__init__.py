@@ -28,3 +28,8 @@ __all__ = [
     "selective_state_update",
     "selective_state_update_ref",
 ]
+
+# Mamba-2 (SSD): ssk.ssd_scan(x, dt, A, B, C, ...) and ssk.ssd_state_update(state, x, dt, A, B, C, ...)
+from .ops import SSDStateLayout, ssd_scan, ssd_scan_ref, ssd_state_update, ssd_state_update_ref
+
+__all__ += ["SSDStateLayout", "ssd_scan", "ssd_scan_ref", "ssd_state_update", "ssd_state_update_ref"]

@@ -7,12 +7,16 @@
     from mamba_ssm.ops.triton.selective_state_update import selective_state_update
     # after
     from sparsessm_kernels.compat import selective_scan_fn, mamba_inner_fn, selective_state_update
+    # Mamba-2 (SSD): mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined
+    from sparsessm_kernels.compat import mamba_chunk_scan_combined
 
-Same names, positional signatures and return conventions as mamba_ssm 2.x (Mamba-1 shapes), run
-by :func:`sparsessm_kernels.ops.selective_scan` / :func:`~sparsessm_kernels.ops.selective_state_update`
-on the best backend for the tensors' device. Every function also takes the keyword-only
-``state_mask``, ``pruned_states`` and ``backend`` of the ops (see ``docs/semantics.md``), so a stack
-that already calls mamba_ssm's functions gets sparse states by passing one more keyword.
+Same names, positional signatures and return conventions as mamba_ssm 2.x, run by
+:func:`sparsessm_kernels.ops.selective_scan` / :func:`~sparsessm_kernels.ops.selective_state_update`
+(Mamba-1) and :func:`~sparsessm_kernels.ops.ssd_scan` / :func:`~sparsessm_kernels.ops.ssd_state_update`
+(Mamba-2, in :mod:`sparsessm_kernels._compat_ssd`) on the best backend for the tensors' device.
+Every function also takes the keyword-only ``state_mask``, ``pruned_states`` and ``backend`` of the
+ops (the Mamba-2 ones also ``head_transition_mask``; see ``docs/semantics.md``), so a stack that
+already calls mamba_ssm's functions gets sparse states by passing one more keyword.
 
 Differences from mamba_ssm, all deliberate:
 
@@ -22,9 +26,11 @@ Differences from mamba_ssm, all deliberate:
 * a time-invariant ``(d, n)`` ``B`` or ``C`` (mamba_ssm's ``is_variable_B=False``) may be of any
   float dtype (mamba_ssm requires float32), and may be combined with a grouped input-dependent
   other one (mamba_ssm's CUDA kernel then requires a single group);
-* ``selective_state_update``: Mamba-1 shapes only (``state (b, d, n)``, ``x (b, d)``); the multi-head
-  Mamba-2 layout (``state (b, nheads, dim, n)``, ``x (b, nheads, dim)``, ``A (nheads, dim, n)``) raises
-  ``ValueError``. With a uniform mask the state may be compact ``(b, d, k)``.
+* ``selective_state_update``: Mamba-1 shapes (``state (b, d, n)``, ``x (b, d)``) and the multi-head
+  layout (``state (b, nheads, dim, n)``, ``x (b, nheads, dim)``, ``A (nheads, dim, n)``): tied head dims
+  (the Mamba2 module's call) run the Mamba-2 step with SSD masks and ``head_transition_mask``, a full
+  ``A`` runs the Mamba-1 step on ``nheads * dim`` channels. With a uniform mask the state may be compact.
+* ``mamba_chunk_scan_combined``: ``return_varlen_states=True`` raises ``ValueError``.
 * ``mamba_inner_fn`` ignores ``checkpoint_lvl`` (a backward-pass setting) and runs its causal
   convolution and the optional B / C / dt RMS norms in PyTorch.
 
@@ -38,11 +44,12 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from .ops import StateLayout
+from ._compat_ssd import mamba_chunk_scan_combined, multi_head_state_update
+from .ops import SSDStateLayout, StateLayout
 from .ops import selective_scan as _selective_scan
 from .ops import selective_state_update as _selective_state_update
 
-__all__ = ["mamba_inner_fn", "selective_scan_fn", "selective_state_update"]
+__all__ = ["mamba_chunk_scan_combined", "mamba_inner_fn", "selective_scan_fn", "selective_state_update"]
 
 _MaskArg = torch.Tensor | StateLayout | None
 # The ops take state_batch_indices natively from this release on; older ops get gather / scatter.
@@ -93,7 +100,8 @@ def selective_scan_fn(
     )
 
 
-def _reject_heads(state: object, x: object, A: object) -> None:
+def _reject_mixed_layouts(state: object, x: object, A: object) -> None:
+    """A 3-D (Mamba-1) state with multi-head ``x`` or ``A``: say what each layout needs."""
     dims = {
         name: t.dim() for name, t in (("state", state), ("x", x), ("A", A)) if isinstance(t, torch.Tensor)
     }
@@ -104,9 +112,9 @@ def _reject_heads(state: object, x: object, A: object) -> None:
             if isinstance(t, torch.Tensor)
         }
         raise ValueError(
-            "selective_state_update: multi-head (Mamba-2) inputs are not supported -- sparsessm_kernels "
-            "implements Mamba-1: state (batch, dim, dstate), x / dt / z (batch, dim), A (dim, dstate), "
-            f"B / C (batch, dstate) or (batch, ngroups, dstate); got {shapes}"
+            "selective_state_update: mixed layouts -- Mamba-1: state (batch, dim, dstate), x / dt / z "
+            "(batch, dim), A (dim, dstate); multi-head (Mamba-2): state (batch, nheads, dim, dstate), x / dt "
+            f"/ z (batch, nheads, dim), A (nheads, dim, dstate); got {shapes}"
         )
 
 
@@ -123,11 +131,17 @@ def selective_state_update(
     dt_softplus: bool = False,
     state_batch_indices: torch.Tensor | None = None,
     *,
-    state_mask: _MaskArg = None,
-    pruned_states: str = "zero_transition",
+    state_mask: _MaskArg | SSDStateLayout = None,
+    pruned_states: str | None = None,
     backend: str = "auto",
+    head_transition_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """mamba_ssm's ``selective_state_update`` (Mamba-1 shapes): one decode step, ``state`` in place.
+    """mamba_ssm's ``selective_state_update``: one decode step, ``state`` in place.
+
+    Mamba-1 shapes below; the multi-head layout (``state (batch, nheads, dim, dstate)``) is
+    described in :func:`sparsessm_kernels._compat_ssd.multi_head_state_update`.
+    ``pruned_states`` None: the op's default (``"zero_transition"`` for Mamba-1, ``"remove"`` for a
+    tied multi-head step). ``head_transition_mask``: bool ``(nheads,)``, tied multi-head steps only.
 
     Args:
         state: ``(batch, dim, dstate)``, or compact ``(batch, dim, k)`` with a uniform mask; with
@@ -143,11 +157,25 @@ def selective_state_update(
         ``out`` ``(batch, dim)`` in ``x.dtype``.
 
     Raises:
-        ValueError: Mamba-2 multi-head shapes (``state (b, nheads, dim, n)`` etc.), bad index shapes.
+        ValueError: mixed Mamba-1 / multi-head shapes, bad index shapes.
     """
-    _reject_heads(state, x, A)
+    if isinstance(state, torch.Tensor) and state.dim() == 4:
+        return multi_head_state_update(
+            state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices, state_mask=state_mask,
+            pruned_states=pruned_states, head_transition_mask=head_transition_mask, backend=backend,
+        )  # fmt: skip
+    _reject_mixed_layouts(state, x, A)
+    if head_transition_mask is not None:
+        raise ValueError(
+            "head_transition_mask: only for the multi-head (Mamba-2) layout, state (batch, nheads, dim, "
+            f"dstate); got a Mamba-1 state {tuple(state.shape)}"
+        )
     args = (x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-    kwargs = {"state_mask": state_mask, "pruned_states": pruned_states, "backend": backend}
+    kwargs = {
+        "state_mask": state_mask,
+        "pruned_states": pruned_states or "zero_transition",
+        "backend": backend,
+    }
     if state_batch_indices is None:
         return _selective_state_update(state, *args, **kwargs)
     if _NATIVE_BATCH_INDICES:

@@ -46,7 +46,8 @@ def test_positional_signature_matches_mamba_ssm(name: str) -> None:
     assert got == MAMBA_SSM_SIGNATURES[name]
     assert all(p.default is inspect.Parameter.empty for p in positional[: REQUIRED[name]])
     keyword_only = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    assert keyword_only == ["state_mask", "pruned_states", "backend"]
+    extra = ["head_transition_mask"] if name == "selective_state_update" else []  # multi-head layout
+    assert keyword_only == ["state_mask", "pruned_states", "backend", *extra]
 
 
 def _scan_inputs(b: int = 2, d: int = 8, n: int = 16, l: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -146,16 +147,18 @@ def test_selective_state_update_state_batch_indices(native: bool, monkeypatch: p
         compat.selective_state_update(pool, *_step_args(t), torch.tensor([0, 1]))
 
 
-def test_selective_state_update_rejects_mamba2_heads() -> None:
+def test_selective_state_update_rejects_mixed_layouts() -> None:
+    # The multi-head (Mamba-2) layout itself is tested in tests/test_ssd_compat.py.
     b, h, p, n = 2, 4, 8, 16
-    state = torch.zeros(b, h, p, n)
     x = torch.randn(b, h, p)
-    A = -torch.ones(h, p, n)
     B = torch.randn(b, 1, n)
-    with pytest.raises(ValueError, match=r"multi-head \(Mamba-2\) inputs are not supported.*Mamba-1"):
-        compat.selective_state_update(state, x, x, A, B, B)
-    with pytest.raises(ValueError, match="Mamba-2"):
+    with pytest.raises(ValueError, match=r"mixed layouts.*Mamba-1.*multi-head"):
         compat.selective_state_update(torch.zeros(b, p, n), x, x, -torch.ones(p, n), B[:, 0], B[:, 0])
+    with pytest.raises(ValueError, match="head_transition_mask: only for the multi-head"):
+        compat.selective_state_update(
+            torch.zeros(b, p, n), x[:, 0], x[:, 0], -torch.ones(p, n), B[:, 0], B[:, 0],
+            head_transition_mask=torch.ones(h, dtype=torch.bool),
+        )  # fmt: skip
 
 
 def _inner_weights(d_model: int = 8, d: int = 16, n: int = 8, r: int = 2, w: int = 4, seed: int = 0) -> dict:
@@ -246,11 +249,13 @@ def test_mamba_inner_fn_rms_norm_needs_an_input_dependent_B_C(which: str) -> Non
         )  # fmt: skip
 
 
-def test_compat_imports_only_ops() -> None:
-    tree = ast.parse((ROOT / "sparsessm_kernels" / "compat.py").read_text(encoding="utf-8"))
+@pytest.mark.parametrize("module", ["compat.py", "_compat_ssd.py"])
+def test_compat_imports_only_ops(module: str) -> None:
+    allowed = {"ops", "_compat_ssd"} if module == "compat.py" else {"ops"}  # its own Mamba-2 half
+    tree = ast.parse((ROOT / "sparsessm_kernels" / module).read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level == 1:
-            assert (node.module or "").split(".")[0] == "ops"
+            assert (node.module or "").split(".")[0] in allowed
         if (
             isinstance(node, ast.ImportFrom)
             and node.level == 0

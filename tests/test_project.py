@@ -22,16 +22,22 @@ ALLOWED = {
 
 
 def _internal_imports(path: Path) -> set[str]:
+    """Top-level package modules ``path`` imports (relative imports resolved from its own package,
+    so ``from ..checks import x`` in ``ops/ssd/`` is ``ops``)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = ["sparsessm_kernels", *path.relative_to(PACKAGE).parent.parts]
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level == 0 and node.module and node.module.startswith("sparsessm_kernels."):
                 found.add(node.module.split(".")[1])
-            elif node.level >= 2 and node.module:
-                found.add(node.module.split(".")[0])
-            elif node.level >= 2:
-                found.update(alias.name for alias in node.names)
+            elif node.level >= 1:
+                base = package[: len(package) - (node.level - 1)]
+                names = [node.module] if node.module else [alias.name for alias in node.names]
+                for name in names:
+                    resolved = [*base, *name.split(".")]
+                    if len(resolved) > 1:
+                        found.add(resolved[1])
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("sparsessm_kernels."):

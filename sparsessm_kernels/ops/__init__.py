@@ -16,3 +16,8 @@ __all__ = [
     "selective_state_update",
     "selective_state_update_ref",
 ]
+
+# Mamba-2 (SSD) ops: sparsessm_kernels/ops/ssd/
+from .ssd import SSDStateLayout, ssd_scan, ssd_scan_ref, ssd_state_update, ssd_state_update_ref
+
+__all__ += ["SSDStateLayout", "ssd_scan", "ssd_scan_ref", "ssd_state_update", "ssd_state_update_ref"]
