@@ -39,8 +39,6 @@ Layering: imports only :mod:`sparsessm_kernels.ops`.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn.functional as F
 
@@ -53,7 +51,6 @@ __all__ = ["mamba_chunk_scan_combined", "mamba_inner_fn", "selective_scan_fn", "
 
 _MaskArg = torch.Tensor | StateLayout | None
 # The ops take state_batch_indices natively from this release on; older ops get gather / scatter.
-_NATIVE_BATCH_INDICES = "state_batch_indices" in inspect.signature(_selective_state_update).parameters
 
 
 def selective_scan_fn(
@@ -176,38 +173,7 @@ def selective_state_update(
         "pruned_states": pruned_states or "zero_transition",
         "backend": backend,
     }
-    if state_batch_indices is None:
-        return _selective_state_update(state, *args, **kwargs)
-    if _NATIVE_BATCH_INDICES:
-        return _selective_state_update(state, *args, **kwargs, state_batch_indices=state_batch_indices)
-    return _update_rows(state, args, state_batch_indices, kwargs)
-
-
-def _update_rows(state: torch.Tensor, args: tuple, indices: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    """``state_batch_indices`` by gather / update / scatter, for ops without the keyword.
-
-    Same contract as the ops' keyword: row ``i`` uses ``state[indices[i]]``; an index outside
-    ``[0, S)`` (a pad slot such as -1) gives output 0 and changes nothing.
-    """
-    x = args[0]
-    if (
-        not isinstance(indices, torch.Tensor)
-        or indices.dtype.is_floating_point
-        or indices.dtype == torch.bool
-    ):
-        raise TypeError("state_batch_indices: expected an integer tensor (batch,)")
-    batch = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() == 2 else None
-    if indices.dim() != 1 or indices.shape[0] != batch:
-        raise ValueError(f"state_batch_indices: expected shape ({batch},), got {tuple(indices.shape)}")
-    if not isinstance(state, torch.Tensor) or state.dim() != 3:
-        raise ValueError("state: expected shape (slots, dim, dstate)")
-    idx = indices.to(device=state.device, dtype=torch.long)
-    valid = (idx >= 0) & (idx < state.shape[0])
-    rows = state.index_select(0, torch.where(valid, idx, torch.zeros_like(idx)))
-    out = _selective_state_update(rows, *args, **kwargs)
-    keep = torch.nonzero(valid).flatten()
-    state.index_copy_(0, idx.index_select(0, keep), rows.index_select(0, keep))
-    return torch.where(valid.to(out.device)[:, None], out, torch.zeros_like(out))
+    return _selective_state_update(state, *args, **kwargs, state_batch_indices=state_batch_indices)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

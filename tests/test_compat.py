@@ -126,11 +126,7 @@ def test_selective_state_update_compact_state_with_mask() -> None:
     torch.testing.assert_close(compact, layout.compact_state(dense), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_selective_state_update_state_batch_indices(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    if native and not compat._NATIVE_BATCH_INDICES:
-        pytest.skip("the ops do not take state_batch_indices")
-    monkeypatch.setattr(compat, "_NATIVE_BATCH_INDICES", native)
+def test_selective_state_update_state_batch_indices() -> None:
     t = _step_inputs()
     pool = torch.randn(6, 8, 16)
     idx = torch.tensor([4, -1, 2])  # -1: a pad slot, skipped

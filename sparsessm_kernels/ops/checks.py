@@ -206,14 +206,12 @@ _INDICES = (_Layout(("b",)),)
 @dataclass(frozen=True)
 class ScanShape:
     """Sizes of a validated call. ``variable_B`` / ``variable_C``: input-dependent (per batch row
-    and timestep) rather than time-invariant ``(d, n)``; ``groups_*`` is 1 unless grouped."""
+    and timestep) rather than time-invariant ``(d, n)``."""
 
     batch: int
     d_inner: int
     seqlen: int
     d_state: int
-    groups_B: int
-    groups_C: int
     variable_B: bool = True
     variable_C: bool = True
 
@@ -266,10 +264,11 @@ def check_scan_inputs(
     if l < 1:
         raise ValueError(f"u: expected a sequence length l >= 1, got shape {_shape(u)}")
     _check_A(A, n)
-    gB = _check_groups("B", B, _SCAN_BC_GROUPED, d)
-    gC = _check_groups("C", C, _SCAN_BC_GROUPED, d) if C is not None else 1
+    _check_groups("B", B, _SCAN_BC_GROUPED, d)
+    if C is not None:
+        _check_groups("C", C, _SCAN_BC_GROUPED, d)
     check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
-    return ScanShape(b, d, l, n, gB, gC, B.dim() != 2, C is None or C.dim() != 2)
+    return ScanShape(b, d, l, n, B.dim() != 2, C is None or C.dim() != 2)
 
 
 def _step_sizes(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices) -> tuple | None:
@@ -356,8 +355,8 @@ def check_state_update_inputs(
     _check_state(state, b, d, n, n_kept, indexed)
     _check_d("x", x, d)
     _check_A(A, n)
-    gB = _check_groups("B", B, _STEP_BC_GROUPED, d)
-    gC = _check_groups("C", C, _STEP_BC_GROUPED, d)
+    _check_groups("B", B, _STEP_BC_GROUPED, d)
+    _check_groups("C", C, _STEP_BC_GROUPED, d)
     check_same_device(
         state=state,
         x=x,
@@ -370,7 +369,7 @@ def check_state_update_inputs(
         dt_bias=dt_bias,
         state_batch_indices=state_batch_indices,
     )
-    return ScanShape(b, d, 1, n, gB, gC)
+    return ScanShape(b, d, 1, n)
 
 
 def _check_state(state: torch.Tensor, b: int, d: int, n: int, n_kept: int | None, indexed: bool) -> None:

@@ -61,7 +61,7 @@ scattered to ``(b, d, n)`` (zero elsewhere, so pruned entries are 0). Math is fl
 when an input is float64); ``out`` is stored in ``u.dtype``.
 
 Block sizes are fixed, untuned defaults (``BLOCK_D`` 4, ``T`` 64, 4 warps: no register spills in
-any variant when compiled for sm_90); no autotuning. All GPU timings are unmeasured so far.
+any variant when compiled for sm_90); no autotuning.
 """
 
 from __future__ import annotations
