@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -425,10 +426,19 @@ def test_mamba_ssm_variants_match_reference(tmp_path: Path, variant: dict) -> No
         with torch.no_grad():
             torch.testing.assert_close(hf(ids).logits, got, **TOL)
     model.export_for_stock_kernels(tmp_path / "export", format="mamba_ssm")
+    with torch.no_grad():
+        torch.testing.assert_close(Mamba2LM.from_pretrained(tmp_path / "export")(ids), got, atol=0, rtol=0)
+    # save_pretrained writes what transformers cannot run in mamba_ssm's layout, masks included
+    model.set_state_mask(0, _state_mask("group_uniform"))
+    model.set_head_transition_mask(1, _head_mask())
     model.save_pretrained(tmp_path / "saved")
-    for d in ("export", "saved"):
-        with torch.no_grad():
-            torch.testing.assert_close(Mamba2LM.from_pretrained(tmp_path / d)(ids), got, atol=0, rtol=0)
+    names = {p.name for p in (tmp_path / "saved").iterdir()}
+    weights = "pytorch_model.bin" if model.config.hf_unsupported else "model.safetensors"
+    assert names == {"config.json", weights, "sparsity.safetensors"}
+    loaded = Mamba2LM.from_pretrained(tmp_path / "saved")
+    assert replace(loaded.config, extra={}) == replace(model.config, extra={})
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)
 
 
 # ---------------------------------------------------------------------- masks

@@ -2,7 +2,7 @@
 
 * transformers: ``model_type`` ``"mamba"`` (``MambaForCausalLM``) or ``"mamba2"``
   (``Mamba2ForCausalLM``); a config without ``model_type`` but with ``hidden_size`` is a Mamba-1
-  transformers config (as :func:`~.config.detect_config_format` has always read it);
+  transformers config;
 * mamba_ssm ``MambaLMHeadModel`` (``d_model``, no ``model_type``): ``ssm_cfg.layer`` ``"Mamba1"``
   (or absent) or ``"Mamba2"``.
 

@@ -41,7 +41,6 @@ from .config import (
     MambaLMConfig,
     config_from_hf_dict,
     config_from_mamba_ssm_dict,
-    detect_config_format,
 )
 from .hub import needs_hub_lookup, resolve_local_or_hub, snapshot_commit
 
@@ -286,10 +285,18 @@ def read_checkpoint(path: str | os.PathLike, revision: str | None = None) -> Che
             conflicting tied ``lm_head``, invalid masks.
     """
     directory, config_path, raw_cfg = read_config_json(path, revision)
+    from .arch import detect_architecture  # arch reads both architectures' configs
+
     try:
-        fmt = detect_config_format(raw_cfg)
+        arch, fmt = detect_architecture(raw_cfg)
     except CheckpointFormatError as exc:
         raise CheckpointFormatError(f"{config_path}: {exc}") from exc
+    if arch != "mamba":
+        found = "model_type 'mamba2'" if fmt == "hf" else "ssm_cfg.layer='Mamba2'"
+        raise CheckpointFormatError(
+            f"{config_path}: {found} is not supported here: a Mamba-2 checkpoint, not Mamba-1; load it with "
+            "Mamba2LM, or load_model, which picks the class"
+        )
     config = parse_config(
         config_from_hf_dict if fmt == "hf" else config_from_mamba_ssm_dict, raw_cfg, config_path
     )
@@ -490,7 +497,18 @@ def write_hf_checkpoint(
     with atomic_path(out / SAFETENSORS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     write_text_atomic(out / CONFIG_NAME, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    sparsity = out / SPARSITY_NAME
+    write_masks_file(out, masks, pruned_states, head_masks)
+
+
+def write_masks_file(
+    directory: Path,
+    masks: Mapping[str, torch.Tensor | StateLayout] | None,
+    pruned_states: Mapping[str, str] | None,
+    head_masks: Mapping[str, torch.Tensor] | None,
+) -> None:
+    """``directory/sparsity.safetensors`` with the masks (see :func:`write_hf_checkpoint`); with no
+    masks at all an existing file is deleted (it would describe other weights)."""
+    sparsity = directory / SPARSITY_NAME
     if masks or head_masks:
         from ..sparsity.io import save_masks
 
@@ -511,9 +529,13 @@ def write_mamba_ssm_checkpoint(
     state_dict: Mapping[str, torch.Tensor],
     *,
     dtype: torch.dtype | None = None,
+    masks: Mapping[str, torch.Tensor | StateLayout] | None = None,
+    pruned_states: Mapping[str, str] | None = None,
+    head_masks: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
     """Write ``config.json`` + ``pytorch_model.bin`` as mamba_ssm's ``MambaLMHeadModel`` saves them
-    (``config`` written with its ``to_mamba_ssm_dict()``).
+    (``config`` written with its ``to_mamba_ssm_dict()``), plus ``sparsity.safetensors`` for masks
+    (as :func:`write_hf_checkpoint`).
 
     Keys use ``backbone.embedding.weight`` and always include ``lm_head.weight`` (mamba_ssm's strict
     ``load_state_dict`` expects it even when tied).
@@ -527,3 +549,4 @@ def write_mamba_ssm_checkpoint(
     with atomic_path(out / BIN_NAME) as tmp:
         torch.save(tensors, str(tmp))
     write_text_atomic(out / CONFIG_NAME, json.dumps(config.to_mamba_ssm_dict(), indent=2) + "\n")
+    write_masks_file(out, masks, pruned_states, head_masks)

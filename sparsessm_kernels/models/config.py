@@ -326,23 +326,3 @@ def config_from_mamba_ssm_dict(cfg: dict[str, Any], source: str = "config.json")
         tie_embeddings=_bool(cfg.get("tie_embeddings", True), "tie_embeddings", source),
         extra={"unpadded_vocab_size": vocab},
     )
-
-
-def detect_config_format(cfg: dict[str, Any]) -> str:
-    """``"hf"`` or ``"mamba_ssm"``; raises :class:`CheckpointFormatError` for anything else."""
-    model_type = cfg.get("model_type")
-    if model_type is not None and model_type != "mamba":
-        raise CheckpointFormatError(
-            f"model_type {model_type!r} is not supported; expected a Mamba-1 model (model_type 'mamba' "
-            "or a mamba_ssm config); Mamba-2 models (model_type 'mamba2') load with Mamba2LM, or load_model, "
-            "which picks the class"
-        )
-    if "hidden_size" in cfg or model_type == "mamba":
-        return "hf"
-    if "d_model" in cfg:
-        return "mamba_ssm"
-    raise CheckpointFormatError(
-        "unknown config format: expected a transformers MambaForCausalLM config (hidden_size, "
-        "num_hidden_layers, vocab_size, ...) or a mamba_ssm MambaLMHeadModel config (d_model, n_layer, "
-        f"vocab_size, ssm_cfg, ...); found fields {sorted(cfg)}"
-    )

@@ -334,18 +334,24 @@ class Mamba2LM(SSMCausalLM):
         ``backbone.layers.{i}.mixer.A_log``. Written atomically as a whole, like
         :meth:`MambaLM.save_pretrained <.mamba.MambaLM.save_pretrained>`.
 
-        Dense models that transformers can express are plain ``Mamba2ForCausalLM`` checkpoints;
-        masks need this package (:meth:`export_for_stock_kernels` bakes them into the weights).
+        An architecture transformers cannot run (``config.hf_unsupported``: LayerNorm, no gated
+        norm, ``norm_before_gate``, ``D_has_hdim``, all mamba_ssm options) is written in mamba_ssm's
+        layout instead (``config.json`` with ``ssm_cfg`` + ``pytorch_model.bin``, masks file the
+        same), which mamba_ssm runs and transformers cannot mistake for a model it runs.
+
+        Dense models are then plain stock checkpoints; masks need this package
+        (:meth:`export_for_stock_kernels` bakes them into the weights).
 
         Raises:
             OutputPathError (a ``ValueError``): ``directory`` is a file, is not empty and
                 ``overwrite`` is false, or cannot be written; raised before anything is written.
         """
         from .._io import atomic_directory
-        from .checkpoint import CONFIG_NAME, write_hf_checkpoint
+        from .checkpoint import CONFIG_NAME, write_hf_checkpoint, write_mamba_ssm_checkpoint
 
+        write = write_mamba_ssm_checkpoint if self.config.hf_unsupported else write_hf_checkpoint
         with atomic_directory(directory, overwrite=overwrite, key_files=(CONFIG_NAME,)) as staging:
-            write_hf_checkpoint(
+            write(
                 staging,
                 self.config,
                 self.state_dict(),

@@ -4,7 +4,8 @@
 
 * a Hugging Face transformers ``Mamba2ForCausalLM`` ``config.json`` (``model_type: "mamba2"``,
   ``hidden_size``, ``num_heads``, ``head_dim``, ``n_groups``, ``state_size``, ...), see
-  :func:`config_from_hf_mamba2_dict` / :meth:`Mamba2LMConfig.to_hf_dict`, or
+  :func:`config_from_hf_mamba2_dict` / :meth:`Mamba2LMConfig.to_hf_dict` -- for the architectures
+  transformers runs (:attr:`Mamba2LMConfig.hf_unsupported` is empty), or
 * a mamba_ssm ``MambaLMHeadModel`` ``config.json`` whose ``ssm_cfg.layer`` is ``"Mamba2"``
   (``d_model``, ``n_layer``, ``ssm_cfg.headdim``, ``ssm_cfg.ngroups``, ...), see
   :func:`config_from_mamba_ssm_mamba2_dict` / :meth:`Mamba2LMConfig.to_mamba_ssm_dict`.
@@ -169,10 +170,15 @@ class Mamba2LMConfig:
 
         ``time_step_limit`` is written only when it is not the default ``(0, inf)`` (an infinite
         bound as the JSON literal ``Infinity``, which Python's and transformers' readers accept).
-        Non-HF extensions, written only when needed (stock transformers cannot run those models):
-        ``rms_norm: false`` (LayerNorm), ``mixer_rmsnorm: false``, ``norm_before_gate: true``,
-        ``D_has_hdim: true``.
+
+        Raises:
+            CheckpointFormatError: the architecture has what transformers cannot run
+                (:attr:`hf_unsupported`); such models are written in mamba_ssm's format.
         """
+        if self.hf_unsupported:
+            raise CheckpointFormatError(
+                f"config: transformers' Mamba2ForCausalLM cannot express {', '.join(self.hf_unsupported)}"
+            )
         out: dict[str, Any] = {
             "architectures": ["Mamba2ForCausalLM"],
             "model_type": "mamba2",
@@ -198,18 +204,19 @@ class Mamba2LMConfig:
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             if key in self.extra:
                 out[key] = self.extra[key]
-        if self.norm_type == "layer_norm":
-            out["rms_norm"] = False
-        if not self.rmsnorm:
-            out["mixer_rmsnorm"] = False
-        if self.norm_before_gate:
-            out["norm_before_gate"] = True
-        if self.D_has_hdim:
-            out["D_has_hdim"] = True
         return out
 
     def to_mamba_ssm_dict(self) -> dict[str, Any]:
-        """Fields of a mamba_ssm ``MambaConfig`` ``config.json`` with Mamba2 layers (no padding)."""
+        """Fields of a mamba_ssm ``MambaConfig`` ``config.json`` with Mamba2 layers (no padding).
+
+        Raises:
+            CheckpointFormatError: ``norm_eps`` is not 1e-5 (mamba_ssm fixes every norm epsilon).
+        """
+        if self.norm_eps != 1e-5:
+            raise CheckpointFormatError(
+                f"config: mamba_ssm's config fixes every norm epsilon at 1e-5, this model has "
+                f"norm_eps={self.norm_eps}"
+            )
         ssm_cfg: dict[str, Any] = {
             "layer": "Mamba2",
             "d_state": self.d_state,
@@ -296,11 +303,7 @@ def config_from_hf_mamba2_dict(cfg: dict[str, Any], source: str = "config.json")
         expand=expand,
         conv_bias=_bool(cfg.get("use_conv_bias", True), "use_conv_bias", source),
         bias=_bool(cfg.get("use_bias", False), "use_bias", source),
-        norm_type="rms_norm" if _bool(cfg.get("rms_norm", True), "rms_norm", source) else "layer_norm",
         norm_eps=_float(cfg.get("layer_norm_epsilon", 1e-5), "layer_norm_epsilon", source),
-        rmsnorm=_bool(cfg.get("mixer_rmsnorm", True), "mixer_rmsnorm", source),
-        norm_before_gate=_bool(cfg.get("norm_before_gate", False), "norm_before_gate", source),
-        D_has_hdim=_bool(cfg.get("D_has_hdim", False), "D_has_hdim", source),
         dt_limit=_dt_limit(cfg.get("time_step_limit", DEFAULT_DT_LIMIT), "time_step_limit", source),
         chunk_size=_int(cfg.get("chunk_size", 256), "chunk_size", source),
         residual_in_fp32=_bool(cfg.get("residual_in_fp32", True), "residual_in_fp32", source),
