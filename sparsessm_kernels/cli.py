@@ -580,9 +580,9 @@ def _configure_convert(parser: argparse.ArgumentParser) -> None:
     from .prune.convert import CONVERT_DTYPES
 
     parser.description = (
-        "Read a Mamba-1 checkpoint (HF or mamba_ssm layout, local or on the Hugging Face Hub) and write it "
-        "in this package's layout (config.json + model.safetensors [+ sparsity.safetensors]) with its "
-        "tokenizer files."
+        "Read a Mamba-1 or Mamba-2 checkpoint (HF or mamba_ssm layout, local or on the Hugging Face Hub) and "
+        "write it in this package's layout (config.json + model.safetensors [+ sparsity.safetensors]) with "
+        "its tokenizer files."
     )
     _add_model_args(parser, "src", "SRC", "source checkpoint")
     parser.add_argument("--out", metavar="DST", required=True, help="output model directory")

@@ -164,6 +164,20 @@ def test_local_directory_wins(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.
     assert torch.equal(MambaLM.from_pretrained("org/tiny").mixer(0).A_log, state[a_log_name(0)])
 
 
+def test_load_model_hub_ids_of_both_architectures(hub: FakeHub, tmp_path: Path) -> None:
+    from sparsessm_kernels.models import Mamba2LM, Mamba2LMConfig, load_model
+
+    cfg = Mamba2LMConfig(vocab_size=256, d_model=16, n_layer=2, d_state=8, headdim=8, ngroups=2, chunk_size=4)
+    model = Mamba2LM.from_config(cfg, seed=0)
+    model.set_state_mask(1, torch.rand(2, 8, generator=torch.Generator().manual_seed(0)) < 0.5)
+    model.save_pretrained(tmp_path / "m2")
+    hub.add("org/tiny2", "d" * 40, tmp_path / "m2", refs=("main",))
+    loaded = load_model("org/tiny2")
+    assert type(loaded) is Mamba2LM and set(loaded.state_masks()) == set(model.state_masks())
+    torch.testing.assert_close(loaded(_ids()), model(_ids()), atol=0, rtol=0)
+    assert type(load_model("org/tiny", revision="main")) is MambaLM
+
+
 # ---------------------------------------------------------------------- CLI
 def test_cli_eval_prune_convert_with_hub_ids(
     hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -556,6 +556,56 @@ class TestMaskFiles:
             load_sparsities(path)
 
 
+class TestHeadMasks:
+    """Mamba-2 head transition masks in a masks file: bool (nheads,) of any length."""
+
+    def test_round_trip_beside_state_masks(self, tmp_path):
+        path = tmp_path / "m.safetensors"
+        heads = torch.rand(300, generator=torch.Generator().manual_seed(0)) < 0.5  # > 256 heads
+        state = torch.tensor([[True, False, True, True], [False, False, True, True]])
+        save_masks(path, {"l.ssm_state": state}, {"pruned_states": "remove"}, head_masks={"l.A_log": heads})
+        masks, metadata = load_masks(path)
+        assert torch.equal(masks["l.A_log"], heads) and torch.equal(masks["l.ssm_state"], state)
+        assert sio.head_mask_names(metadata) == {"l.A_log"}
+        summary = json.loads(metadata["masks"])["l.A_log"]
+        assert summary == {
+            "kind": "head_transition",
+            "shape": [300],
+            "sparsity": round(1 - int(heads.sum()) / 300, 6),
+            "n_kept": int(heads.sum()),
+        }
+        assert metadata["pruned_states"] == "remove"
+        # they are no state masks: load_sparsities refuses the file instead of misreading it
+        with pytest.raises(MaskFileError, match=r"head transition masks \['l\.A_log'\].*load_masks"):
+            load_sparsities(path)
+        save_masks(path, {}, head_masks={"x": torch.ones(3, dtype=torch.bool)})
+        assert load_masks(path)[0]["x"].tolist() == [True, True, True]
+
+    def test_errors(self, tmp_path):
+        path = tmp_path / "m.safetensors"
+        one = torch.ones(4, dtype=torch.bool)
+        with pytest.raises(TypeError, match=r"head_masks\['h'\]: expected dtype torch.bool"):
+            save_masks(path, {}, head_masks={"h": torch.ones(4)})
+        with pytest.raises(ValueError, match=r"head_masks\['h'\]: expected shape \(nheads,\)"):
+            save_masks(path, {}, head_masks={"h": torch.ones(2, 2, dtype=torch.bool)})
+        with pytest.raises(ValueError, match="also a state mask"):
+            save_masks(path, {"h": one}, head_masks={"h": one})
+        with pytest.raises(TypeError, match="head_masks: expected a dict"):
+            save_masks(path, {}, head_masks=[one])  # type: ignore[arg-type]
+        assert not path.exists()
+        # a head mask whose stored tensor is not 1-D is reported on loading
+        save_file(
+            {"h": torch.ones(2, 2, dtype=torch.bool)},
+            str(path),
+            metadata={"format": MASKS_FORMAT, "masks": json.dumps({"h": {"kind": "head_transition"}})},
+        )
+        with pytest.raises(MaskFileError, match=r"mask 'h' is invalid.*\(nheads,\)"):
+            load_masks(path)
+        save_file({"h": one}, str(path), metadata={"format": MASKS_FORMAT, "masks": "[1, 2]"})
+        with pytest.raises(MaskFileError, match="metadata 'masks' is not a valid JSON object"):
+            load_masks(path)
+
+
 def test_atomic_writes_get_ordinary_file_permissions(tmp_path) -> None:
     import os
     import stat

@@ -1,4 +1,6 @@
-"""Reading and writing Mamba-1 checkpoint directories.
+"""Reading and writing checkpoint directories (Mamba-1 here; Mamba-2 in :mod:`.mamba2_checkpoint`,
+built on the same helpers: :func:`read_config_json`, :func:`read_tensors`, :func:`validate_state_dict`,
+:func:`write_hf_checkpoint`, :func:`write_mamba_ssm_checkpoint`).
 
 Read (:func:`read_checkpoint`), either format, detected from ``config.json``, from a local
 directory or a Hugging Face Hub repository id (:func:`resolve_checkpoint_dir`):
@@ -39,7 +41,6 @@ from .config import (
     MambaLMConfig,
     config_from_hf_dict,
     config_from_mamba_ssm_dict,
-    detect_config_format,
 )
 from .hub import needs_hub_lookup, resolve_local_or_hub, snapshot_commit
 
@@ -199,6 +200,76 @@ def resolve_checkpoint_dir(
 
 
 # ---------------------------------------------------------------------- read
+def read_config_json(
+    path: str | os.PathLike, revision: str | None = None
+) -> tuple[Path, Path, dict[str, Any]]:
+    """Resolve a checkpoint (local directory or Hub id, weights included) and read its ``config.json``.
+
+    Returns:
+        ``(directory, config path, config dict)``.
+
+    Raises:
+        FileNotFoundError: the directory or its ``config.json`` does not exist
+            (:class:`~.hub.HubLookupError` for a Hub id that cannot be resolved).
+        CheckpointFormatError: not a directory; ``config.json`` is not a JSON object.
+    """
+    directory = resolve_checkpoint_dir(path, revision)
+    if not directory.exists():
+        raise FileNotFoundError(f"checkpoint directory not found: {directory}")
+    if not directory.is_dir():
+        raise CheckpointFormatError(
+            f"{directory}: expected a checkpoint directory (with config.json and weights)"
+        )
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path} not found: expected a Mamba checkpoint directory with config.json (transformers "
+            "MambaForCausalLM / Mamba2ForCausalLM or mamba_ssm MambaLMHeadModel) and its weights"
+        )
+    raw_cfg = _read_json(config_path, "a Mamba model config")
+    if not isinstance(raw_cfg, dict):
+        raise CheckpointFormatError(f"{config_path}: expected a JSON object, got {type(raw_cfg).__name__}")
+    return directory, config_path, raw_cfg
+
+
+def parse_config(parse, raw_cfg: dict[str, Any], config_path: Path):
+    """``parse(raw_cfg, str(config_path))`` with every :class:`CheckpointFormatError` naming the file."""
+    try:
+        return parse(raw_cfg, str(config_path))
+    except CheckpointFormatError as exc:
+        if str(config_path) in str(exc):
+            raise
+        raise CheckpointFormatError(f"{config_path}: {exc}") from exc
+
+
+def read_tensors(
+    directory: Path, tie_embeddings: bool, config_path: Path
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The weights of a checkpoint directory with HF key names: ``({key: tensor}, source)``.
+
+    mamba_ssm's ``backbone.embedding.weight`` becomes ``backbone.embeddings.weight``; every tensor
+    must be floating point; with ``tie_embeddings`` a stored ``lm_head.weight`` (mamba_ssm saves it)
+    must equal the embeddings and is dropped.
+    """
+    tensors, source = load_weights(directory)
+    if "backbone.embeddings.weight" not in tensors and "backbone.embedding.weight" in tensors:
+        tensors["backbone.embeddings.weight"] = tensors.pop("backbone.embedding.weight")
+    bad_dtype = sorted(k for k, v in tensors.items() if not v.is_floating_point())
+    if bad_dtype:
+        raise CheckpointFormatError(
+            f"{source}: expected floating-point weights, got non-float tensors {bad_dtype[:_MAX_LISTED]}"
+        )
+    if tie_embeddings and "lm_head.weight" in tensors:
+        head = tensors.pop("lm_head.weight")
+        emb = tensors.get("backbone.embeddings.weight")
+        if emb is None or head.shape != emb.shape or not torch.equal(head, emb):
+            raise CheckpointFormatError(
+                f"{source}: lm_head.weight differs from backbone.embeddings.weight, but {config_path} ties "
+                "them (tie_word_embeddings / tie_embeddings = true)"
+            )
+    return tensors, source
+
+
 def read_checkpoint(path: str | os.PathLike, revision: str | None = None) -> CheckpointContents:
     """Read config, weights and (optional) masks of a Mamba-1 checkpoint.
 
@@ -213,50 +284,23 @@ def read_checkpoint(path: str | os.PathLike, revision: str | None = None) -> Che
         CheckpointFormatError: unknown / unsupported format, bad config fields, unreadable weights,
             conflicting tied ``lm_head``, invalid masks.
     """
-    directory = resolve_checkpoint_dir(path, revision)
-    if not directory.exists():
-        raise FileNotFoundError(f"checkpoint directory not found: {directory}")
-    if not directory.is_dir():
-        raise CheckpointFormatError(
-            f"{directory}: expected a checkpoint directory (with config.json and weights)"
-        )
-    config_path = directory / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"{config_path} not found: expected a Mamba-1 checkpoint directory with config.json "
-            "(transformers MambaForCausalLM or mamba_ssm MambaLMHeadModel) and its weights"
-        )
-    raw_cfg = _read_json(config_path, "a Mamba-1 model config")
-    if not isinstance(raw_cfg, dict):
-        raise CheckpointFormatError(f"{config_path}: expected a JSON object, got {type(raw_cfg).__name__}")
-    try:
-        fmt = detect_config_format(raw_cfg)
-    except CheckpointFormatError as exc:
-        raise CheckpointFormatError(f"{config_path}: {exc}") from exc
-    parse = config_from_hf_dict if fmt == "hf" else config_from_mamba_ssm_dict
-    try:
-        config = parse(raw_cfg, str(config_path))
-    except CheckpointFormatError as exc:
-        if str(config_path) in str(exc):
-            raise
-        raise CheckpointFormatError(f"{config_path}: {exc}") from exc
+    directory, config_path, raw_cfg = read_config_json(path, revision)
+    from .arch import detect_architecture  # arch reads both architectures' configs
 
-    tensors, source = load_weights(directory)
-    if "backbone.embeddings.weight" not in tensors and "backbone.embedding.weight" in tensors:
-        tensors["backbone.embeddings.weight"] = tensors.pop("backbone.embedding.weight")
-    bad_dtype = sorted(k for k, v in tensors.items() if not v.is_floating_point())
-    if bad_dtype:
+    try:
+        arch, fmt = detect_architecture(raw_cfg)
+    except CheckpointFormatError as exc:
+        raise CheckpointFormatError(f"{config_path}: {exc}") from exc
+    if arch != "mamba":
+        found = "model_type 'mamba2'" if fmt == "hf" else "ssm_cfg.layer='Mamba2'"
         raise CheckpointFormatError(
-            f"{source}: expected floating-point weights, got non-float tensors {bad_dtype[:_MAX_LISTED]}"
+            f"{config_path}: {found} is not supported here: a Mamba-2 checkpoint, not Mamba-1; load it with "
+            "Mamba2LM, or load_model, which picks the class"
         )
-    if config.tie_embeddings and "lm_head.weight" in tensors:
-        head = tensors.pop("lm_head.weight")
-        emb = tensors.get("backbone.embeddings.weight")
-        if emb is None or head.shape != emb.shape or not torch.equal(head, emb):
-            raise CheckpointFormatError(
-                f"{source}: lm_head.weight differs from backbone.embeddings.weight, but {config_path} ties "
-                "them (tie_word_embeddings / tie_embeddings = true)"
-            )
+    config = parse_config(
+        config_from_hf_dict if fmt == "hf" else config_from_mamba_ssm_dict, raw_cfg, config_path
+    )
+    tensors, source = read_tensors(directory, config.tie_embeddings, config_path)
 
     # Per-layer state size from the tensors (structured pruning may shrink some layers).
     states = []
@@ -283,7 +327,7 @@ def read_checkpoint(path: str | os.PathLike, revision: str | None = None) -> Che
 def validate_state_dict(
     tensors: Mapping[str, torch.Tensor],
     expected: Mapping[str, tuple[int, ...]],
-    config: MambaLMConfig,
+    config: Any,
     source: str,
 ) -> None:
     """Strict key and shape check; raises one :class:`CheckpointFormatError` listing every problem.
@@ -291,7 +335,7 @@ def validate_state_dict(
     Args:
         tensors: the checkpoint's tensors (HF keys).
         expected: ``{key: shape}`` the model needs.
-        config: for the explanation of shape mismatches.
+        config: the architecture (its ``describe()`` opens the message).
         source: the weights file(s), named in the message.
     """
     missing = sorted(set(expected) - set(tensors))
@@ -318,18 +362,18 @@ def validate_state_dict(
         parts.append(f"unexpected keys: {_list(unexpected)}")
     if mismatched:
         parts.append(f"shape mismatch: {'; '.join(mismatched[:_MAX_LISTED])}")
-    raise CheckpointFormatError(
-        f"{source}: weights do not match a Mamba-1 LM with d_model={config.d_model}, "
-        f"n_layer={config.n_layer}, vocab_size={config.vocab_size}, d_inner={config.d_inner}, "
-        f"dt_rank={config.dt_rank}, d_conv={config.d_conv}: " + "; ".join(parts)
-    )
+    raise CheckpointFormatError(f"{source}: weights do not match {config.describe()}: " + "; ".join(parts))
 
 
 # ---------------------------------------------------------------------- masks
-def _parse_pruned_states(meta: Mapping[str, str], path: Path) -> str | dict[str, str]:
+def parse_pruned_states(
+    meta: Mapping[str, str], path: Path, default: str = "zero_transition"
+) -> str | dict[str, str]:
+    """The ``"pruned_states"`` metadata of a masks file: one mode for every mask or ``{name: mode}``
+    (``default`` when absent)."""
     raw = meta.get("pruned_states")
     if raw is None:
-        return "zero_transition"
+        return default
     if raw in ("zero_transition", "remove"):
         return raw
     try:
@@ -365,7 +409,7 @@ def read_masks(path: Path, config: MambaLMConfig) -> dict[int, tuple[StateLayout
     from ..sparsity.io import load_sparsities
 
     layouts, meta = load_sparsities(path)
-    pruned = _parse_pruned_states(meta, path)
+    pruned = parse_pruned_states(meta, path)
     out: dict[int, tuple[StateLayout, str]] = {}
     bad = []
     for name, layout in layouts.items():
@@ -421,17 +465,22 @@ def write_hf_checkpoint(
     dtype: torch.dtype | None = None,
     masks: Mapping[str, torch.Tensor | StateLayout] | None = None,
     pruned_states: Mapping[str, str] | None = None,
+    head_masks: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
     """Write ``config.json`` + ``model.safetensors`` (+ ``sparsity.safetensors``) in HF layout.
 
     Args:
         directory: output directory (created).
-        config: written with :meth:`MambaLMConfig.to_hf_dict`.
+        config: written with its ``to_hf_dict()`` (:class:`MambaLMConfig` or
+            :class:`~.mamba2_config.Mamba2LMConfig`).
         state_dict: HF-keyed tensors; ``lm_head.weight`` is dropped when the config ties it.
         dtype: cast floating tensors (default: keep).
-        masks, pruned_states: state masks and modes keyed by ``backbone.layers.{i}.mixer.A_log``;
-            written to ``sparsity.safetensors`` with ``pruned_states`` as JSON metadata. With no
-            masks an existing ``sparsity.safetensors`` is deleted (it would describe other weights).
+        masks, pruned_states: state masks and modes keyed by the name of what they apply to
+            (Mamba-1: ``backbone.layers.{i}.mixer.A_log``); written to ``sparsity.safetensors``
+            with ``pruned_states`` as JSON metadata.
+        head_masks: Mamba-2 head transition masks keyed by ``backbone.layers.{i}.mixer.A_log``,
+            written to the same file (:func:`~sparsessm_kernels.sparsity.save_masks`). With no masks
+            at all an existing ``sparsity.safetensors`` is deleted (it would describe other weights).
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -448,12 +497,28 @@ def write_hf_checkpoint(
     with atomic_path(out / SAFETENSORS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     write_text_atomic(out / CONFIG_NAME, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    sparsity = out / SPARSITY_NAME
-    if masks:
+    write_masks_file(out, masks, pruned_states, head_masks)
+
+
+def write_masks_file(
+    directory: Path,
+    masks: Mapping[str, torch.Tensor | StateLayout] | None,
+    pruned_states: Mapping[str, str] | None,
+    head_masks: Mapping[str, torch.Tensor] | None,
+) -> None:
+    """``directory/sparsity.safetensors`` with the masks (see :func:`write_hf_checkpoint`); with no
+    masks at all an existing file is deleted (it would describe other weights)."""
+    sparsity = directory / SPARSITY_NAME
+    if masks or head_masks:
         from ..sparsity.io import save_masks
 
         modes = dict(pruned_states or {})
-        save_masks(sparsity, dict(masks), metadata={"pruned_states": json.dumps(modes, sort_keys=True)})
+        save_masks(
+            sparsity,
+            dict(masks or {}),
+            metadata={"pruned_states": json.dumps(modes, sort_keys=True)},
+            head_masks=head_masks,
+        )
     elif sparsity.exists():
         sparsity.unlink()
 
@@ -464,8 +529,13 @@ def write_mamba_ssm_checkpoint(
     state_dict: Mapping[str, torch.Tensor],
     *,
     dtype: torch.dtype | None = None,
+    masks: Mapping[str, torch.Tensor | StateLayout] | None = None,
+    pruned_states: Mapping[str, str] | None = None,
+    head_masks: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write ``config.json`` + ``pytorch_model.bin`` as mamba_ssm's ``MambaLMHeadModel`` saves them.
+    """Write ``config.json`` + ``pytorch_model.bin`` as mamba_ssm's ``MambaLMHeadModel`` saves them
+    (``config`` written with its ``to_mamba_ssm_dict()``), plus ``sparsity.safetensors`` for masks
+    (as :func:`write_hf_checkpoint`).
 
     Keys use ``backbone.embedding.weight`` and always include ``lm_head.weight`` (mamba_ssm's strict
     ``load_state_dict`` expects it even when tied).
@@ -479,3 +549,4 @@ def write_mamba_ssm_checkpoint(
     with atomic_path(out / BIN_NAME) as tmp:
         torch.save(tensors, str(tmp))
     write_text_atomic(out / CONFIG_NAME, json.dumps(config.to_mamba_ssm_dict(), indent=2) + "\n")
+    write_masks_file(out, masks, pruned_states, head_masks)

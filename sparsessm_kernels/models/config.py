@@ -23,7 +23,7 @@ NORM_TYPES = ("rms_norm", "layer_norm")
 
 
 class CheckpointFormatError(ValueError):
-    """A checkpoint directory, config or weights file does not hold what a Mamba-1 LM needs."""
+    """A checkpoint directory, config or weights file does not hold what the model needs."""
 
 
 @dataclass
@@ -103,6 +103,14 @@ class MambaLMConfig:
         if self.layer_d_states is not None:
             return self.layer_d_states[layer_idx]
         return self.d_state
+
+    def describe(self) -> str:
+        """The architecture in one phrase, for error messages."""
+        return (
+            f"a Mamba-1 LM with d_model={self.d_model}, n_layer={self.n_layer}, "
+            f"vocab_size={self.vocab_size}, d_inner={self.d_inner}, dt_rank={self.dt_rank}, "
+            f"d_conv={self.d_conv}"
+        )
 
     @property
     def uniform_d_state(self) -> bool:
@@ -209,7 +217,8 @@ def config_from_hf_dict(cfg: dict[str, Any], source: str = "config.json") -> Mam
     if model_type != "mamba":
         raise CheckpointFormatError(
             f"{source}: model_type {model_type!r} is not supported; expected 'mamba' (Mamba-1). "
-            "Mamba-2 / hybrid models are not Mamba-1 checkpoints"
+            "Mamba-2 / hybrid models are not Mamba-1 checkpoints (Mamba-2: Mamba2LM, or load_model, which "
+            "picks the class)"
         )
     d_model = _int(_req(cfg, "hidden_size", source, "the model width"), "hidden_size", source)
     expand = _int(cfg.get("expand", 2), "expand", source)
@@ -264,7 +273,8 @@ def config_from_mamba_ssm_dict(cfg: dict[str, Any], source: str = "config.json")
     if layer != "Mamba1":
         raise CheckpointFormatError(
             f"{source}: ssm_cfg.layer={layer!r} is not supported; only Mamba1 layers can be loaded "
-            "(Mamba2 checkpoints are a different architecture)"
+            "(Mamba2 checkpoints are a different architecture: Mamba2LM, or load_model, which picks the "
+            "class)"
         )
     if cfg.get("attn_layer_idx"):
         raise CheckpointFormatError(
@@ -315,23 +325,4 @@ def config_from_mamba_ssm_dict(cfg: dict[str, Any], source: str = "config.json")
         residual_in_fp32=_bool(cfg.get("residual_in_fp32", True), "residual_in_fp32", source),
         tie_embeddings=_bool(cfg.get("tie_embeddings", True), "tie_embeddings", source),
         extra={"unpadded_vocab_size": vocab},
-    )
-
-
-def detect_config_format(cfg: dict[str, Any]) -> str:
-    """``"hf"`` or ``"mamba_ssm"``; raises :class:`CheckpointFormatError` for anything else."""
-    model_type = cfg.get("model_type")
-    if model_type is not None and model_type != "mamba":
-        raise CheckpointFormatError(
-            f"model_type {model_type!r} is not supported; expected a Mamba-1 model (model_type 'mamba' "
-            "or a mamba_ssm config)"
-        )
-    if "hidden_size" in cfg or model_type == "mamba":
-        return "hf"
-    if "d_model" in cfg:
-        return "mamba_ssm"
-    raise CheckpointFormatError(
-        "unknown config format: expected a transformers MambaForCausalLM config (hidden_size, "
-        "num_hidden_layers, vocab_size, ...) or a mamba_ssm MambaLMHeadModel config (d_model, n_layer, "
-        f"vocab_size, ssm_cfg, ...); found fields {sorted(cfg)}"
     )

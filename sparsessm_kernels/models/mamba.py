@@ -16,8 +16,6 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,7 +25,9 @@ from torch import nn
 from .. import ops as _ops
 from ..ops import StateLayout
 from .cache import LayerCache, MambaCache
+from .causal_lm import SSMCausalLM
 from .config import MambaLMConfig
+from .conv import causal_conv_silu, conv_silu_step, fill_conv_state
 from .zeroed_a_log import ZeroedALogWarning, find_zeroed_a_log_layers, zeroed_a_log_message
 
 if TYPE_CHECKING:
@@ -150,17 +150,12 @@ class MambaMixer(nn.Module):
             ``(b, l, d_model)`` in ``hidden.dtype``.
         """
         dtype = hidden.dtype
-        seqlen = hidden.shape[1]
         xz = self.in_proj(hidden).transpose(1, 2)  # (b, 2*d_inner, l)
         x, z = xz.chunk(2, dim=1)  # (b, d_inner, l) each
         if cache is not None:
             self._check_cache(cache)
-            keep = min(seqlen, self.d_conv)
-            cache.conv_state.zero_()
-            cache.conv_state[:, :, self.d_conv - keep :] = x[:, :, seqlen - keep :].to(cache.conv_state.dtype)
-        w = self.conv1d.weight
-        x = F.conv1d(x.to(w.dtype), w, self.conv1d.bias, padding=self.d_conv - 1, groups=self.d_inner)
-        x = F.silu(x[:, :, :seqlen]).to(dtype)  # (b, d_inner, l)
+            fill_conv_state(cache.conv_state, x)
+        x = causal_conv_silu(x, self.conv1d)  # (b, d_inner, l)
         x_dbl = self.x_proj(x.transpose(1, 2))  # (b, l, dt_rank + 2n)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = self.dt_proj.weight @ dt.transpose(1, 2)  # (b, d_inner, l)
@@ -202,14 +197,7 @@ class MambaMixer(nn.Module):
         self._check_cache(cache)
         dtype = hidden.dtype
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (b, d_inner) each
-        conv_state = cache.conv_state
-        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
-        conv_state[:, :, -1] = x.to(conv_state.dtype)
-        w = self.conv1d.weight[:, 0, :]  # (d_inner, d_conv)
-        xc = (conv_state.to(w.dtype) * w).sum(dim=-1)
-        if self.conv1d.bias is not None:
-            xc = xc + self.conv1d.bias
-        x = F.silu(xc).to(dtype)  # (b, d_inner)
+        x = conv_silu_step(cache.conv_state, x, self.conv1d)  # (b, d_inner)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, d_inner)
         y = _ops.selective_state_update(
@@ -236,7 +224,12 @@ class MambaBlock(nn.Module):
         super().__init__()
         self.residual_in_fp32 = config.residual_in_fp32
         self.norm = _make_norm(config)
-        self.mixer = MambaMixer(
+        self.mixer = self._make_mixer(config, layer_idx)
+
+    @staticmethod
+    def _make_mixer(config: MambaLMConfig, layer_idx: int) -> nn.Module:
+        """The mixer of layer ``layer_idx`` (subclasses of the block build other mixers)."""
+        return MambaMixer(
             config.d_model,
             config.d_inner,
             config.layer_d_state(layer_idx),
@@ -276,7 +269,7 @@ class MambaBackbone(nn.Module):
 
 
 # ---------------------------------------------------------------------- the LM
-class MambaLM(nn.Module):
+class MambaLM(SSMCausalLM):
     """Mamba-1 causal LM with per-layer state masks and a (sparse) decode cache.
 
     Build with :meth:`from_pretrained` (an HF or mamba_ssm checkpoint, local or on the Hub) or
@@ -292,29 +285,6 @@ class MambaLM(nn.Module):
             self.lm_head.weight = self.backbone.embeddings.weight
 
     # -------------------------------------------------------------- construction
-    @classmethod
-    def from_config(
-        cls,
-        config: MambaLMConfig,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        seed: int | None = None,
-    ) -> MambaLM:
-        """A model with **random** weights (Mamba's usual initialisation), for tests and demos.
-
-        Args:
-            config: the architecture.
-            device, dtype: where / in which dtype the weights live (default CPU float32).
-            seed: seed the initialisation (the global RNG state is restored afterwards).
-        """
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
-            model = cls(config)
-            model._init_weights()
-        return model.to(device=device, dtype=dtype or torch.float32)
-
     @torch.no_grad()
     def _init_weights(self) -> None:
         nn.init.normal_(self.backbone.embeddings.weight, std=0.02)
@@ -363,27 +333,11 @@ class MambaLM(nn.Module):
             dtype: weight dtype (default float32; ``"auto"``: as stored); logits are always float32.
             revision: Hub branch, tag or commit hash (Hub ids only).
         """
-        from .checkpoint import read_checkpoint, validate_state_dict
+        from .checkpoint import read_checkpoint
 
         ckpt = read_checkpoint(path, revision)
-        with torch.device("meta"):
-            model = cls(ckpt.config)
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        if ckpt.config.tie_embeddings:
-            expected.pop("lm_head.weight", None)
-        validate_state_dict(ckpt.tensors, expected, ckpt.config, ckpt.source)
-        if dtype == "auto":
-            dtype = ckpt.tensors["backbone.embeddings.weight"].dtype
-        elif dtype is not None and not isinstance(dtype, torch.dtype):
-            raise TypeError(f"dtype: expected None, 'auto' or a torch.dtype, got {dtype!r}")
-        dtype = dtype or torch.float32
+        model = cls._from_tensors(ckpt.config, ckpt.tensors, ckpt.source, device, dtype)
         _warn_zeroed_a_log(ckpt, path, revision)
-        tensors = {k: v.to(device=device, dtype=dtype) for k, v in ckpt.tensors.items()}
-        if ckpt.config.tie_embeddings:
-            tensors["lm_head.weight"] = tensors["backbone.embeddings.weight"]
-        model.load_state_dict(tensors, strict=True, assign=True)
-        if ckpt.config.tie_embeddings:
-            model.lm_head.weight = model.backbone.embeddings.weight
         for layer_idx, (layout, pruned) in ckpt.layer_masks.items():
             model.set_state_mask(layer_idx, layout, pruned_states=pruned)
         return model
@@ -437,23 +391,6 @@ class MambaLM(nn.Module):
         export_for_stock_kernels(self, directory, format=format, overwrite=overwrite)
 
     # -------------------------------------------------------------- masks
-    @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of the weights."""
-        return self.backbone.embeddings.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the weights."""
-        return self.backbone.embeddings.weight.device
-
-    def mixer(self, layer_idx: int) -> MambaMixer:
-        """The mixer of layer ``layer_idx`` (raises ``IndexError`` naming the valid range)."""
-        n = len(self.backbone.layers)
-        if isinstance(layer_idx, bool) or not isinstance(layer_idx, int) or not 0 <= layer_idx < n:
-            raise IndexError(f"layer_idx: expected an integer in [0, {n}), got {layer_idx!r}")
-        return self.backbone.layers[layer_idx].mixer
-
     def set_state_mask(
         self,
         layer_idx: int,
@@ -555,159 +492,10 @@ class MambaLM(nn.Module):
             )
         return MambaCache(layers=layers, batch_size=batch_size)
 
-    # -------------------------------------------------------------- forward
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone.norm_f(hidden)
-        return self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        cache: MambaCache | None = None,
-        *,
-        last_logits_only: bool = False,
-    ) -> torch.Tensor:
-        """Logits of a token sequence.
-
-        Args:
-            input_ids: ``(b, l)`` int64 token ids.
-            cache: optional :class:`MambaCache` (updated in place). Empty cache
-                (``seqlen_offset == 0``): prefill with the scan kernel, storing the final states.
-                Non-empty: the tokens continue the cached sequence and run through the decode
-                step (``selective_state_update``) one token at a time.
-            last_logits_only: return only the last position's logits, ``(b, 1, vocab)``.
-
-        Returns:
-            ``(b, l, vocab)`` float32 logits (``(b, 1, vocab)`` with ``last_logits_only``).
-        """
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            shape = (
-                tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-            )
-            raise ValueError(f"input_ids: expected a (b, l) integer tensor, got {shape}")
-        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-            raise TypeError(f"input_ids: expected an integer dtype, got {input_ids.dtype}")
-        b, seqlen = input_ids.shape
-        if seqlen < 1:
-            raise ValueError("input_ids: expected at least one token")
-        if cache is not None:
-            if cache.batch_size != b:
-                raise ValueError(f"cache: allocated for batch size {cache.batch_size}, got input batch {b}")
-            if len(cache.layers) != len(self.backbone.layers):
-                raise ValueError(
-                    f"cache: has {len(cache.layers)} layers, the model has {len(self.backbone.layers)}"
-                )
-        if cache is not None and cache.seqlen_offset > 0:
-            steps = [self._step(input_ids[:, t], cache) for t in range(seqlen)]
-            logits = torch.stack(steps, dim=1)
-            return logits[:, -1:] if last_logits_only else logits
-
-        hidden = self.backbone.embeddings(input_ids)
-        for i, blk in enumerate(self.backbone.layers):
-            hidden = blk(hidden, None if cache is None else cache.layers[i])
-        if cache is not None:
-            cache.seqlen_offset += seqlen
-        if last_logits_only:
-            hidden = hidden[:, -1:]
-        return self._logits(hidden)
-
-    def _step(self, token: torch.Tensor, cache: MambaCache) -> torch.Tensor:
-        """``(b,)`` token ids -> ``(b, vocab)`` float32 logits, advancing ``cache`` by one token."""
-        hidden = self.backbone.embeddings(token)
-        for i, blk in enumerate(self.backbone.layers):
-            hidden = blk.step(hidden, cache.layers[i])
-        cache.seqlen_offset += 1
-        return self._logits(hidden)
-
-    # -------------------------------------------------------------- generation
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_token_id: int | Sequence[int] | None = None,
-        generator: torch.Generator | None = None,
-        *,
-        compact_cache: bool = True,
-    ) -> torch.Tensor:
-        """Autoregressive generation with the prefill + decode cache.
-
-        Args:
-            input_ids: ``(b, l)`` prompt.
-            max_new_tokens: tokens to add (``>= 0``).
-            do_sample: sample (``temperature`` / ``top_k`` / ``top_p``) instead of greedy argmax.
-            eos_token_id: a sequence that emits one of these ids is finished; it is padded with
-                the (first) eos id afterwards, and generation stops early once every sequence
-                is finished (so the result may be shorter than ``l + max_new_tokens``).
-            generator: RNG for sampling.
-            compact_cache: use compact SSM states for uniform masks (see :meth:`allocate_cache`).
-
-        Returns:
-            ``(b, l + generated)`` int64 tokens, prompt included.
-        """
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens: expected an integer >= 0, got {max_new_tokens!r}")
-        if do_sample and not temperature > 0:
-            raise ValueError(f"temperature: expected > 0 when sampling, got {temperature!r}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k: expected None or an integer >= 1, got {top_k!r}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p: expected None or a float in (0, 1], got {top_p!r}")
-        eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
-        input_ids = input_ids.to(self.device)
-        if max_new_tokens == 0:
-            return input_ids.clone()
-        b = input_ids.shape[0]
-        cache = self.allocate_cache(b, compact=compact_cache)
-        logits = self(input_ids, cache=cache, last_logits_only=True)[:, -1]
-        eos_t = torch.tensor(eos, dtype=torch.long, device=self.device)
-        finished = torch.zeros(b, dtype=torch.bool, device=self.device)
-        out = [input_ids.long()]
-        for i in range(max_new_tokens):
-            if do_sample:
-                nxt = _sample(logits, temperature, top_k, top_p, generator)
-            else:
-                nxt = logits.argmax(dim=-1)
-            if eos:
-                nxt = torch.where(finished, eos_t[0], nxt)
-                finished = finished | torch.isin(nxt, eos_t)
-            out.append(nxt[:, None])
-            if (eos and bool(finished.all())) or i == max_new_tokens - 1:
-                break
-            logits = self(nxt[:, None], cache=cache)[:, -1]
-        return torch.cat(out, dim=1)
-
     def extra_repr(self) -> str:
         c = self.config
         masked = len(self._layer_masks())
         return f"d_model={c.d_model}, n_layer={c.n_layer}, vocab={c.vocab_size}, masked_layers={masked}"
-
-
-def _sample(
-    logits: torch.Tensor,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """Sample one token per row of ``logits`` ``(b, vocab)`` -> ``(b,)`` int64."""
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # Drop a token when the tokens ranked above it already reach top_p (the top one always stays).
-        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 def _warn_zeroed_a_log(ckpt: CheckpointContents, path: str | os.PathLike, revision: str | None) -> None:
@@ -719,8 +507,3 @@ def _warn_zeroed_a_log(ckpt: CheckpointContents, path: str | os.PathLike, revisi
         rev = f" --revision {revision}" if revision is not None else ""
         hint = f"sparsessm convert {path}{rev} --out DIR --zero-a-log-pruned"
         warnings.warn(zeroed_a_log_message(str(path), found, hint), ZeroedALogWarning, stacklevel=3)
-
-
-def load_model(path: str | os.PathLike | Path, **kwargs) -> MambaLM:
-    """Shorthand for :meth:`MambaLM.from_pretrained`."""
-    return MambaLM.from_pretrained(path, **kwargs)

@@ -1,11 +1,12 @@
 """``sparsessm convert``: rewrite a checkpoint in this package's layout.
 
-:class:`ConvertJob` reads any checkpoint :meth:`MambaLM.from_pretrained` reads (HF or mamba_ssm
-layout, local or a Hugging Face Hub id) and writes it with :meth:`MambaLM.save_pretrained`
-(``config.json`` + ``model.safetensors`` + ``sparsity.safetensors`` when masked), plus the source's
-tokenizer files. With ``zero_a_log_pruned`` the ``A_log`` entries stored as exactly 0 -- pruned
-states in the SparseSSM authors' checkpoints (:mod:`sparsessm_kernels.models.zeroed_a_log`) --
-are marked pruned with ``zero_transition``, which is how the authors evaluate them.
+:class:`ConvertJob` reads any checkpoint :func:`~sparsessm_kernels.models.load_model` reads
+(Mamba-1 or Mamba-2, HF or mamba_ssm layout, local or a Hugging Face Hub id) and writes it with
+the model's ``save_pretrained`` (``config.json`` + ``model.safetensors`` + ``sparsity.safetensors``
+when masked), plus the source's tokenizer files. With ``zero_a_log_pruned`` (Mamba-1 only) the
+``A_log`` entries stored as exactly 0 -- pruned states in the SparseSSM authors' checkpoints
+(:mod:`sparsessm_kernels.models.zeroed_a_log`) -- are marked pruned with ``zero_transition``,
+which is how the authors evaluate them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from .._io import check_output_dir
-from ..models import MambaLM, a_log_name
+from ..models import Mamba2LM, Mamba2LMConfig, MambaLM, a_log_name, load_model, read_model_config
 from ..models.checkpoint import resolve_checkpoint_dir
 from ..models.zeroed_a_log import (
     ZeroedALogWarning,
@@ -27,7 +28,7 @@ from ..models.zeroed_a_log import (
     zeroed_a_log_mask,
 )
 from .config import PruneConfigError
-from .run import DTYPES, _copy_tokenizer, _inside, _output_dir, read_model_config
+from .run import DTYPES, _copy_tokenizer, _inside, _output_dir
 
 __all__ = ["CONVERT_DTYPES", "ConvertJob", "run_convert"]
 
@@ -48,7 +49,12 @@ class ConvertJob:
 
     def validate(self) -> None:
         """Every check that needs no weights; raises before any work starts."""
-        read_model_config(self.src, self.revision)
+        config = read_model_config(self.src, self.revision)
+        if self.zero_a_log_pruned and isinstance(config, Mamba2LMConfig):
+            raise PruneConfigError(
+                f"--zero-a-log-pruned: {self.src} is a Mamba-2 model; the flag reads the SparseSSM authors' "
+                "Mamba-1 convention (A_log entries stored as 0), which has no Mamba-2 counterpart here"
+            )
         if self.dtype not in CONVERT_DTYPES:
             raise PruneConfigError(f"dtype: expected one of {CONVERT_DTYPES}, got {self.dtype!r}")
         source = resolve_checkpoint_dir(self.src, self.revision, weights=False)
@@ -94,8 +100,11 @@ def run_convert(job: ConvertJob) -> dict[str, Any]:
     with warnings.catch_warnings():
         if job.zero_a_log_pruned:  # the warning's advice is what this run does
             warnings.simplefilter("ignore", ZeroedALogWarning)
-        model = MambaLM.from_pretrained(job.src, dtype=dtype, revision=job.revision)
+        model = load_model(job.src, dtype=dtype, revision=job.revision)
     layers = _mark_zeroed_a_log(model) if job.zero_a_log_pruned else []
+    masked = sorted(model.state_masks())
+    if isinstance(model, Mamba2LM):
+        masked = sorted([*masked, *model.head_transition_masks()])
     out = Path(job.out)
     with _output_dir(job.out, "--out", job.overwrite) as staged:  # renamed in once complete
         model.save_pretrained(staged)
@@ -107,7 +116,7 @@ def run_convert(job: ConvertJob) -> dict[str, Any]:
         "dtype": str(model.dtype).removeprefix("torch."),
         "zero_a_log_pruned": job.zero_a_log_pruned,
         "layers": layers,
-        "masked_layers": sorted(model.state_masks()),
+        "masked_layers": masked,
         "tokenizer_files": copied,
     }
 

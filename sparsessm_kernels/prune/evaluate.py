@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .._progress import progress as progress_bar
-from ..models import MambaLM
+from ..models import Mamba2LM, MambaLM
 from .data import Tokenizer, eval_windows
 
 __all__ = ["DEFAULT_TASKS", "evaluate_perplexity", "lm_eval_available", "score_continuations", "zero_shot"]
@@ -33,7 +33,7 @@ DEFAULT_TASKS = ("piqa", "arc_easy", "arc_challenge", "winogrande", "openbookqa"
 
 @torch.no_grad()
 def evaluate_perplexity(
-    model: MambaLM,
+    model: MambaLM | Mamba2LM,
     tokens: torch.Tensor,
     seqlen: int,
     *,
@@ -91,7 +91,7 @@ def evaluate_perplexity(
 
 @torch.no_grad()
 def score_continuations(
-    model: MambaLM,
+    model: MambaLM | Mamba2LM,
     requests: list[tuple[list[int], list[int]]],
     *,
     batch_size: int = 8,
@@ -149,7 +149,7 @@ def lm_eval_available() -> bool:
 
 
 def zero_shot(
-    model: MambaLM,
+    model: MambaLM | Mamba2LM,
     tokenizer: Tokenizer,
     tasks: list[str] | tuple[str, ...] = DEFAULT_TASKS,
     *,

@@ -1,4 +1,4 @@
-"""End-to-end jobs behind ``sparsessm prune`` and ``sparsessm eval``.
+"""End-to-end jobs behind ``sparsessm prune`` (Mamba-1) and ``sparsessm eval`` (Mamba-1 and Mamba-2).
 
 :class:`PruneJob` / :class:`EvalJob` hold a run's inputs; ``validate()`` checks everything that can
 be checked without loading weights or text (missing directories, settings, shapes from
@@ -9,7 +9,6 @@ be checked without loading weights or text (missing directories, settings, shape
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 import time
@@ -21,9 +20,8 @@ import torch
 
 from .._io import atomic_directory, check_output_dir
 from .._progress import progress_interval
-from ..models import MambaLM, MambaLMConfig, config_from_hf_dict, config_from_mamba_ssm_dict
+from ..models import Mamba2LMConfig, MambaLM, MambaLMConfig, load_model, read_model_config
 from ..models.checkpoint import CONFIG_NAME, resolve_checkpoint_dir
-from ..models.config import CheckpointFormatError, detect_config_format
 from ..models.hub import resolve_local_or_hub
 from ..sparsity import kept_count
 from .capture import prune_model
@@ -71,35 +69,6 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def read_model_config(model_dir: str | Path, revision: str | None = None) -> MambaLMConfig:
-    """The config of a model directory or Hub id, read from ``config.json`` alone (no weights).
-
-    A Hub id is resolved without its weights (config, tokenizer and masks files only).
-
-    Raises:
-        FileNotFoundError: the directory or its ``config.json`` is missing; a Hub id that cannot
-            be resolved (:class:`~sparsessm_kernels.models.HubLookupError`).
-        CheckpointFormatError: not a Mamba-1 config.
-    """
-    d = resolve_checkpoint_dir(model_dir, revision, weights=False)
-    if not d.exists():
-        raise FileNotFoundError(f"model directory not found: {d}")
-    if not d.is_dir():
-        raise FileNotFoundError(f"{d} is not a directory (expected a model directory with config.json)")
-    cfg_path = d / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} not found: expected a Mamba-1 model directory with config.json")
-    try:
-        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointFormatError(f"{cfg_path}: not valid JSON ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise CheckpointFormatError(f"{cfg_path}: expected a JSON object")
-    fmt = detect_config_format(raw)
-    parse = config_from_hf_dict if fmt == "hf" else config_from_mamba_ssm_dict
-    return parse(raw, str(cfg_path))
-
-
 def _inside(inner: str | Path, outer: str | Path) -> bool:
     """Whether ``inner`` is ``outer`` or lies below it (after resolving both)."""
     return Path(outer).resolve() in (Path(inner).resolve(), *Path(inner).resolve().parents)
@@ -123,7 +92,7 @@ def tokenizer_dir(tokenizer: str | None, model_dir: str, revision: str | None = 
     return resolve_checkpoint_dir(model_dir, revision, weights=False)
 
 
-def _check_tokenizer(tokenizer_dir: Path, config: MambaLMConfig) -> None:
+def _check_tokenizer(tokenizer_dir: Path, config: MambaLMConfig | Mamba2LMConfig) -> None:
     if tokenizer_dir.exists() and not tokenizer_dir.is_dir():
         raise DataError(f"tokenizer: {tokenizer_dir} is not a directory")
     if not has_tokenizer_files(tokenizer_dir) and config.vocab_size < 256:
@@ -199,6 +168,12 @@ class PruneJob:
     def validate(self) -> tuple[PruneConfig, MambaLMConfig, torch.device]:
         """Every check that needs no weights or text; raises before any work starts."""
         config = read_model_config(self.model_dir, self.revision)
+        if isinstance(config, Mamba2LMConfig):
+            raise PruneConfigError(
+                f"{self.model_dir} is a Mamba-2 model; sparsessm prune prunes Mamba-1 models only for now "
+                "(Mamba-2 models work with sparsessm eval / convert, and take masks through "
+                "Mamba2LM.set_state_mask / set_head_transition_mask)"
+            )
         cfg = self.cfg.resolve()
         cfg.check_model(config)
         for name, value, low in (("nsamples", self.nsamples, 1), ("seqlen", self.seqlen, 2)):
@@ -375,7 +350,7 @@ class EvalJob:
 def run_eval(job: EvalJob) -> dict[str, Any]:
     """Perplexity (and lm-eval tasks when asked) of a model directory."""
     device = job.validate()
-    model = MambaLM.from_pretrained(job.model_dir, dtype=DTYPES[job.dtype], revision=job.revision)
+    model = load_model(job.model_dir, dtype=DTYPES[job.dtype], revision=job.revision)
     tokenizer = load_tokenizer(
         tokenizer_dir(job.tokenizer, job.model_dir, job.revision), model.config.vocab_size
     )

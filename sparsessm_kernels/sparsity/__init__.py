@@ -7,11 +7,12 @@ Layering: this package imports only :mod:`sparsessm_kernels.ops` and
   pattern (``"column"``, ``"unstructured"``, ``"N:M"``).
 * :func:`unstructured_mask`, :func:`nm_mask`, :func:`column_mask`, :func:`build_sparsity` --
   masks from importance scores (higher score = kept).
-* :func:`save_masks`, :func:`load_masks`, :func:`load_sparsities` -- safetensors mask files.
+* :func:`save_masks`, :func:`load_masks`, :func:`load_sparsities`, :func:`head_mask_names` --
+  safetensors mask files (state masks, and Mamba-2 head transition masks).
 """
 
 from .builders import build_sparsity, column_mask, kept_count, nm_mask, unstructured_mask
-from .io import MASKS_FORMAT, MaskFileError, load_masks, load_sparsities, save_masks
+from .io import MASKS_FORMAT, MaskFileError, head_mask_names, load_masks, load_sparsities, save_masks
 from .state_sparsity import PATTERNS, StateSparsity, parse_pattern
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "StateSparsity",
     "build_sparsity",
     "column_mask",
+    "head_mask_names",
     "kept_count",
     "load_masks",
     "load_sparsities",

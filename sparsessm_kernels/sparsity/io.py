@@ -2,11 +2,15 @@
 
 File layout: one bool tensor per masked parameter, keyed by the parameter name (e.g.
 ``"backbone.layers.0.mixer.A_log"``), shape ``(n,)`` (column mask) or ``(d, n)`` (per-channel
-mask). The safetensors header metadata (``str -> str``) always holds
+mask) -- the *state masks*. A file may also hold *head transition masks* (Mamba-2): bool
+``(nheads,)`` of any length, one flag per head (True = the head keeps its transition). The
+safetensors header metadata (``str -> str``) always holds
 
 * ``"format"``: ``"sparsessm-masks"`` (identifies a masks file),
 * ``"version"``: the ``sparsessm_kernels`` version that wrote it,
-* ``"masks"``: JSON ``{name: {"pattern", "shape", "sparsity", "n_kept", "uniform"}}``,
+* ``"masks"``: JSON ``{name: {"pattern", "shape", "sparsity", "n_kept", "uniform"}}`` for state
+  masks and ``{name: {"kind": "head_transition", "shape", "sparsity", "n_kept"}}`` for head
+  transition masks,
 
 plus whatever the caller passes (``pattern``, ``sparsity``, ``method``, calibration settings,
 ``pruned_states``, ... as strings, JSON-encoded where structured).
@@ -29,10 +33,21 @@ from sparsessm_kernels.ops.layout import StateLayout
 
 from .state_sparsity import StateSparsity
 
-__all__ = ["MASKS_FORMAT", "MaskFileError", "load_masks", "load_sparsities", "save_masks"]
+__all__ = [
+    "HEAD_TRANSITION_KIND",
+    "MASKS_FORMAT",
+    "MaskFileError",
+    "head_mask_names",
+    "load_masks",
+    "load_sparsities",
+    "save_masks",
+]
 
 MASKS_FORMAT = "sparsessm-masks"
 """Value of the ``"format"`` metadata key of a masks file."""
+
+HEAD_TRANSITION_KIND = "head_transition"
+"""``"kind"`` of a head transition mask in the ``"masks"`` metadata."""
 
 RESERVED_KEYS = ("format", "version", "masks")
 """Metadata keys always written by :func:`save_masks` (caller values for them are replaced)."""
@@ -52,10 +67,35 @@ def _mask_sparsity(name: str, value: torch.Tensor | StateLayout, pattern: str | 
         raise type(exc)(f"masks[{name!r}]: {exc}") from exc
 
 
+def _check_head_mask(name: str, mask: object) -> torch.Tensor:
+    """A head transition mask: bool ``(nheads,)`` with ``nheads >= 1``."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"head_masks[{name!r}]: expected a bool torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"head_masks[{name!r}]: expected dtype torch.bool (True = kept), got {mask.dtype}")
+    if mask.dim() != 1 or mask.numel() < 1:
+        raise ValueError(
+            f"head_masks[{name!r}]: expected shape (nheads,) with nheads >= 1, got {tuple(mask.shape)}"
+        )
+    return mask
+
+
+def _head_summary(mask: torch.Tensor) -> dict:
+    kept = int(mask.sum())
+    return {
+        "kind": HEAD_TRANSITION_KIND,
+        "shape": list(mask.shape),
+        "sparsity": round(1.0 - kept / mask.numel(), 6),
+        "n_kept": kept,
+    }
+
+
 def save_masks(
     path: str | os.PathLike,
     masks: Mapping[str, torch.Tensor | StateLayout],
     metadata: Mapping[str, str] | None = None,
+    *,
+    head_masks: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
     """Write state masks to a safetensors file, atomically.
 
@@ -71,10 +111,14 @@ def save_masks(
         metadata: extra ``str -> str`` header entries (``pattern``, ``sparsity``, ``method``,
             calibration settings, ``pruned_states``, ...). Values for the reserved keys
             ``format``, ``version`` and ``masks`` are replaced by freshly computed ones.
+        head_masks: ``{parameter name: bool (nheads,)}`` head transition masks (Mamba-2, keyed by
+            the ``A_log`` they apply to), any length; never checked against ``pattern``. Names
+            must differ from those of ``masks``.
 
     Raises:
         TypeError: a key, value or metadata entry has the wrong type.
-        ValueError: a mask is invalid or does not follow ``metadata["pattern"]``.
+        ValueError: a mask is invalid or does not follow ``metadata["pattern"]``; a name is both
+            a state mask and a head mask.
     """
     if not isinstance(masks, Mapping):
         raise TypeError(f"masks: expected a dict of name -> bool tensor, got {type(masks).__name__}")
@@ -98,6 +142,18 @@ def save_masks(
         # Own contiguous CPU copies: safetensors refuses shared or non-contiguous storage.
         tensors[name] = sp.mask.detach().to("cpu").contiguous().clone()
         summary[name] = sp.summary()
+    if head_masks is not None and not isinstance(head_masks, Mapping):
+        raise TypeError(
+            f"head_masks: expected a dict of name -> bool tensor, got {type(head_masks).__name__}"
+        )
+    for name, value in (head_masks or {}).items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"head_masks: expected non-empty str keys (parameter names), got {name!r}")
+        if name in tensors:
+            raise ValueError(f"head_masks: {name!r} is also a state mask; a name holds one mask")
+        mask = _check_head_mask(name, value)
+        tensors[name] = mask.detach().to("cpu").contiguous().clone()
+        summary[name] = _head_summary(mask)
     meta["format"] = MASKS_FORMAT
     meta["version"] = __version__
     meta["masks"] = json.dumps(summary, sort_keys=True)
@@ -120,6 +176,28 @@ def _to_bool(name: str, tensor: torch.Tensor, path: Path) -> torch.Tensor:
     raise MaskFileError(f"{path}: mask {name!r} must have dtype bool (or uint8 0/1), got {tensor.dtype}")
 
 
+def _mask_summaries(metadata: Mapping[str, str], path: str | os.PathLike) -> dict:
+    """The ``"masks"`` metadata as a dict (``{}`` when absent)."""
+    try:
+        per_mask = json.loads(metadata.get("masks", "{}"))
+        if not isinstance(per_mask, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise MaskFileError(f"{path}: metadata 'masks' is not a valid JSON object ({exc})") from exc
+    return per_mask
+
+
+def head_mask_names(metadata: Mapping[str, str], path: str | os.PathLike = "masks file") -> set[str]:
+    """Names of the head transition masks of a file, from the metadata :func:`load_masks` returns
+    (``path`` names the file in the error raised for a malformed ``"masks"`` entry)."""
+    per_mask = _mask_summaries(metadata, path)
+    return {
+        name
+        for name, info in per_mask.items()
+        if isinstance(info, dict) and info.get("kind") == HEAD_TRANSITION_KIND
+    }
+
+
 def load_masks(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a file written by :func:`save_masks`.
 
@@ -127,8 +205,10 @@ def load_masks(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
         path: the safetensors masks file.
 
     Returns:
-        ``(masks, metadata)``: ``{parameter name: bool (n,) or (d, n) CPU tensor}`` and the
-        full ``str -> str`` header metadata (including ``format``, ``version`` and ``masks``).
+        ``(masks, metadata)``: ``{parameter name: bool CPU tensor}`` -- state masks ``(n,)`` /
+        ``(d, n)`` and head transition masks ``(nheads,)`` (:func:`head_mask_names` tells which)
+        -- and the full ``str -> str`` header metadata (including ``format``, ``version`` and
+        ``masks``).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -153,11 +233,15 @@ def load_masks(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
         raise MaskFileError(
             f"{p}: not a sparsessm masks file (expected metadata format {MASKS_FORMAT!r}, found {found})"
         )
+    heads = head_mask_names(metadata, p)
     masks: dict[str, torch.Tensor] = {}
     for name, tensor in raw.items():
         mask = _to_bool(name, tensor, p)
         try:
-            StateSparsity(mask)
+            if name in heads:
+                _check_head_mask(name, mask)
+            else:
+                StateSparsity(mask)
         except (TypeError, ValueError) as exc:
             raise MaskFileError(f"{p}: mask {name!r} is invalid: {exc}") from exc
         masks[name] = mask
@@ -168,15 +252,17 @@ def load_sparsities(path: str | os.PathLike) -> tuple[dict[str, StateSparsity], 
     """Like :func:`load_masks` but returns validated :class:`StateSparsity` objects.
 
     Each mask is re-validated against the pattern recorded for it in the ``"masks"`` metadata
-    (falling back to the file-level ``"pattern"``, then to the mask's kind).
+    (falling back to the file-level ``"pattern"``, then to the mask's kind). A file holding head
+    transition masks raises :class:`MaskFileError` (they are no state masks).
     """
     masks, metadata = load_masks(path)
-    try:
-        per_mask = json.loads(metadata.get("masks", "{}"))
-        if not isinstance(per_mask, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as exc:
-        raise MaskFileError(f"{path}: metadata 'masks' is not a valid JSON object ({exc})") from exc
+    per_mask = _mask_summaries(metadata, path)
+    heads = sorted(head_mask_names(metadata, path))
+    if heads:
+        raise MaskFileError(
+            f"{path}: holds Mamba-2 head transition masks {heads}, which are not state masks; read the "
+            "file with load_masks (or load the model with Mamba2LM.from_pretrained)"
+        )
     out: dict[str, StateSparsity] = {}
     for name, mask in masks.items():
         info = per_mask.get(name)
