@@ -5,8 +5,22 @@
 // including the kernel headers. Every thread of a block is a fiber (ucontext) on the calling OS
 // thread; the threads of a warp meet at real barriers for __shfl_*_sync / __syncwarp, so a
 // collective that not all 32 lanes reach (divergence bug) is reported as a deadlock instead of
-// silently computing something else. Blocks run one after another, deterministically. It checks the logic (indexing, masks, chunking, the cross-lane
-// scan, bounds), not performance, memory-model subtleties or nvcc code generation.
+// silently computing something else. Blocks run one after another, deterministically.
+//
+// Besides the logic (indexing, masks, chunking, the cross-lane scan, bounds) it catches what a GPU
+// would fault on or what only shows up as rare wrong results there, when the kernel goes through
+// the accessors below (smem_load / smem_store / global_load16 / global_store16):
+//   * misaligned vector accesses: a 16-byte load or store whose address is not 16-byte aligned;
+//   * shared memory out of bounds: an access outside the block's dynamic shared memory;
+//   * shared-memory races: every 4-byte word is tagged with its last writer (thread, block barrier
+//     epoch, warp barrier epoch) and its readers since; a read of a word another thread wrote, or a
+//     write of a word another thread wrote or read, with no __syncthreads() (or, inside one warp,
+//     __syncwarp()) in between, is reported. Warp shuffles do not order memory, as on the GPU;
+//   * reads of shared memory never written in this block.
+// Such an error is printed once per launch, the launch completes, and last_error() returns it
+// (the kernels' launch helper turns it into a failed launch status). A deadlock (a collective not
+// reached by every thread of its group) aborts. Not covered: performance, the memory model of
+// global memory, and nvcc code generation.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -22,6 +36,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
 #ifndef __launch_bounds__
@@ -74,18 +89,22 @@ inline void yield() {
 class Barrier {
  public:
   explicit Barrier(unsigned count = kWarpSize) : count_(count) {}
-  void wait(const char* what) {
+  // Returns true in the thread that completed the barrier (the last to arrive).
+  bool wait(const char* what) {
     what_ = what;
     const unsigned long long generation = generation_;
     if (++arrived_ == count_) {
       arrived_ = 0;
       ++generation_;
       ++scheduler()->progress;
-      return;
+      return true;
     }
     while (generation_ == generation) yield();
+    return false;
   }
   const char* what() const { return what_; }
+  // Completed barriers so far (the "epoch" the race detector tags accesses with).
+  unsigned long long generation() const { return generation_; }
 
  private:
   unsigned count_;
@@ -95,19 +114,138 @@ class Barrier {
 };
 
 struct Warp {
-  Barrier barrier{kWarpSize};
+  Barrier barrier{kWarpSize};  // shuffles and __syncwarp
   uint64_t slots[kWarpSize] = {};
+  uint32_t syncwarp_epoch = 0;  // completed __syncwarp() calls (shuffles do not order memory)
+};
+
+// Race-detector state of one 4-byte word of shared memory.
+struct WordTag {
+  int32_t writer = -1;              // thread of the last write, -1 never written
+  uint32_t write_epoch = 0;         // block barriers completed at that write
+  uint32_t write_warp_epoch = 0;    // the writer's warp barriers completed at that write
+  uint32_t read_epoch = ~0u;        // block epoch of the reads recorded below (~0u: none)
+  uint32_t reader_warps = 0;        // bit w: warp w read the word in read_epoch
+  int32_t reader = -1;              // the only thread that read it in read_epoch, or -2 (several)
+  uint32_t read_warp_epoch = 0;     // largest warp epoch of those reads
 };
 
 struct Block {
   dim3 block_idx, grid_dim, block_dim;
   std::vector<unsigned char> smem;
+  size_t smem_bytes = 0;
+  std::vector<WordTag> tags;
   std::vector<std::unique_ptr<Warp>> warps;
   std::unique_ptr<Barrier> block_barrier;
 };
 
+// First error of the current launch (empty: none); see last_error().
+inline std::string& launch_error() {
+  static thread_local std::string e;
+  return e;
+}
+inline std::string& last_launch_error_message() {
+  static thread_local std::string e;
+  return e;
+}
+
+// Message of the error the last launch on this OS thread hit, or "" (then it ran cleanly).
+inline const std::string& last_error() { return last_launch_error_message(); }
+
 inline Warp& my_warp() { return *tls().block->warps[tls().linear / kWarpSize]; }
 inline unsigned lane() { return tls().linear % kWarpSize; }
+
+// Records the first error of a launch (printed once); the launch goes on.
+inline void report(const std::string& what) {
+  std::string& e = launch_error();
+  if (!e.empty()) return;
+  const Block& b = *tls().block;
+  e = "sparsessm CUDA emulation: block (" + std::to_string(b.block_idx.x) + ", " + std::to_string(b.block_idx.y) +
+      ", " + std::to_string(b.block_idx.z) + ") thread " + std::to_string(tls().linear) + ": " + what;
+  std::fprintf(stderr, "%s\n", e.c_str());
+}
+
+inline bool aligned(const void* p, size_t bytes) { return (reinterpret_cast<uintptr_t>(p) % bytes) == 0; }
+
+// A `bytes`-wide global access at p must be aligned to its width, as on the GPU.
+inline void check_vector_alignment(const void* p, size_t bytes, const char* what) {
+  if (!aligned(p, bytes)) {
+    report(std::string(what) + ": " + std::to_string(bytes) + "-byte access at a misaligned address (" +
+           std::to_string(reinterpret_cast<uintptr_t>(p) % bytes) + " bytes off)");
+  }
+}
+
+// Checks (and records) an access of `bytes` bytes of shared memory at p.
+inline void smem_access(const void* p, size_t bytes, bool write) {
+  Block& b = *tls().block;
+  const auto* base = b.smem.data();
+  const auto* q = static_cast<const unsigned char*>(p);
+  if (q < base || q + bytes > base + b.smem_bytes) {
+    report(std::string("shared memory ") + (write ? "store" : "load") + " of " + std::to_string(bytes) +
+           " bytes at offset " + std::to_string(static_cast<long long>(q - base)) + " outside the " +
+           std::to_string(b.smem_bytes) + " bytes of the block");
+    return;
+  }
+  if (!aligned(p, bytes < 4 ? bytes : (bytes > 16 ? 16 : bytes))) {
+    report("shared memory access of " + std::to_string(bytes) + " bytes at a misaligned offset " +
+           std::to_string(static_cast<long long>(q - base)));
+    return;
+  }
+  const int32_t me = static_cast<int32_t>(tls().linear);
+  const unsigned my_warp_idx = tls().linear / kWarpSize;
+  const uint32_t epoch = static_cast<uint32_t>(b.block_barrier->generation());
+  const uint32_t wepoch = b.warps[my_warp_idx]->syncwarp_epoch;
+  const size_t first = static_cast<size_t>(q - base) / 4, last = (static_cast<size_t>(q - base) + bytes - 1) / 4;
+  for (size_t w = first; w <= last; ++w) {
+    WordTag& t = b.tags[w];
+    const bool same_warp_writer = t.writer >= 0 && static_cast<unsigned>(t.writer) / kWarpSize == my_warp_idx;
+    // ordered after the last write: same thread, a block barrier since, or a warp barrier of the
+    // writer's (= my) warp since
+    const bool after_write = t.writer < 0 || t.writer == me || t.write_epoch != epoch ||
+                             (same_warp_writer && wepoch != t.write_warp_epoch);
+    const std::string where = "word " + std::to_string(w) + " (byte offset " + std::to_string(4 * w) + ")";
+    if (!write) {
+      if (t.writer < 0) {
+        report("read of shared memory never written in this block: " + where);
+        return;
+      }
+      if (!after_write) {
+        report("shared-memory race: read of " + where + " written by thread " + std::to_string(t.writer) +
+               " with no barrier in between (block barrier epoch " + std::to_string(epoch) + ")");
+        return;
+      }
+      if (t.read_epoch != epoch) {
+        t.read_epoch = epoch;
+        t.reader_warps = 0;
+        t.reader = me;
+        t.read_warp_epoch = wepoch;
+      } else {
+        if (t.reader != me) t.reader = -2;
+        if (wepoch > t.read_warp_epoch) t.read_warp_epoch = wepoch;
+      }
+      t.reader_warps |= 1u << (my_warp_idx % 32);
+    } else {
+      if (!after_write) {
+        report("shared-memory race: write of " + where + " also written by thread " + std::to_string(t.writer) +
+               " with no barrier in between (block barrier epoch " + std::to_string(epoch) + ")");
+        return;
+      }
+      if (t.read_epoch == epoch && t.reader != me) {
+        const bool other_warps = (t.reader_warps & ~(1u << (my_warp_idx % 32))) != 0;
+        if (other_warps || wepoch == t.read_warp_epoch) {
+          report("shared-memory race: write of " + where + " read by " +
+                 (t.reader >= 0 ? "thread " + std::to_string(t.reader) : std::string("other threads")) +
+                 " with no barrier in between (block barrier epoch " + std::to_string(epoch) + ")");
+          return;
+        }
+      }
+      t.writer = me;
+      t.write_epoch = epoch;
+      t.write_warp_epoch = wepoch;
+      t.read_epoch = ~0u;
+    }
+  }
+}
 
 inline void check_full_mask(unsigned mask, const char* what) {
   if (mask != 0xffffffffu) {
@@ -167,6 +305,7 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, F body) {
     std::fprintf(stderr, "sparsessm CUDA emulation: block size %u is not a multiple of 32\n", threads);
     std::abort();
   }
+  launch_error().clear();
   Scheduler sched;
   Scheduler* saved = scheduler();
   scheduler() = &sched;
@@ -184,6 +323,8 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, F body) {
         blk.block_dim = block;
         // Poison shared memory so that reading before writing shows up as NaN / garbage.
         blk.smem.assign(smem_bytes + 16, 0xff);
+        blk.smem_bytes = smem_bytes;
+        blk.tags.assign((smem_bytes + 3) / 4, WordTag{});
         for (unsigned w = 0; w < threads / kWarpSize; ++w) blk.warps.emplace_back(new Warp());
         blk.block_barrier.reset(new Barrier(threads));
         for (unsigned t = 0; t < threads; ++t) {
@@ -216,6 +357,7 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, F body) {
   }
   sched.current = nullptr;
   scheduler() = saved;
+  last_launch_error_message() = launch_error();
 }
 
 }  // namespace sparsessm_emu
@@ -251,7 +393,40 @@ inline T __shfl_up_sync(unsigned mask, T value, unsigned delta, int width = 32) 
 
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
   ::sparsessm_emu::check_full_mask(mask, "__syncwarp");
-  ::sparsessm_emu::my_warp().barrier.wait("__syncwarp");
+  ::sparsessm_emu::Warp& w = ::sparsessm_emu::my_warp();
+  if (w.barrier.wait("__syncwarp")) ++w.syncwarp_epoch;
 }
 
 inline void __syncthreads() { ::sparsessm_emu::tls().block->block_barrier->wait("__syncthreads"); }
+
+namespace sparsessm_emu {
+
+// Shared memory through the race detector (the kernels' smem accessors call these).
+template <typename T>
+inline T smem_load(const T* p) {
+  smem_access(p, sizeof(T), false);
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+template <typename T>
+inline void smem_store(T* p, const T& v) {
+  smem_access(p, sizeof(T), true);
+  std::memcpy(p, &v, sizeof(T));
+}
+
+// 16-byte global accesses must be 16-byte aligned.
+inline uint4 global_load16(const void* p) {
+  check_vector_alignment(p, 16, "global load");
+  uint4 v;
+  std::memcpy(&v, p, 16);
+  return v;
+}
+
+inline void global_store16(void* p, const uint4& v) {
+  check_vector_alignment(p, 16, "global store");
+  std::memcpy(p, &v, 16);
+}
+
+}  // namespace sparsessm_emu

@@ -29,8 +29,8 @@ BUILD_COMMAND = "SPARSESSM_BUILD_CUDA=1 pip install -e . --no-build-isolation"
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # Lanes per channel along l (a power of two <= 128; above 32 a channel spans several warps); 0 lets
-# the launcher choose (<= 32). Tests, benchmarks (bench_scan.py --cuda-time-segments) and kernel
-# experiments set it; see csrc/selective_scan/selective_scan_kernel.cuh.
+# the launcher choose (docs/cuda.md, "Choice of P"). Tests, benchmarks (bench_scan.py
+# --cuda-time-segments) and kernel experiments set it.
 _TIME_SEGMENTS = 0
 
 
@@ -90,13 +90,18 @@ def _extension() -> ModuleType:
     return module
 
 
-def _seq(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """A sequence tensor in the kernel dtype with stride 1 along ``l``."""
+def _seq(t: torch.Tensor | None, dtype: torch.dtype, unit_stride: bool = True) -> torch.Tensor | None:
+    """A sequence tensor in the kernel dtype; with stride 1 along ``l`` when ``unit_stride``.
+
+    ``B`` and ``C`` are staged by the kernel with any strides (a view of the ``x_proj`` output, an
+    expanded view), so they are passed as they are; ``u``, ``delta`` and ``z`` are read with
+    stride 1 along ``l``.
+    """
     if t is None:
         return None
     if t.dtype != dtype:
         t = t.to(dtype)
-    if t.shape[-1] != 1 and t.stride(-1) != 1:
+    if unit_stride and t.shape[-1] != 1 and t.stride(-1) != 1:
         t = t.contiguous()
     return t
 
@@ -163,8 +168,8 @@ def selective_scan_cuda(
         _seq(u, dtype),
         _seq(delta, dtype),
         _f32(A),
-        _seq(B, dtype),
-        _seq(C, dtype),
+        _seq(B, dtype, unit_stride=False),
+        _seq(C, dtype, unit_stride=False),
         _f32(D),
         _seq(z, dtype),
         _f32(delta_bias),
