@@ -48,11 +48,93 @@ namespace sparsessm_emu {
 constexpr unsigned kWarpSize = 32;
 constexpr size_t kFiberStack = 256 * 1024;
 
+// ------------------------------------------------------------------------------ fiber contexts
+// On x86-64 a fiber switch saves the callee-saved registers and the stack pointer (no system call;
+// swapcontext saves and restores the signal mask with one on every switch, which dominated the
+// emulation's run time); elsewhere, or with SPARSESSM_EMU_UCONTEXT defined, ucontext.
+#if defined(__x86_64__) && !defined(SPARSESSM_EMU_UCONTEXT)
+#define SPARSESSM_EMU_FAST_SWITCH 1
+extern "C" void sparsessm_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .weak sparsessm_emu_switch
+  .hidden sparsessm_emu_switch
+  .type sparsessm_emu_switch, @function
+sparsessm_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size sparsessm_emu_switch, .-sparsessm_emu_switch
+)");
+#endif
+
+// A suspended execution context: the OS thread's own, or a fiber's.
+struct Context {
+#if defined(SPARSESSM_EMU_FAST_SWITCH)
+  void* sp = nullptr;
+#else
+  ucontext_t uc;
+#endif
+};
+
+// Saves the running context in `save` and resumes `load`.
+inline void switch_context(Context& save, Context& load) {
+#if defined(SPARSESSM_EMU_FAST_SWITCH)
+  sparsessm_emu_switch(&save.sp, load.sp);
+#else
+  swapcontext(&save.uc, &load.uc);
+#endif
+}
+
+// Prepares `c` to start `entry` (which never returns) on the given stack. Out of line so that
+// getcontext's "returns twice" does not concern the caller's locals.
+__attribute__((noinline)) inline void make_context(Context& c, unsigned char* stack, size_t size, void (*entry)()) {
+#if defined(SPARSESSM_EMU_FAST_SWITCH)
+  // The frame sparsessm_emu_switch pops: MXCSR / x87 control word, r15 ... rbp, return address =
+  // entry; above it a zero "return address" of entry, so that entry starts with rsp = 8 mod 16.
+  uintptr_t base = (reinterpret_cast<uintptr_t>(stack) + size) & ~static_cast<uintptr_t>(15);
+  uint64_t* frame = reinterpret_cast<uint64_t*>(base - 72);
+  uint32_t mxcsr = 0;
+  uint16_t fcw = 0;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fcw));
+  frame[0] = static_cast<uint64_t>(mxcsr) | (static_cast<uint64_t>(fcw) << 32);
+  for (int i = 1; i <= 6; ++i) frame[i] = 0;  // r15, r14, r13, r12, rbx, rbp
+  frame[7] = reinterpret_cast<uint64_t>(entry);
+  frame[8] = 0;
+  c.sp = frame;
+#else
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = size;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+#endif
+}
+
 struct Fiber;
 
 // Cooperative scheduler of one block's threads (fibers), all on the calling OS thread.
 struct Scheduler {
-  ucontext_t main_ctx;
+  Context main_ctx;
   std::vector<std::unique_ptr<Fiber>> fibers;
   Fiber* current = nullptr;
   unsigned long long progress = 0;  // bumped whenever a collective completes or a fiber ends
@@ -65,11 +147,17 @@ struct ThreadState {
 };
 
 struct Fiber {
-  ucontext_t ctx;
-  std::vector<unsigned char> stack;
+  Context ctx;
+  std::unique_ptr<unsigned char[]> stack{new unsigned char[kFiberStack]};  // not zeroed: cheap to create
   ThreadState state;
   bool done = false;
 };
+
+// Fibers are reused from launch to launch on each OS thread (their stacks stay mapped).
+inline std::vector<std::unique_ptr<Fiber>>& fiber_pool() {
+  static thread_local std::vector<std::unique_ptr<Fiber>> pool;
+  return pool;
+}
 
 inline Scheduler*& scheduler() {
   static thread_local Scheduler* s = nullptr;
@@ -82,7 +170,7 @@ inline ThreadState& tls() { return scheduler()->current->state; }
 inline void yield() {
   Scheduler* s = scheduler();
   Fiber* me = s->current;
-  swapcontext(&me->ctx, &s->main_ctx);
+  switch_context(me->ctx, s->main_ctx);
 }
 
 // Barrier of `count` threads: the last to arrive releases the others.
@@ -272,14 +360,6 @@ T exchange(T value, SrcFn src_of, const char* what) {
   return result;
 }
 
-// Out of line so that getcontext's "returns twice" does not concern launch()'s locals.
-__attribute__((noinline)) inline void init_fiber(Fiber& f, void (*entry)()) {
-  getcontext(&f.ctx);
-  f.ctx.uc_stack.ss_sp = f.stack.data();
-  f.ctx.uc_stack.ss_size = f.stack.size();
-  f.ctx.uc_link = nullptr;
-  makecontext(&f.ctx, entry, 0);
-}
 
 template <typename F>
 struct FiberEntry {
@@ -292,7 +372,7 @@ struct FiberEntry {
     Scheduler* s = scheduler();
     s->current->done = true;
     ++s->progress;
-    swapcontext(&s->current->ctx, &s->main_ctx);
+    switch_context(s->current->ctx, s->main_ctx);  // never resumed
   }
 };
 
@@ -310,14 +390,19 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, F body) {
   Scheduler* saved = scheduler();
   scheduler() = &sched;
   FiberEntry<F>::body() = &body;
+  std::vector<std::unique_ptr<Fiber>>& pool = fiber_pool();
   for (unsigned t = 0; t < threads; ++t) {
-    sched.fibers.emplace_back(new Fiber());
-    sched.fibers.back()->stack.resize(kFiberStack);
+    if (pool.empty()) {
+      sched.fibers.emplace_back(new Fiber());
+    } else {
+      sched.fibers.push_back(std::move(pool.back()));
+      pool.pop_back();
+    }
   }
+  Block blk;  // reused block after block (its buffers keep their capacity)
   for (unsigned bz = 0; bz < grid.z; ++bz) {
     for (unsigned by = 0; by < grid.y; ++by) {
       for (unsigned bx = 0; bx < grid.x; ++bx) {
-        Block blk;
         blk.block_idx = dim3(bx, by, bz);
         blk.grid_dim = grid;
         blk.block_dim = block;
@@ -325,6 +410,7 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, F body) {
         blk.smem.assign(smem_bytes + 16, 0xff);
         blk.smem_bytes = smem_bytes;
         blk.tags.assign((smem_bytes + 3) / 4, WordTag{});
+        blk.warps.clear();
         for (unsigned w = 0; w < threads / kWarpSize; ++w) blk.warps.emplace_back(new Warp());
         blk.block_barrier.reset(new Barrier(threads));
         for (unsigned t = 0; t < threads; ++t) {
@@ -333,7 +419,7 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, F body) {
           f.state.block = &blk;
           f.state.linear = t;
           f.state.thread_idx = make_uint3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
-          init_fiber(f, &FiberEntry<F>::run);
+          make_context(f.ctx, f.stack.get(), kFiberStack, &FiberEntry<F>::run);
         }
         unsigned remaining = threads;
         while (remaining > 0) {
@@ -341,7 +427,7 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, F body) {
           for (auto& fp : sched.fibers) {
             if (fp->done) continue;
             sched.current = fp.get();
-            swapcontext(&sched.main_ctx, &fp->ctx);
+            switch_context(sched.main_ctx, fp->ctx);
             if (fp->done) --remaining;
           }
           if (remaining > 0 && sched.progress == before) {
@@ -357,6 +443,7 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, F body) {
   }
   sched.current = nullptr;
   scheduler() = saved;
+  for (auto& f : sched.fibers) pool.push_back(std::move(f));
   last_launch_error_message() = launch_error();
 }
 

@@ -71,20 +71,6 @@ KernelMode kernel_mode(const SelectiveScanParams& p) {
 
 }  // namespace
 
-// Lanes per channel. Enough threads first: the smallest power of two P with b * d * P >= one full
-// wave of resident threads at the register cap (SMs x 128 x min_blocks_per_sm(P)), no more lanes than
-// cover l in one chunk, at most kMaxAutoLanes; then at least enough that a block does not hold
-// more channels than a B/C group has (blocks never straddle a group).
-int plan_lanes(const SelectiveScanParams& p, int group_channels) {
-  if (p.time_segments > 0) return p.time_segments;
-  const int64_t channels = static_cast<int64_t>(p.batch) * p.dim;
-  auto wave = [&](int P) { return static_cast<int64_t>(multiprocessor_count()) * kThreads * min_blocks_per_sm(P); };
-  int P = 1;
-  while (P < kMaxAutoLanes && static_cast<int64_t>(P) * kItems < p.seqlen && channels * P < wave(P)) P *= 2;
-  while (P < kMaxLanes && kThreads / P > group_channels) P *= 2;
-  return P;
-}
-
 LaunchPlan make_plan(const SelectiveScanParams& p) {
   LaunchPlan plan;
   plan.mode = kernel_mode(p);
@@ -92,10 +78,11 @@ LaunchPlan make_plan(const SelectiveScanParams& p) {
   plan.rows = plan.mode == KernelMode::kUniform ? plan.slots : p.dstate;
   plan.groups = feed_groups(p);
   plan.group_channels = p.dim / plan.groups;
-  plan.lanes = plan_lanes(p, plan.group_channels);
+  const int elem_bytes = p.dtype == ScalarType::kFloat32 ? 4 : 2;
+  plan.lanes = choose_lanes(static_cast<int64_t>(p.batch) * p.dim, p.seqlen, plan.group_channels,
+                            multiprocessor_count(), p.time_segments, plan.mode, plan.slots, plan.rows, elem_bytes);
   const int per_block = tile_of(plan.lanes).channels;
   plan.blocks_per_group = (plan.group_channels + per_block - 1) / per_block;
-  const int elem_bytes = p.dtype == ScalarType::kFloat32 ? 4 : 2;
   plan.smem_bytes =
       static_cast<size_t>(smem_layout(plan.lanes, plan.mode, plan.slots, plan.rows, elem_bytes).words) * 4;
   return plan;
@@ -169,9 +156,7 @@ const char* selective_scan_fwd_check(const SelectiveScanParams& p) {
   return nullptr;
 }
 
-int selective_scan_fwd_time_segments(const SelectiveScanParams& p) {
-  return detail::plan_lanes(p, p.dim / detail::feed_groups(p));
-}
+int selective_scan_fwd_time_segments(const SelectiveScanParams& p) { return detail::make_plan(p).lanes; }
 
 cudaError_t selective_scan_fwd(const SelectiveScanParams& p, cudaStream_t stream) {
   if (selective_scan_fwd_check(p) != nullptr) return cudaErrorInvalidValue;

@@ -446,14 +446,12 @@ __device__ __forceinline__ void store_steps(T* row, int t0, int l, const float (
 }
 
 // torch.nn.functional.softplus (beta 1, threshold 20) with two MUFU operations: log(1 + e^x) as
-// lg2(1 + e) ln 2, and for e = e^x < 1/16 (where lg2's absolute error would dominate) by its
-// series e (1 - e/2 + e^2/3 - e^3/4) (relative error < 3e-6 either way).
+// lg2(1 + e^x) ln 2. Its absolute error is below 2e-7 (lg2.approx's absolute error near 1, plus
+// rounding 1 + e^x), so dt is exact to a few ulp wherever it matters and off in relative terms only
+// where dt itself is below ~1e-4 (x < -9): steps that move the state by dt u B ~ 1e-4 u B.
 __device__ __forceinline__ float softplus(float x) {
-  const float e = fast_exp2(x * kLog2e);
-  const float series = e * fmaf(e, fmaf(e, fmaf(e, -0.25f, 1.f / 3.f), -0.5f), 1.f);
-  const float logged = fast_log2(1.f + e) * kLn2;
-  const float r = e < 0.0625f ? series : logged;
-  return x > 20.f ? x : r;
+  const float logged = fast_log2(1.f + fast_exp2(x * kLog2e)) * kLn2;
+  return x > 20.f ? x : logged;
 }
 
 // z * sigmoid(z) with two MUFU operations (exp2, reciprocal); exact to a few ulp.
@@ -716,9 +714,16 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm(kP))
   // this thread's raw vectors: B vectors then C vectors, 16 bytes each, interleaved over threads
   uint4* raw = reinterpret_cast<uint4*>(smem + L.raw) + tid;
   constexpr int kRawPerVec = Stage::kWords / 4;  // 16-byte pieces per vector of 8 elements
-  // issue the loads of stage g of chunk `chunk` (cp.async when unit-stride, aligned and in range)
+  // Every B / C row unit-stride along l and 16-byte aligned at 8-step boundaries: then a chunk that
+  // ends before l is fetched with cp.async alone (the common case, decided once per block).
+  constexpr int kElem = static_cast<int>(sizeof(T));
+  const bool bc_vector = p.B_seqlen_stride == 1 && p.C_seqlen_stride == 1 && aligned16(B_base) &&
+                         aligned16(C_base) && (p.B_dstate_stride * kElem) % 16 == 0 &&
+                         (p.C_dstate_stride * kElem) % 16 == 0;
+  // issue the loads of stage g of chunk `chunk`
   auto fetch = [&](int chunk, int g) {
     const int rows = rows_in(g);
+    const bool vector = bc_vector && (chunk + 1) * kT <= l;
 #pragma unroll
     for (int v = 0; v < Stage::kVec; ++v) {
       const int vi = tid + v * kThreads;
@@ -730,22 +735,22 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm(kP))
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
           const T* src = m == 0 ? B_base + s * p.B_dstate_stride : C_base + s * p.C_dstate_stride;
-          const int64_t stride = m == 0 ? p.B_seqlen_stride : p.C_seqlen_stride;
           uint4* dst = raw + ((m * Stage::kVec + v) * kRawPerVec) * kThreads;
-          if (stride == 1 && t + 8 <= l && aligned16(src + t)) {
+          if (vector) {
 #pragma unroll
             for (int q = 0; q < kRawPerVec; ++q) {
               cp_async16(dst + q * kThreads, reinterpret_cast<const unsigned char*>(src + t) + 16 * q);
             }
           } else {
-            // Slow path (strided, misaligned or past l): element by element, in a rolled loop so
-            // that the compiler does not keep eight hoisted addresses alive across the kernel.
+            // Strided or misaligned rows, or the sequence's last chunk: element by element, in a
+            // rolled loop so that the compiler does not keep hoisted addresses alive across the kernel.
+            const int64_t stride = m == 0 ? p.B_seqlen_stride : p.C_seqlen_stride;
             const T* e_src = src + t * stride;
 #pragma unroll 1
             for (int e = 0; e < 8; ++e, e_src += stride) {
               const uint32_t bits = t + e < l ? Elem<T>::load_bits(e_src) : 0u;
-              unsigned char* unit = reinterpret_cast<unsigned char*>(dst + (e * static_cast<int>(sizeof(T)) / 16) * kThreads);
-              const int at = (e * static_cast<int>(sizeof(T))) % 16;
+              unsigned char* unit = reinterpret_cast<unsigned char*>(dst + (e * kElem / 16) * kThreads);
+              const int at = (e * kElem) % 16;
               if constexpr (sizeof(T) == 4) {
                 sst(reinterpret_cast<uint32_t*>(unit + at), bits);
               } else {
@@ -802,7 +807,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm(kP))
       const T* delta_row = static_cast<const T*>(p.delta) + bi * p.delta_batch_stride + c * p.delta_dim_stride;
       const float bias = p.delta_bias != nullptr ? p.delta_bias[c] : 0.f;
       const float Dval = p.D != nullptr ? p.D[c] : 0.f;
-      float uv[kItems], dv[kItems];
+      float uv[kItems], dv[kItems];  // out-of-range steps become identities: dt = 0 (dA = 1, no drive)
       if (ch_ok) {
         load_steps(u_row, t0, l, uv);
         load_steps(delta_row, t0, l, dv);
@@ -817,10 +822,15 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm(kP))
 #pragma unroll
         for (int i = 0; i < kItems; ++i) dv[i] += bias;
       }
+      if (ch_ok && t0 + kItems <= l) {
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) dt[i] = dv[i];
+      } else {
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) dt[i] = (ch_ok && t0 + i < l) ? dv[i] : 0.f;  // identity steps
+      }
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
-        // Out-of-range steps are identities: dt = 0 gives dA = 1 and no drive.
-        dt[i] = (ch_ok && t0 + i < l) ? dv[i] : 0.f;
         du[i] = dt[i] * uv[i];
         dsum += dt[i];
         y[i] = Dval * uv[i];
@@ -836,11 +846,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm(kP))
     for (int g = 0; g < L.stages; ++g) {
       float* tiles = smem + L.tiles + buf * L.buffer;
       commit(tiles, g);
-      if (g + 1 < L.stages) {
-        fetch(chunk, g + 1);
-      } else if (chunk + 1 < n_chunks) {
-        fetch(chunk + 1, 0);
-      }
+      const bool last_stage = g + 1 == L.stages;  // next: stage g + 1, or stage 0 of the next chunk
+      if (!last_stage || chunk + 1 < n_chunks) fetch(last_stage ? chunk + 1 : chunk, last_stage ? 0 : g + 1);
       __syncthreads();
       const float* col = tiles + seg * 4;  // this lane's column of the stage's rows
       if constexpr (!kChannelMode) {

@@ -24,10 +24,11 @@ namespace detail {
 #ifndef SPARSESSM_SCAN_ITEMS
 #define SPARSESSM_SCAN_ITEMS 16
 #endif
-// B/C elements (per tensor) staged in shared memory per pipeline stage: one 16-byte vector per
-// thread for 16-bit types up to P = 64.
+// B/C elements (per tensor) staged in shared memory per pipeline stage (G rows x T steps): two
+// 16-byte vectors per thread for 16-bit types. Larger stages spread the fixed cost of a stage
+// (barrier, bookkeeping) over more kept states; the tiles take 2 x 2 x 4 x this many bytes.
 #ifndef SPARSESSM_STAGE_ELEMS
-#define SPARSESSM_STAGE_ELEMS 1024
+#define SPARSESSM_STAGE_ELEMS 2048
 #endif
 // __launch_bounds__ minimum blocks per SM: 4 caps registers at 128 per thread (16 warps per SM).
 // Channels spread over several warps (P > 32) need a few more (a block barrier and the warp maps
@@ -128,6 +129,34 @@ __host__ __device__ inline SmemLayout smem_layout(int P, KernelMode mode, int K,
   at += s.raw_vectors * kThreads * 4;
   s.words = at;
   return s;
+}
+
+// Shared memory a block may take: fits every GPU of compute capability 8.0+ (sm_86 / sm_89 allow
+// 99 KB per block); only n > 128 states at small P would need more, and take more lanes instead.
+constexpr int kSmemLimit = 96 * 1024;
+
+// Lanes per channel P for b * d channels of sequence length l on a GPU with `sms` multiprocessors,
+// when blocks must not straddle B/C groups of group_channels channels; `requested` > 0 (the
+// time_segments parameter) replaces the first two rules:
+//   1. enough threads: the smallest power of two P with b * d * P >= one full wave of resident
+//      threads at the register cap (sms x 128 x min_blocks_per_sm(P)), no more lanes than cover l
+//      in one chunk, at most kMaxAutoLanes;
+//   2. a block holds no more channels than a group has (no idle lanes when d or d / g < 128);
+//   3. the block's shared memory fits kSmemLimit (its slot records grow with 128 / P channels x K).
+inline int choose_lanes(int64_t channels, int seqlen, int group_channels, int sms, int requested, KernelMode mode,
+                        int K, int R, int elem_bytes) {
+  int P = 1;
+  if (requested > 0) {
+    P = requested;
+  } else {
+    while (P < kMaxAutoLanes && static_cast<int64_t>(P) * kItems < seqlen &&
+           channels * P < static_cast<int64_t>(sms) * kThreads * min_blocks_per_sm(P)) {
+      P *= 2;
+    }
+    while (P < kMaxLanes && kThreads / P > group_channels) P *= 2;
+  }
+  while (P < kMaxLanes && smem_layout(P, mode, K, R, elem_bytes).words * 4 > kSmemLimit) P *= 2;
+  return P;
 }
 
 // Everything a launch needs besides the params.
