@@ -437,6 +437,18 @@ def ceilings(
     return out
 
 
+def attach_shared_memory(rows: list[dict[str, Any]], geometry: dict[str, Any]) -> None:
+    """Each kernel's dynamic shared memory per block for the masks it runs with n states (from
+    the geometry): dense / column50 for the uniform mode, 2:4 for the per-channel ones."""
+    for r in rows:
+        mode = "uniform" if r["mode"] == "uniform" else "channel_excl"  # same layout for both channel modes
+        r["dynamic_smem_bytes"] = {
+            g["mask"]: g["bytes"]
+            for g in geometry["smem_bytes"]
+            if g["P"] == r["P"] and g["elem_bytes"] == ELEM_BYTES[r["dtype"]] and g["mode"] == mode
+        }
+
+
 def parse_shapes(texts: list[str]) -> list[tuple[int, int, int]]:
     shapes = []
     for text in texts:
@@ -511,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             rows.extend(dtype_rows)
             compile_seconds[dtype] = round(seconds, 1)
+        attach_shared_memory(rows, geometry)
         baseline = baseline_rows(args.baseline, args.archs, nvcc, work) if args.baseline else None
 
     report = {

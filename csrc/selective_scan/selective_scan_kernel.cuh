@@ -16,11 +16,12 @@
 //
 // B / C staging. B and C do not depend on the channel, so the block stages them once for all its
 // channels: a chunk's rows (the kept states of a dense / column mask; all n states of a per-channel
-// mask) are cut into stages of G rows (G * T <= 1024 elements), each loaded with 16-byte vectors
-// into registers one stage ahead (any strides; scalar loads when a row is not unit-stride and
-// aligned), converted to fp32 and stored in a double-buffered shared tile laid out
-// [row][quad][lane][4] so that every lane reads its 16 steps with four 16-byte loads. One
-// __syncthreads() per stage.
+// mask) are cut into stages of G rows (G * T <= kStageElems = 2048 elements), each fetched one
+// stage ahead with cp.async into the thread's raw slice of shared memory (any strides: element by
+// element when a row is not unit-stride and aligned, or in the last chunk), then converted to fp32
+// into a double-buffered tile laid out [row][quad][lane][4] (B and C rows interleaved, rows padded
+// by 4 floats) so that every lane reads its 16 steps with four 16-byte loads. One __syncthreads()
+// per stage.
 //
 // State loop (per kept slot j; `#pragma unroll 1`, no run-time branch on P, the mode or excl):
 //   P = 1:   h = fma(exp2(dt a2), h, du B); y = fma(C, h, y) for the lane's 16 steps;
@@ -32,11 +33,12 @@
 //            map in shared memory and folds the maps of the channel's earlier warps after one
 //            __syncthreads() per slot; pass 2 reruns the 16 steps from the entering state and
 //            accumulates C_t h_t.
-//   a2 = A[c, s] log2(e) is precomputed per block (slots of per-channel masks also keep their
-//   staged row), so the loop reads only shared memory.
-// Per-channel masks: slot j of channel c is state kept_idx[c, j]; the stage holding it is j's
-// row / G, and a stage's iteration count is the largest slot count of the channels that share a
-// warp (P <= 32) or the block (P > 32); padded iterations use a no-op slot (A = 0, a zero row).
+//   Each slot has a record {a2 = A[c, s] log2(e), carried state} (per-channel masks: also its
+//   staged row and its state) made once per block, so the loop reads only shared memory.
+// Per-channel masks: slot j of channel c is state kept_idx[c, j], staged in stage
+// kept_idx[c, j] / G; a stage's iteration count is the largest slot count of the channels that
+// share a warp (P <= 32) or the block (P > 32); padded iterations use a no-op slot (A = 0, a zero
+// row).
 //
 // Pruned-state feed-through (zero_transition): a small pre-pass kernel writes
 // G[b, q, t] = sum_s B_t[s] C_t[s] per batch row, B/C group pair q and step into the workspace:

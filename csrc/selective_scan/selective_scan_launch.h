@@ -84,7 +84,7 @@ __host__ __device__ constexpr Tile tile_of(int P) {
 struct SmemLayout {
   int rows;        // rows per stage buffer: min(G, R), plus a zero row (channel modes)
   int stages;      // stages per chunk: ceil(R / G)
-  int record;      // words per slot record: {a2, carry} (dense / column), {a2, carry, row, -} (channel)
+  int record;      // words per slot record: {a2, carry} (dense / column), {a2, carry, row, state} (channel)
   int slot_stride; // records per channel: K + 1 (slot K: the no-op slot of channel modes), made odd
   int buffer;      // words of one stage buffer: rows x [B row | C row], 2 * row_stride each
   int tiles;       // offsets:
