@@ -497,7 +497,7 @@ def test_ci_compile_script_succeeds() -> None:
 
 
 def _emulated_cpp_test() -> Path:
-    """The standalone C++ test built against the emulation (once per session), or skip."""
+    """The standalone C++ test built against the emulation (once per test run), or skip."""
     from tests.cuda_emulation.build import emulated_cpp_test, missing_cpp_requirements
 
     missing = missing_cpp_requirements()
