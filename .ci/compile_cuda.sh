@@ -3,8 +3,9 @@
 #
 # Compiles every .cu under csrc/ with nvcc -c for sm_80 and sm_90a (the flags torch's extension
 # build adds included), and python/bindings.cpp with the host compiler against torch's headers,
-# into a temporary directory; fails on any error and prints the time of every file. Nothing is
-# run. Skips (exit 0) with a message when nvcc is not installed.
+# into a temporary directory; fails on any error and on any register spill (ptxas -v reports spill
+# stores or loads for a kernel: the kernels are sized to fit their register budget), and prints the
+# time of every file. Nothing is run. Skips (exit 0) with a message when nvcc is not installed.
 #
 #   bash .ci/compile_cuda.sh             # all of it
 #   JOBS=4 bash .ci/compile_cuda.sh      # parallel compiles (default: number of CPUs)
@@ -37,7 +38,7 @@ ARCH_FLAGS=(-gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90a,code=s
 # What torch.utils.cpp_extension adds to every nvcc command of the extension build.
 TORCH_NVCC_FLAGS=(-D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__
   -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ --expt-relaxed-constexpr)
-NVCC_FLAGS=(-std=c++17 -O3 -lineinfo -Icsrc "${ARCH_FLAGS[@]}" "${TORCH_NVCC_FLAGS[@]}")
+NVCC_FLAGS=(-std=c++17 -O3 -lineinfo -Icsrc "${ARCH_FLAGS[@]}" "${TORCH_NVCC_FLAGS[@]}" -Xptxas -v)
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/sparsessm_compile_cuda.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
@@ -132,21 +133,40 @@ done
 wait
 all_end=$(date +%s%3N)
 
+# ptxas -v prints, per kernel and architecture, "Compiling entry function 'NAME' for 'ARCH'" and
+# then "N bytes stack frame, S bytes spill stores, L bytes spill loads": list the kernels that spill.
+spilling() {
+  awk '/Compiling entry function/ { fn = $0; sub(/.*function .\047?/, "", fn); sub(/\047? for .*/, "", fn);
+                                     arch = $NF; gsub(/\047/, "", arch) }
+       /bytes spill stores/ { if ($5 != 0 || $9 != 0) print "    " arch " " fn ": " $5 " B spill stores, " $9 " B spill loads" }' "$1"
+}
+
 failed=0
+kernels=0
 for tag in "${tags[@]}"; do
   read -r start end <"$tmp/$tag.time"
   status="$(cat "$tmp/$tag.status")"
   ms=$((end - start))
   printf '  %-58s %-6s %4d.%d s\n' "$tag" "$status" $((ms / 1000)) $((ms % 1000 / 100))
+  log="$tmp/$tag.log"
+  kernels=$((kernels + $(grep -c 'bytes spill stores' "$log" || true)))
+  spills="$(spilling "$log")"
+  # everything ptxas -v reports is information, not a warning
+  grep -v -e '^ptxas info' -e 'bytes stack frame' -e '^$' "$log" >"$log.warnings" || true
   if [ "$status" != ok ]; then
     failed=1
     echo "----- $tag" >&2
-    cat "$tmp/$tag.log" >&2
-  elif [ -s "$tmp/$tag.log" ]; then
+    cat "$log" >&2
+  elif [ -n "$spills" ]; then
+    failed=1
+    echo "----- $tag: register spills (make the kernel fit its __launch_bounds__ register budget)" >&2
+    echo "$spills" >&2
+  elif [ -s "$log.warnings" ]; then
     echo "----- $tag (warnings)"
-    cat "$tmp/$tag.log"
+    cat "$log.warnings"
   fi
 done
+echo "== compile_cuda: $kernels kernel compilations (kernel x architecture) checked by ptxas -v, no spill allowed"
 ms=$((all_end - all_start))
 printf '== compile_cuda: %d files in %d.%d s wall\n' "${#tags[@]}" $((ms / 1000)) $((ms % 1000 / 100))
 if [ "$failed" -ne 0 ]; then

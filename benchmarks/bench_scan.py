@@ -324,6 +324,18 @@ def _f64(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.double() for k, v in inputs.items()}
 
 
+def kept_state_inputs(inputs: dict[str, torch.Tensor], layout: StateLayout) -> dict[str, torch.Tensor]:
+    """Scan inputs restricted to the kept states of a column mask: ``A[:, kept]``, ``B[:, kept]``,
+    ``C[:, kept]`` (d_state = k). A dense scan of them is the column mask under ``remove``: what a
+    stock kernel (mamba_ssm) gets from removing the pruned states physically."""
+    kept = layout.kept_idx.long().to(inputs["A"].device)
+    out = dict(inputs)
+    out["A"] = inputs["A"][:, kept].contiguous()
+    out["B"] = inputs["B"][:, kept].contiguous()
+    out["C"] = inputs["C"][:, kept].contiguous()
+    return out
+
+
 # --------------------------------------------------------------------------------- baselines
 @dataclass
 class Baselines:
@@ -604,6 +616,26 @@ class Bench:
             err = self._guard(what, err_of(m_run, dense, None, None))
             stats = self._time(lambda: m_run(inputs), what)
             self._record("scan", MAMBA_BACKEND, shape.as_dict(), dense, None, None, None, stats, err, nbytes)
+
+            # and at d_state = k on the kept states of each column mask (the fair baseline for
+            # column pruning: a stock kernel can run the smaller state too), recorded as that mask
+            # under "remove"
+            for mask in (m for m in masks if m.kind == "column"):
+                layout = build_layout(mask, shape.d, shape.n, self.device, self.args.seed)
+                what = f"scan {MAMBA_BACKEND} {shape.label()} d_state {layout.n_kept} (kept of {mask.name})"
+                if layout.n_kept == 0:
+                    self.skip(what, "the mask keeps no state")
+                    continue
+                kept = kept_state_inputs(inputs, layout)
+
+                def k_run(t: dict[str, torch.Tensor], layout=layout) -> torch.Tensor:
+                    return mfn(*scan_args(kept_state_inputs(t, layout)), True)
+
+                err = self._guard(what, err_of(k_run, mask, layout, "remove"))
+                stats = self._time(lambda kept=kept: mfn(*scan_args(kept), True), what)
+                self._record(
+                    "scan", MAMBA_BACKEND, shape.as_dict(), mask, layout, "remove", None, stats, err, nbytes
+                )
 
     # -- decode step
     def run_decode(

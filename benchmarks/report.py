@@ -203,10 +203,10 @@ def scan_section(data: dict[str, Any], plotter: Plotter) -> str:
     rows = data["results"]
     out = [f"### Selective scan: {run_label(data)}", ""]
     relative = any("rel_err_vs_reference" in r for r in rows)
-    mamba_ms = {
+    mamba_ms = {  # the dense mamba_ssm row (its column-mask rows ran at d_state = k)
         (r.get("kind"), shape_text(r.get("shape", {}))): r.get("median_ms")
         for r in rows
-        if r.get("backend") == "mamba_ssm"
+        if r.get("backend") == "mamba_ssm" and r.get("mask", "dense") == "dense"
     }
     table = []
     for r in rows:

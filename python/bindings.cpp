@@ -13,6 +13,8 @@
 #if !defined(SPARSESSM_EMULATE)
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#else
+#include "emulation/cuda_emulation.h"
 #endif
 
 #include <optional>
@@ -81,7 +83,7 @@ void check_shape(const char* name, const at::Tensor& t, at::IntArrayRef expected
                     shape_str(t));
 }
 
-// Sequence tensors are read with stride 1 along l (any stride when l == 1).
+// u, delta and z are read with stride 1 along l (any stride when l == 1); B and C with any strides.
 void check_last_stride(const char* name, const at::Tensor& t) {
   TORCH_CHECK_VALUE(t.size(-1) == 1 || t.stride(-1) == 1, name,
                     ": expected stride 1 along the last (sequence) dimension, got strides ", dims_str(t.strides()),
@@ -136,20 +138,12 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> selective_scan_fwd(
   check_dtype("A", A, at::kFloat, "real float32");
 
   int64_t groups[2] = {1, 1};
-  bool variable[2] = {true, true};
   const at::Tensor* bc[2] = {&B, &C};
   const char* bc_names[2] = {"B", "C"};
   for (int i = 0; i < 2; ++i) {
     const at::Tensor& t = *bc[i];
     const char* name = bc_names[i];
     check_device(name, t, u);
-    if (t.dim() == 2) {  // time-invariant (d, n), mamba_ssm's is_variable_B = false
-      variable[i] = false;
-      TORCH_CHECK_VALUE(t.size(0) == d && t.size(1) == n, name, ": expected time-invariant shape (d, n) = (", num(d),
-                        ", ", num(n), "), got ", shape_str(t));
-      check_dtype(name, t, at::kFloat, "float32 for a time-invariant (d, n) B / C");
-      continue;
-    }
     check_dtype(name, t, seq_type, "the dtype of u");
     if (t.dim() == 3) {
       check_shape(name, t, {b, n, l}, "(b, n, l)");
@@ -157,11 +151,9 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> selective_scan_fwd(
       TORCH_CHECK_VALUE(t.dim() == 4 && t.size(0) == b && t.size(2) == n && t.size(3) == l && t.size(1) >= 1 &&
                             d % t.size(1) == 0,
                         name, ": expected shape (b, n, l) = (", num(b), ", ", num(n), ", ", num(l),
-                        "), grouped (b, g, n, l) with g dividing d=", num(d), " or time-invariant (d, n) = (",
-                        num(d), ", ", num(n), "), got ", shape_str(t));
+                        ") or grouped (b, g, n, l) with g dividing d=", num(d), ", got ", shape_str(t));
       groups[i] = t.size(1);
     }
-    check_last_stride(name, t);
   }
 
   if (z.has_value()) {
@@ -260,23 +252,15 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> selective_scan_fwd(
   p.out_batch_stride = out.stride(0);
   p.out_dim_stride = out.stride(1);
   p.B = B.data_ptr();
+  p.B_batch_stride = B.stride(0);
+  p.B_group_stride = B.dim() == 4 ? B.stride(1) : 0;
+  p.B_dstate_stride = B.stride(-2);
+  p.B_seqlen_stride = B.stride(-1);
   p.C = C.data_ptr();
-  p.is_variable_B = variable[0];
-  p.is_variable_C = variable[1];
-  if (variable[0]) {
-    p.B_batch_stride = B.stride(0);
-    p.B_group_stride = B.dim() == 4 ? B.stride(1) : 0;
-  } else {
-    p.B_dim_stride = B.stride(0);
-  }
-  p.B_dstate_stride = variable[0] ? B.stride(-2) : B.stride(1);
-  if (variable[1]) {
-    p.C_batch_stride = C.stride(0);
-    p.C_group_stride = C.dim() == 4 ? C.stride(1) : 0;
-  } else {
-    p.C_dim_stride = C.stride(0);
-  }
-  p.C_dstate_stride = variable[1] ? C.stride(-2) : C.stride(1);
+  p.C_batch_stride = C.stride(0);
+  p.C_group_stride = C.dim() == 4 ? C.stride(1) : 0;
+  p.C_dstate_stride = C.stride(-2);
+  p.C_seqlen_stride = C.stride(-1);
   p.A = A.data_ptr<float>();
   p.A_dim_stride = A.stride(0);
   p.A_dstate_stride = A.stride(1);
@@ -311,7 +295,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> selective_scan_fwd(
   const cudaError_t status = sparsessm::selective_scan_fwd(p, stream);
 #if defined(SPARSESSM_EMULATE)
   TORCH_CHECK(status == cudaSuccess, "sparsessm selective_scan (emulated): launch failed with status ",
-              num(static_cast<int>(status)));
+              num(static_cast<int>(status)), ": ", sparsessm_emu::last_error());
 #else
   TORCH_CHECK(status == cudaSuccess, "sparsessm selective_scan (cuda): kernel launch failed: ",
               cudaGetErrorString(status), " (this build of sparsessm_kernels._C targets CUDA archs ",
@@ -341,8 +325,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("return_last_state") = false, py::arg("kept_idx") = py::none(),
         py::arg("kept_count") = py::none(), py::arg("pruned_states") = "zero_transition",
         py::arg("time_segments") = 0);
-  m.def("has_static_kernel", &sparsessm::selective_scan_fwd_has_static_kernel,
-        "Whether a kept-state count has a compile-time kernel", py::arg("n_kept"));
   m.def("time_segments_for", &time_segments_for,
         "Time segments (lanes per channel) the launcher picks on the current device; n_kept < 0 = dense",
         py::arg("batch"), py::arg("dim"), py::arg("seqlen"), py::arg("dstate"), py::arg("n_kept") = -1);

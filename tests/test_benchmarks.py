@@ -302,3 +302,26 @@ def test_common_helpers(tmp_path, monkeypatch):
     table = common.format_table([{"a": "x", "b": 1.5}, {"a": "yy", "b": None}], [("a", "A"), ("b", "B")])
     lines = table.splitlines()
     assert lines[0].split() == ["A", "B"] and len(lines) == 4 and lines[3].endswith("-")
+
+
+def test_kept_state_inputs_is_the_column_mask_under_remove():
+    """The mamba_ssm baseline at d_state = k (bench_scan) scans exactly the column mask's kept states."""
+    import importlib
+
+    import sparsessm_kernels as ssk
+
+    bs = importlib.import_module("benchmarks.bench_scan")
+    shape = bs.Shape(2, 8, 16, 12, "tiny")
+    inputs = bs.scan_inputs(shape, torch.float32, torch.device("cpu"), seed=3)
+    layout = bs.build_layout(bs.parse_mask("column50"), shape.d, shape.n, torch.device("cpu"), seed=3)
+    kept = bs.kept_state_inputs(inputs, layout)
+    assert kept["A"].shape == (shape.d, layout.n_kept) and kept["B"].shape == (
+        shape.b,
+        layout.n_kept,
+        shape.l,
+    )
+    dense_on_kept = ssk.selective_scan_ref(*bs.scan_args(bs._f64(kept)), True)
+    removed = ssk.selective_scan_ref(
+        *bs.scan_args(bs._f64(inputs)), True, state_mask=layout, pruned_states="remove"
+    )
+    torch.testing.assert_close(dense_on_kept, removed, rtol=1e-12, atol=1e-12)

@@ -8,10 +8,15 @@ Three groups:
   counts), strided / misaligned / mixed-dtype inputs and the binding's errors.
 * CPU tests that always run: how ``cuda_status`` reports a missing extension or a missing GPU,
   and that ``setup.py`` stays pure Python without ``SPARSESSM_BUILD_CUDA``.
+* CPU tests of the kernels that always run (about a minute of CPU): the standalone C++ test's
+  kernel sweep (``--sweep ci``: every lanes count and kernel mode, odd lengths, misaligned and
+  strided inputs, grouped B/C, identities between sparse and dense runs) compiled against the host
+  emulation, the emulation's own race / alignment / bounds checkers, and the compile script's
+  register-spill gate (with a stand-in nvcc).
 * Build tests, opt-in with ``RUN_CUDA_BUILD_TESTS=1`` because they compile for minutes on a small
-  machine (CI calls ``.ci/compile_cuda.sh`` directly): the compile-only check, and the same kernel
-  sources compiled for the CPU through the host emulation (``csrc/emulation``) running every GPU
-  test above without a GPU.
+  machine (CI calls ``.ci/compile_cuda.sh`` directly): the compile-only check, the full sweep, and
+  the same kernel sources compiled for the CPU through the host emulation (``csrc/emulation``)
+  running every GPU test above without a GPU.
 """
 
 from __future__ import annotations
@@ -519,19 +524,88 @@ def test_ci_compile_script_succeeds() -> None:
     assert "compile_cuda: OK" in result.stdout
 
 
-@pytest.mark.slow
-@needs_build_flag
-def test_standalone_cpp_test_passes_under_emulation(tmp_path: Path) -> None:
-    from tests.cuda_emulation.build import build_emulated_cpp_test, missing_requirements
+def _emulated_cpp_test() -> Path:
+    """The standalone C++ test built against the emulation (once per test run), or skip."""
+    from tests.cuda_emulation.build import emulated_cpp_test, missing_cpp_requirements
 
-    missing = missing_requirements()
+    missing = missing_cpp_requirements()
     if missing:
         pytest.skip(f"cannot build the CUDA emulation here: {missing}")
-    exe = tmp_path / "emulated_test"
-    build_emulated_cpp_test(exe)
-    result = subprocess.run([str(exe)], capture_output=True, text=True, check=False)
+    return emulated_cpp_test()
+
+
+def _run_ok(command: list[str], last_line: str) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1].startswith("OK:")
+    assert result.stdout.strip().splitlines()[-1].startswith(last_line), result.stdout[-2000:]
+
+
+@pytest.mark.slow
+@needs_build_flag
+def test_standalone_cpp_test_passes_under_emulation() -> None:
+    _run_ok([str(_emulated_cpp_test())], "OK:")
+
+
+@pytest.mark.slow
+def test_kernel_sweep_under_emulation() -> None:
+    """Every (lanes per channel, mask kind) once, dtype and condition rotating (C++: --sweep ci)."""
+    _run_ok(
+        [str(_emulated_cpp_test()), "--sweep", "ci"], "OK: sweep (ci) of 40 cases, 32 with an identity check"
+    )
+
+
+@pytest.mark.slow
+@needs_build_flag
+def test_full_kernel_sweep_under_emulation() -> None:
+    _run_ok([str(_emulated_cpp_test()), "--sweep", "full"], "OK: sweep (full)")
+
+
+@pytest.mark.parametrize("ucontext", [False, True], ids=["fast_switch", "ucontext"])
+def test_emulation_reports_races_misalignment_and_bounds(tmp_path: Path, ucontext: bool) -> None:
+    from tests.cuda_emulation.build import build_detectors_test, missing_cpp_requirements
+
+    missing = missing_cpp_requirements()
+    if missing:
+        pytest.skip(f"cannot build the CUDA emulation here: {missing}")
+    exe = tmp_path / "detectors_test"
+    build_detectors_test(exe, ucontext=ucontext)
+    _run_ok([str(exe)], "OK: 13 checks, 0 failed")
+
+
+def _fake_nvcc(tmp_path: Path, spill_bytes: int) -> Path:
+    """An nvcc stand-in: creates the object and reports one kernel with ``spill_bytes`` of spills."""
+    fake = tmp_path / "nvcc"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        'if [ "$1" = --version ]; then echo "Cuda compilation tools, stand-in"; exit 0; fi\n'
+        'out=""; while [ $# -gt 0 ]; do [ "$1" = -o ] && out="$2"; shift; done\n'
+        'touch "$out"\n'
+        "echo \"ptxas info    : Compiling entry function '_Z6kernelv' for 'sm_80'\" >&2\n"
+        f'echo "    0 bytes stack frame, {spill_bytes} bytes spill stores, '
+        f'{spill_bytes} bytes spill loads" >&2\n'
+        'echo "ptxas info    : Used 128 registers, used 1 barriers" >&2\n'
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+@pytest.mark.parametrize("spill_bytes", [0, 8])
+def test_ci_compile_script_fails_on_register_spills(tmp_path: Path, spill_bytes: int) -> None:
+    env = {**os.environ, "NVCC": str(_fake_nvcc(tmp_path, spill_bytes)), "SKIP_BINDING": "1", "JOBS": "2"}
+    result = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "compile_cuda.sh")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if spill_bytes == 0:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "compile_cuda: OK" in result.stdout and "(warnings)" not in result.stdout
+    else:
+        assert result.returncode != 0
+        assert "register spills" in result.stderr and "sm_80 _Z6kernelv: 8 B spill stores" in result.stderr
 
 
 def test_ci_compile_script_skips_without_nvcc(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-// Dispatcher of the sparse selective scan: validates params, plans the launch (kept-state kernel,
-// time segments, feed-through workspace) and calls the per-dtype instantiations.
+// Dispatcher of the sparse selective scan: validates params, plans the launch (kernel mode, lanes
+// per channel P, grid, shared memory, feed-through workspace) and calls the per-dtype instantiations.
 #include <atomic>
 #include <cstdint>
 
@@ -67,43 +67,37 @@ int multiprocessor_count() {
 
 bool is_pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
 
+KernelMode kernel_mode(const SelectiveScanParams& p) {
+  if (p.mode != StateMode::kChannel) return KernelMode::kUniform;
+  return p.pruned_states == PrunedStates::kZeroTransition ? KernelMode::kChannelExcl : KernelMode::kChannel;
+}
+
 }  // namespace
 
-int plan_segments(const SelectiveScanParams& p, int k) {
-  // Carried states of a block: (kThreads / P) * k floats must fit in kCarrySmemBytes.
-  int pmin = 1;
-  while (static_cast<int64_t>(kThreads / pmin) * k * 4 > kCarrySmemBytes) pmin *= 2;
-  // No more lanes than needed to cover the sequence in one chunk.
-  int pmax = 1;
-  while (pmax < kMaxAutoSegments && static_cast<int64_t>(pmax) * kItems < p.seqlen) pmax *= 2;
-  if (pmax < pmin) pmax = pmin;
-  if (p.time_segments > 0) {
-    int P = p.time_segments;
-    if (P < pmin) P = pmin;
-    return P;
-  }
-  // Blocks live for the whole sequence, so the grid should be one wave: the largest P whose
-  // grid still fits the resident block slots (SMs x kMinBlocksPerSM); more lanes per channel
-  // mean more warps to hide latency, fewer mean less scan work per timestep.
-  const int64_t slots = static_cast<int64_t>(multiprocessor_count()) * kMinBlocksPerSM;
-  const int64_t channels = static_cast<int64_t>(p.batch) * p.dim;
-  auto blocks = [&](int P) { return (channels * P + kThreads - 1) / kThreads; };
-  int P = pmin;
-  while (P < pmax && blocks(2 * P) <= slots) P *= 2;
-  return P;
+LaunchPlan make_plan(const SelectiveScanParams& p) {
+  LaunchPlan plan;
+  plan.mode = kernel_mode(p);
+  plan.slots = slot_count(p);
+  plan.rows = plan.mode == KernelMode::kUniform ? plan.slots : p.dstate;
+  plan.groups = feed_groups(p);
+  plan.group_channels = p.dim / plan.groups;
+  const int elem_bytes = p.dtype == ScalarType::kFloat32 ? 4 : 2;
+  plan.lanes = choose_lanes(static_cast<int64_t>(p.batch) * p.dim, p.seqlen, plan.group_channels,
+                            multiprocessor_count(), p.time_segments, plan.mode, plan.slots, plan.rows, elem_bytes);
+  const int per_block = tile_of(plan.lanes).channels;
+  plan.blocks_per_group = (plan.group_channels + per_block - 1) / per_block;
+  plan.smem_bytes =
+      static_cast<size_t>(smem_layout(plan.lanes, plan.mode, plan.slots, plan.rows, elem_bytes).words) * 4;
+  return plan;
 }
 
 template <typename T>
-cudaError_t dispatch_k(const SelectiveScanParams& p, const LaunchPlan& plan, cudaStream_t stream) {
-  switch (plan.k) {
-#define SPARSESSM_CASE(K) \
-  case K:                 \
-    return launch_fwd<T, K>(p, plan, stream);
-    SPARSESSM_FOR_EACH_STATIC_K(SPARSESSM_CASE)
+cudaError_t dispatch(const SelectiveScanParams& p, const LaunchPlan& plan, cudaStream_t stream) {
+#define SPARSESSM_CASE(T_, P_, MODE_) \
+  if (plan.lanes == P_ && plan.mode == MODE_) return launch_scan<T_, P_, MODE_>(p, plan, stream);
+  SPARSESSM_FOR_EACH_KERNEL(SPARSESSM_CASE, T)
 #undef SPARSESSM_CASE
-    default:
-      return launch_fwd<T, 0>(p, plan, stream);
-  }
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace detail
@@ -111,18 +105,6 @@ cudaError_t dispatch_k(const SelectiveScanParams& p, const LaunchPlan& plan, cud
 size_t selective_scan_fwd_workspace_bytes(const SelectiveScanParams& p) {
   if (!detail::needs_feedthrough(p)) return 0;
   return static_cast<size_t>(p.batch) * detail::feed_groups(p) * detail::feed_pitch(p) * sizeof(float);
-}
-
-bool selective_scan_fwd_has_static_kernel(int n_kept) {
-  switch (n_kept) {
-#define SPARSESSM_CASE(K) \
-  case K:                 \
-    return true;
-    SPARSESSM_FOR_EACH_STATIC_K(SPARSESSM_CASE)
-#undef SPARSESSM_CASE
-    default:
-      return false;
-  }
 }
 
 const char* selective_scan_fwd_check(const SelectiveScanParams& p) {
@@ -164,7 +146,7 @@ const char* selective_scan_fwd_check(const SelectiveScanParams& p) {
       return "mode: expected kDense, kColumn or kChannel";
   }
   if (p.time_segments < 0 || (p.time_segments > 0 && (!detail::is_pow2(p.time_segments) ||
-                                                       p.time_segments > detail::kMaxSegments))) {
+                                                       p.time_segments > detail::kMaxLanes))) {
     return "time_segments: expected 0 (auto) or a power of two <= 128";
   }
   const size_t need = selective_scan_fwd_workspace_bytes(p);
@@ -179,30 +161,23 @@ const char* selective_scan_fwd_check(const SelectiveScanParams& p) {
   return nullptr;
 }
 
-int selective_scan_fwd_time_segments(const SelectiveScanParams& p) {
-  return detail::plan_segments(p, detail::slot_count(p));
-}
+int selective_scan_fwd_time_segments(const SelectiveScanParams& p) { return detail::make_plan(p).lanes; }
 
 cudaError_t selective_scan_fwd(const SelectiveScanParams& p, cudaStream_t stream) {
   if (selective_scan_fwd_check(p) != nullptr) return cudaErrorInvalidValue;
-  detail::LaunchPlan plan;
-  plan.k = detail::slot_count(p);
-  plan.segments = detail::plan_segments(p, plan.k);
-  plan.segment_shift = 0;
-  while ((1 << plan.segment_shift) < plan.segments) ++plan.segment_shift;
+  detail::LaunchPlan plan = detail::make_plan(p);
   if (detail::needs_feedthrough(p)) {
     plan.feed = static_cast<float*>(p.workspace);
     plan.feed_pitch = detail::feed_pitch(p);
-    plan.feed_groups = detail::feed_groups(p);
     plan.feed_excludes_kept = p.mode == StateMode::kColumn;
   }
   switch (p.dtype) {
     case ScalarType::kFloat32:
-      return detail::dispatch_k<float>(p, plan, stream);
+      return detail::dispatch<float>(p, plan, stream);
     case ScalarType::kFloat16:
-      return detail::dispatch_k<__half>(p, plan, stream);
+      return detail::dispatch<__half>(p, plan, stream);
     case ScalarType::kBFloat16:
-      return detail::dispatch_k<__nv_bfloat16>(p, plan, stream);
+      return detail::dispatch<__nv_bfloat16>(p, plan, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -9,8 +9,8 @@
 //
 // Tensors (b = batch, d = channels, l = sequence length, n = states, k = kept states):
 //   u, delta, z, out  (b, d, l)                  dtype = params.dtype, stride 1 along l
-//   B, C              (b, n, l) or (b, g, n, l)  dtype = params.dtype, stride 1 along l; or
-//                     time-invariant (d, n)      float32, any strides (is_variable_B / _C = false)
+//   B, C              (b, n, l) or (b, g, n, l)  dtype = params.dtype, any strides (0 included, e.g.
+//                                                an expanded view; unit stride along l is the fast path)
 //   A                 (d, n)  float32, any strides
 //   D, delta_bias     (d,)    float32, contiguous, optional
 //   kept_idx          int32   (k,) column mask, or (d, k_max) per-channel rows (ascending,
@@ -65,14 +65,9 @@ struct SelectiveScanParams {
   void* out = nullptr;
   int64_t out_batch_stride = 0, out_dim_stride = 0;
   const void* B = nullptr;
-  int64_t B_batch_stride = 0, B_group_stride = 0, B_dstate_stride = 0;
+  int64_t B_batch_stride = 0, B_group_stride = 0, B_dstate_stride = 0, B_seqlen_stride = 1;
   const void* C = nullptr;
-  int64_t C_batch_stride = 0, C_group_stride = 0, C_dstate_stride = 0;
-  // Time-invariant B / C (mamba_ssm's is_variable_B = false): B points at a float32 (d, n) matrix,
-  // the same at every batch row and timestep; B_dim_stride and B_dstate_stride address it, the
-  // batch and group strides and n_groups_B are unused. Likewise for C.
-  bool is_variable_B = true, is_variable_C = true;
-  int64_t B_dim_stride = 0, C_dim_stride = 0;
+  int64_t C_batch_stride = 0, C_group_stride = 0, C_dstate_stride = 0, C_seqlen_stride = 1;
 
   // ---- per-channel parameters (float32)
   const float* A = nullptr;
@@ -96,8 +91,8 @@ struct SelectiveScanParams {
   size_t workspace_bytes = 0;
 
   // ---- tuning: lanes that split one chunk of a channel along l (1, 2, 4, ..., 128; above 32 a
-  // channel spans several warps of its block); 0 picks it (<= 32) from the problem size and the
-  // GPU (see selective_scan_kernel.cuh).
+  // channel spans several warps of its block); 0 picks it from the problem size and the GPU
+  // (docs/cuda.md, "Choice of P").
   int time_segments = 0;
 };
 
@@ -106,9 +101,6 @@ size_t selective_scan_fwd_workspace_bytes(const SelectiveScanParams& params);
 
 // nullptr when the params are consistent, else a static message naming the offending field.
 const char* selective_scan_fwd_check(const SelectiveScanParams& params);
-
-// The kept-state counts with a dedicated (compile-time) kernel; others use the run-time kernel.
-bool selective_scan_fwd_has_static_kernel(int n_kept);
 
 // The time_segments value selective_scan_fwd() will use for these params on the current device.
 int selective_scan_fwd_time_segments(const SelectiveScanParams& params);

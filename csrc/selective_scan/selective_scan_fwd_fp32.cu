@@ -1,14 +1,13 @@
-// Instantiates the fp32 (float) forward kernels: one per compile-time kept-state count plus the
-// run-time one (kK = 0). Split by dtype so that the three translation units compile in parallel.
+// Instantiates the fp32 (float) forward kernels: every lanes-per-channel count P and kernel mode
+// (SPARSESSM_FOR_EACH_KERNEL). Split by dtype so that the translation units compile in parallel.
 #include "selective_scan_kernel.cuh"
 
 namespace sparsessm {
 namespace detail {
 
-#define SPARSESSM_INSTANTIATE(K) \
-  template cudaError_t launch_fwd<float, K>(const SelectiveScanParams&, const LaunchPlan&, cudaStream_t);
-SPARSESSM_FOR_EACH_STATIC_K(SPARSESSM_INSTANTIATE)
-SPARSESSM_INSTANTIATE(0)
+#define SPARSESSM_INSTANTIATE(T, P, MODE) \
+  template cudaError_t launch_scan<T, P, MODE>(const SelectiveScanParams&, const LaunchPlan&, cudaStream_t);
+SPARSESSM_FOR_EACH_KERNEL(SPARSESSM_INSTANTIATE, float)
 #undef SPARSESSM_INSTANTIATE
 
 }  // namespace detail

@@ -42,24 +42,26 @@ using sparsessm::StateMode;
   } while (0)
 #endif
 
-// Device memory (host memory in the emulation build).
+// Device memory (host memory in the emulation build); `offset` bytes past a 256-byte aligned start
+// (a misaligned view when offset is not a multiple of 16).
 class Buffer {
  public:
   Buffer() = default;
-  explicit Buffer(size_t bytes) : bytes_(bytes) {
+  explicit Buffer(size_t bytes, size_t offset = 0) : bytes_(bytes), offset_(offset) {
     if (bytes == 0) return;
 #if defined(SPARSESSM_EMULATE)
-    ptr_ = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+    ptr_ = std::aligned_alloc(256, (bytes + offset + 255) / 256 * 256);
 #else
-    SCAN_TEST_CUDA(cudaMalloc(&ptr_, bytes));
+    SCAN_TEST_CUDA(cudaMalloc(&ptr_, bytes + offset));
 #endif
   }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
-  Buffer(Buffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) { o.ptr_ = nullptr; }
+  Buffer(Buffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_), offset_(o.offset_) { o.ptr_ = nullptr; }
   Buffer& operator=(Buffer&& o) noexcept {
     std::swap(ptr_, o.ptr_);
     std::swap(bytes_, o.bytes_);
+    std::swap(offset_, o.offset_);
     return *this;
   }
   ~Buffer() {
@@ -72,24 +74,25 @@ class Buffer {
   }
   void upload(const void* src, size_t bytes) {
 #if defined(SPARSESSM_EMULATE)
-    std::memcpy(ptr_, src, bytes);
+    std::memcpy(get(), src, bytes);
 #else
-    SCAN_TEST_CUDA(cudaMemcpy(ptr_, src, bytes, cudaMemcpyHostToDevice));
+    SCAN_TEST_CUDA(cudaMemcpy(get(), src, bytes, cudaMemcpyHostToDevice));
 #endif
   }
   void download(void* dst, size_t bytes) const {
 #if defined(SPARSESSM_EMULATE)
-    std::memcpy(dst, ptr_, bytes);
+    std::memcpy(dst, get(), bytes);
 #else
-    SCAN_TEST_CUDA(cudaMemcpy(dst, ptr_, bytes, cudaMemcpyDeviceToHost));
+    SCAN_TEST_CUDA(cudaMemcpy(dst, get(), bytes, cudaMemcpyDeviceToHost));
 #endif
   }
-  void* get() const { return ptr_; }
+  void* get() const { return ptr_ == nullptr ? nullptr : static_cast<unsigned char*>(ptr_) + offset_; }
   size_t bytes() const { return bytes_; }
 
  private:
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
+  size_t offset_ = 0;
 };
 
 inline size_t dtype_size(ScalarType t) { return t == ScalarType::kFloat32 ? 4 : 2; }
@@ -167,7 +170,6 @@ struct Config {
   int b = 2, d = 24, l = 33, n = 16;
   int gB = 1, gC = 1;  // 1: ungrouped (b, n, l)
   bool grouped = false;
-  bool fixed_B = false, fixed_C = false;  // time-invariant (d, n) float32 B / C
   ScalarType dtype = ScalarType::kFloat32;
   MaskKind mask = MaskKind::kDense;
   int k = 0;          // column: kept states; unstructured: largest per-channel count; N:M: N (M = 4)
@@ -175,14 +177,17 @@ struct Config {
   bool with_z = true, with_D = true, with_bias = true, softplus = true;
   bool last_state = true;
   int time_segments = 0;
+  bool misalign = false;       // u, delta, z, B, C and out start one element past 16-byte alignment
+  bool bc_transposed = false;  // B, C stored (b, g, l, n): stride 1 along n, n along l (a view of x_proj's output)
   uint32_t seed = 0;
 
   std::string describe() const {
     char buf[256];
-    std::snprintf(buf, sizeof(buf), "b=%d d=%d l=%d n=%d g=(%d,%d)%s%s %s %s k=%d %s%s%s%s%s P=%d", b, d, l, n,
-                  gB, gC, fixed_B ? " fixed_B" : "", fixed_C ? " fixed_C" : "", dtype_name(dtype), mask_name(mask),
-                  k, pruned == PrunedStates::kZeroTransition ? "zero_transition" : "remove", with_z ? " z" : "",
-                  with_D ? " D" : "", with_bias ? " bias" : "", softplus ? " softplus" : "", time_segments);
+    std::snprintf(buf, sizeof(buf), "b=%d d=%d l=%d n=%d g=(%d,%d) %s %s k=%d %s%s%s%s%s%s%s P=%d", b, d, l, n,
+                  gB, gC, dtype_name(dtype), mask_name(mask), k,
+                  pruned == PrunedStates::kZeroTransition ? "zero_transition" : "remove", with_z ? " z" : "",
+                  with_D ? " D" : "", with_bias ? " bias" : "", softplus ? " softplus" : "",
+                  misalign ? " misaligned" : "", bc_transposed ? " B/C(b,l,n)" : "", time_segments);
     return buf;
   }
 };
@@ -190,7 +195,7 @@ struct Config {
 // Host copy of a problem (values already rounded to the dtype) plus its mask.
 struct Problem {
   Config cfg;
-  std::vector<float> u, delta, z, B, C, A, D, bias;  // B, C: (b, gB|1, n, l), or (d, n) when fixed
+  std::vector<float> u, delta, z, B, C, A, D, bias;  // B, C: (b, gB|1, n, l)
   std::vector<uint8_t> keep;                         // (d, n) 0/1
   StateMode mode = StateMode::kDense;
   int n_kept = 0;                  // k (column) or k_max (channel)
@@ -205,9 +210,8 @@ inline Problem make_problem(const Config& cfg) {
   std::normal_distribution<float> normal(0.f, 1.f);
   std::uniform_real_distribution<float> uniform(0.f, 1.f);
   const size_t bdl = static_cast<size_t>(cfg.b) * cfg.d * cfg.l;
-  const size_t dn = static_cast<size_t>(cfg.d) * cfg.n;
-  const size_t bc = cfg.fixed_B ? dn : static_cast<size_t>(cfg.b) * (cfg.grouped ? cfg.gB : 1) * cfg.n * cfg.l;
-  const size_t cc = cfg.fixed_C ? dn : static_cast<size_t>(cfg.b) * (cfg.grouped ? cfg.gC : 1) * cfg.n * cfg.l;
+  const size_t bc = static_cast<size_t>(cfg.b) * (cfg.grouped ? cfg.gB : 1) * cfg.n * cfg.l;
+  const size_t cc = static_cast<size_t>(cfg.b) * (cfg.grouped ? cfg.gC : 1) * cfg.n * cfg.l;
   auto fill = [&](std::vector<float>& v, size_t count, float scale, float shift) {
     v.resize(count);
     for (auto& x : v) x = quantize(normal(gen) * scale + shift, cfg.dtype);
@@ -222,11 +226,6 @@ inline Problem make_problem(const Config& cfg) {
   fill(p.z, bdl, 1.f, 0.f);
   fill(p.B, bc, 1.f, 0.f);
   fill(p.C, cc, 1.f, 0.f);
-  auto unquantized = [&](std::vector<float>& v) {  // a time-invariant B / C is float32, like A
-    for (auto& x : v) x = normal(gen);
-  };
-  if (cfg.fixed_B) unquantized(p.B);
-  if (cfg.fixed_C) unquantized(p.C);
   p.A.resize(static_cast<size_t>(cfg.d) * cfg.n);
   for (auto& x : p.A) x = -std::exp(normal(gen) * 0.5f);
   p.D.resize(cfg.d);
@@ -317,10 +316,8 @@ inline void reference(const Problem& p, std::vector<double>& out, std::vector<do
         const double uu = p.u[i];
         double y = 0.0;
         for (int s = 0; s < n; ++s) {
-          const double Bv = g.fixed_B ? p.B[static_cast<size_t>(c) * n + s]
-                                      : p.B[((static_cast<size_t>(bi) * gBn + gb) * n + s) * l + t];
-          const double Cv = g.fixed_C ? p.C[static_cast<size_t>(c) * n + s]
-                                      : p.C[((static_cast<size_t>(bi) * gCn + gc) * n + s) * l + t];
+          const double Bv = p.B[((static_cast<size_t>(bi) * gBn + gb) * n + s) * l + t];
+          const double Cv = p.C[((static_cast<size_t>(bi) * gCn + gc) * n + s) * l + t];
           const bool kept = p.keep[static_cast<size_t>(c) * n + s] != 0;
           if (kept) {
             h[s] = std::exp(dt * p.A[static_cast<size_t>(c) * n + s]) * h[s] + dt * Bv * uu;
@@ -349,19 +346,31 @@ struct DeviceProblem {
 
   explicit DeviceProblem(const Problem& p) {
     const Config& g = p.cfg;
-    auto put = [](Buffer& buf, const std::vector<uint8_t>& raw) {
-      buf = Buffer(raw.size());
+    const size_t shift = g.misalign ? dtype_size(g.dtype) : 0;
+    auto put = [shift](Buffer& buf, const std::vector<uint8_t>& raw) {
+      buf = Buffer(raw.size(), shift);
       buf.upload(raw.data(), raw.size());
     };
     auto put_f32 = [](Buffer& buf, const std::vector<float>& v) {
       buf = Buffer(v.size() * 4);
       buf.upload(v.data(), v.size() * 4);
     };
+    // (rows, n, l) -> (rows, l, n) for the transposed B / C layout
+    auto layout_bc = [&](const std::vector<float>& v) {
+      if (!g.bc_transposed) return v;
+      std::vector<float> t(v.size());
+      const size_t rows = v.size() / (static_cast<size_t>(g.n) * g.l);
+      for (size_t r = 0; r < rows; ++r)
+        for (int s = 0; s < g.n; ++s)
+          for (int i = 0; i < g.l; ++i)
+            t[(r * g.l + i) * g.n + s] = v[(r * g.n + s) * g.l + i];
+      return t;
+    };
     put(u, encode(p.u, g.dtype));
     put(delta, encode(p.delta, g.dtype));
     put(z, encode(p.z, g.dtype));
-    put(B, encode(p.B, g.fixed_B ? ScalarType::kFloat32 : g.dtype));
-    put(C, encode(p.C, g.fixed_C ? ScalarType::kFloat32 : g.dtype));
+    put(B, encode(layout_bc(p.B), g.dtype));
+    put(C, encode(layout_bc(p.C), g.dtype));
     put_f32(A, p.A);
     put_f32(D, p.D);
     put_f32(bias, p.bias);
@@ -374,7 +383,7 @@ struct DeviceProblem {
       kept_count.upload(p.kept_count.data(), p.kept_count.size() * 4);
     }
     const size_t bdl = static_cast<size_t>(g.b) * g.d * g.l;
-    out = Buffer(bdl * dtype_size(g.dtype));
+    out = Buffer(bdl * dtype_size(g.dtype), shift);
     last = Buffer(static_cast<size_t>(g.b) * g.d * g.n * 4);
 
     SelectiveScanParams& q = params;
@@ -403,23 +412,13 @@ struct DeviceProblem {
     q.B = B.get();
     q.B_batch_stride = static_cast<int64_t>(q.n_groups_B) * g.n * g.l;
     q.B_group_stride = g.grouped ? static_cast<int64_t>(g.n) * g.l : 0;
-    q.B_dstate_stride = g.l;
+    q.B_dstate_stride = g.bc_transposed ? 1 : g.l;
+    q.B_seqlen_stride = g.bc_transposed ? g.n : 1;
     q.C = C.get();
     q.C_batch_stride = static_cast<int64_t>(q.n_groups_C) * g.n * g.l;
     q.C_group_stride = g.grouped ? static_cast<int64_t>(g.n) * g.l : 0;
-    q.C_dstate_stride = g.l;
-    q.is_variable_B = !g.fixed_B;
-    q.is_variable_C = !g.fixed_C;
-    if (g.fixed_B) {  // (d, n) row-major
-      q.B_batch_stride = q.B_group_stride = 0;
-      q.B_dim_stride = g.n;
-      q.B_dstate_stride = 1;
-    }
-    if (g.fixed_C) {
-      q.C_batch_stride = q.C_group_stride = 0;
-      q.C_dim_stride = g.n;
-      q.C_dstate_stride = 1;
-    }
+    q.C_dstate_stride = g.bc_transposed ? 1 : g.l;
+    q.C_seqlen_stride = g.bc_transposed ? g.n : 1;
     q.A = static_cast<const float*>(A.get());
     q.A_dim_stride = g.n;
     q.A_dstate_stride = 1;

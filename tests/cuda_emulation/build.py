@@ -1,9 +1,11 @@
-"""Build the host emulation of the CUDA backend as a CPU torch extension (tests only).
+"""Build the host emulation of the CUDA backend (tests only).
 
 The kernels in ``csrc/selective_scan`` compile as plain C++ with ``SPARSESSM_EMULATE`` defined
 (``csrc/emulation/cuda_emulation.h``); together with ``python/bindings.cpp`` they form a module with
-the same ``selective_scan_fwd`` as ``sparsessm_kernels._C`` that takes CPU tensors. It needs a C++
-compiler, ninja and the CUDA toolkit's headers (``cuda_fp16.h`` and friends), not a GPU.
+the same ``selective_scan_fwd`` as ``sparsessm_kernels._C`` that takes CPU tensors (it needs a C++
+compiler, ninja and the CUDA toolkit's headers -- ``cuda_fp16.h`` and friends --, not a GPU).
+The standalone C++ test of ``csrc/tests`` (with its kernel sweep) and the test of the emulation's
+own checkers build the same way without torch or ninja.
 """
 
 from __future__ import annotations
@@ -32,15 +34,22 @@ def cuda_include_dir() -> Path | None:
     return None
 
 
-def missing_requirements() -> str | None:
-    """Why the emulated extension cannot be built here, or None."""
+def missing_cpp_requirements() -> str | None:
+    """Why the standalone C++ programs (the emulated kernel test, the detector test) cannot be
+    built here, or None: they need a C++ compiler and the CUDA toolkit's headers."""
     if cuda_include_dir() is None:
         return "no CUDA toolkit headers (cuda_fp16.h) found"
-    if shutil.which("ninja") is None:
-        return "ninja is not installed"
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         return "no C++ compiler"
     return None
+
+
+def missing_requirements() -> str | None:
+    """Why the emulated extension cannot be built here, or None."""
+    missing = missing_cpp_requirements()
+    if missing is None and shutil.which("ninja") is None:
+        return "ninja is not installed"
+    return missing
 
 
 @functools.cache
@@ -68,25 +77,47 @@ def load_emulated_extension():
 
 
 CPP_TEST = Path(__file__).resolve().parent / "emulated_test.cpp"
+DETECTORS_TEST = Path(__file__).resolve().parent / "detectors_test.cpp"
 
 
-def build_emulated_cpp_test(output: Path) -> list[str]:
-    """Compile the standalone C++ test (csrc/tests) against the emulation; returns the command."""
+def _compile_cpp(source: Path, output: Path, extra: list[str]) -> list[str]:
+    """Compile one emulation program (the kernels' sources included) with the host compiler."""
+    import subprocess
+
     cxx = os.environ.get("CXX", "c++")
     command = [
         cxx,
         "-std=c++17",
-        "-O2",
         "-pthread",
         "-fno-strict-aliasing",
         "-Wno-unknown-pragmas",
+        *extra,
         f"-I{ROOT / 'csrc'}",
         f"-I{cuda_include_dir()}",
-        str(CPP_TEST),
+        str(source),
         "-o",
         str(output),
     ]
-    import subprocess
-
     subprocess.run(command, check=True, capture_output=True, text=True)
     return command
+
+
+def build_emulated_cpp_test(output: Path) -> list[str]:
+    """Compile the standalone C++ test (csrc/tests) against the emulation; returns the command.
+
+    -O1: the kernels of every dtype, lanes count and mode compile in about half the time of -O2
+    and run about as fast under the emulation."""
+    return _compile_cpp(CPP_TEST, output, ["-O1"])
+
+
+@functools.cache
+def emulated_cpp_test() -> Path:
+    """The emulated standalone test, built once per process (in a temporary directory)."""
+    output = Path(tempfile.mkdtemp(prefix="sparsessm_emulated_test.")) / "emulated_test"
+    build_emulated_cpp_test(output)
+    return output
+
+
+def build_detectors_test(output: Path, ucontext: bool = False) -> list[str]:
+    """Compile the emulation's checker test (with the ucontext fiber switch when ``ucontext``)."""
+    return _compile_cpp(DETECTORS_TEST, output, ["-O1", *(["-DSPARSESSM_EMU_UCONTEXT"] if ucontext else [])])

@@ -29,8 +29,8 @@ BUILD_COMMAND = "SPARSESSM_BUILD_CUDA=1 pip install -e . --no-build-isolation"
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # Lanes per channel along l (a power of two <= 128; above 32 a channel spans several warps); 0 lets
-# the launcher choose (<= 32). Tests, benchmarks (bench_scan.py --cuda-time-segments) and kernel
-# experiments set it; see csrc/selective_scan/selective_scan_kernel.cuh.
+# the launcher choose (docs/cuda.md, "Choice of P"). Tests, benchmarks (bench_scan.py
+# --cuda-time-segments) and kernel experiments set it.
 _TIME_SEGMENTS = 0
 
 
@@ -90,15 +90,30 @@ def _extension() -> ModuleType:
     return module
 
 
-def _seq(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """A sequence tensor in the kernel dtype with stride 1 along ``l``."""
+def _seq(t: torch.Tensor | None, dtype: torch.dtype, unit_stride: bool = True) -> torch.Tensor | None:
+    """A sequence tensor in the kernel dtype; with stride 1 along ``l`` when ``unit_stride``.
+
+    ``B`` and ``C`` are staged by the kernel with any strides (a view of the ``x_proj`` output, an
+    expanded view), so they are passed as they are; ``u``, ``delta`` and ``z`` are read with
+    stride 1 along ``l``.
+    """
     if t is None:
         return None
     if t.dtype != dtype:
         t = t.to(dtype)
-    if t.shape[-1] != 1 and t.stride(-1) != 1:
+    if unit_stride and t.shape[-1] != 1 and t.stride(-1) != 1:
         t = t.contiguous()
     return t
+
+
+def _per_channel_sequence(t: torch.Tensor, dtype: torch.dtype, u: torch.Tensor) -> torch.Tensor:
+    """A time-invariant ``(d, n)`` B / C as the grouped ``(b, g = d, n, l)`` layout the kernel reads:
+    a stride-0 view over batch and time (no copy; the kernel honours any strides). Other B / C
+    tensors are returned as they are."""
+    if t.dim() != 2:
+        return t
+    b, _, l = u.shape
+    return t.to(dtype)[None, :, :, None].expand(b, t.shape[0], t.shape[1], l)
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -129,7 +144,7 @@ def selective_scan_cuda(
 
     Shapes as in :func:`~sparsessm_kernels.ops.torch_backend.selective_scan_torch`: u, delta, z
     ``(b, d, l)``; A ``(d, n)`` float32; B, C ``(b, n, l)``, ``(b, g, n, l)`` or time-invariant
-    ``(d, n)`` (passed as float32, read once per chunk by the kernel); D, delta_bias ``(d,)``;
+    ``(d, n)`` (passed as a stride-0 ``(b, d, n, l)`` view, one group per channel); D, delta_bias ``(d,)``;
     state_mask None, bool ``(n,)`` or ``(d, n)`` with the ``kept_idx`` / ``kept_count`` tables of its
     ``StateLayout``. Sequence tensors of mixed dtypes are computed in their promoted dtype (exact:
     the math is float32 either way); float64 is not supported by the kernels (use the torch backend).
@@ -144,9 +159,10 @@ def selective_scan_cuda(
                 f"{name}: the cuda backend computes in float32 and does not take float64 tensors "
                 "(use backend='torch' for a float64 scan)"
             )
-    # The sequence tensors share one dtype; a time-invariant (d, n) B / C is a float32 weight like A.
+    # The sequence tensors share one dtype. A time-invariant (d, n) B / C takes part in the promotion
+    # so that its values reach the kernel unrounded (a float32 B with bf16 u computes in float32).
     dtype = u.dtype
-    for t in (delta, z, B if B.dim() != 2 else None, C if C.dim() != 2 else None):
+    for t in (delta, z, B, C):
         if t is not None:
             dtype = torch.promote_types(dtype, t.dtype)
     if dtype not in _KERNEL_DTYPES:
@@ -165,8 +181,8 @@ def selective_scan_cuda(
         _seq(u, dtype),
         _seq(delta, dtype),
         _f32(A),
-        _seq(B, dtype) if B.dim() != 2 else _f32(B),
-        _seq(C, dtype) if C.dim() != 2 else _f32(C),
+        _seq(_per_channel_sequence(B, dtype, u), dtype, unit_stride=False),
+        _seq(_per_channel_sequence(C, dtype, u), dtype, unit_stride=False),
         _f32(D),
         _seq(z, dtype),
         _f32(delta_bias),
