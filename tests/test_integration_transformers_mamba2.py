@@ -341,6 +341,8 @@ def test_errors(model_dir: Path, pruned_dir: Path, tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match="pruned_states"):
         hf.apply(model, _masks(), pruned_states="drop")
+    with pytest.raises(ValueError, match="layer 1 has more than one head transition mask"):
+        hf.apply(model, {a_log_name(1): bool_n, "model.layers.1.mixer.A_log": bool_n})
     mamba1_file = tmp_path / "sparsity.safetensors"
     save_masks(mamba1_file, {a_log_name(0): bool_n})  # a Mamba-1 masks file (state mask under A_log)
     with pytest.raises(ValueError, match=r"backbone\.layers\.\{i\}\.mixer\.ssm_state"):

@@ -187,6 +187,9 @@ def layer_specs(
         m = mixers[i]
         h, g, n = int(m.num_heads), int(m.n_groups), int(m.ssm_state_size)
         spec = specs.setdefault(i, Mamba2Spec())
+        if (spec.heads if head is not None else spec.layout) is not None:
+            kind = "head transition" if head is not None else "state"
+            raise ValueError(f"mask {key!r}: layer {i} has more than one {kind} mask")
         if head is not None:
             if not isinstance(value, torch.Tensor) or value.dtype != torch.bool or tuple(value.shape) != (h,):
                 got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
