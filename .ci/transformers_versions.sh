@@ -3,7 +3,7 @@
 # resolved for the main test run (the newest): the oldest supported release, the one the GPU
 # machines carry, and a recent one. Each release is installed with its own dependencies into a
 # directory of its own (pip --target) and put first on PYTHONPATH for the tests that use
-# transformers' Mamba / FalconMamba models.
+# transformers' Mamba / FalconMamba / Mamba-2 models.
 #
 #   bash .ci/transformers_versions.sh                 # the releases below
 #   TRANSFORMERS_VERSIONS="5.20.0" bash .ci/transformers_versions.sh
@@ -22,7 +22,7 @@ else
   CACHE="$(mktemp -d)"
   trap 'rm -rf "$CACHE"' EXIT
 fi
-TESTS=(tests/test_integration_transformers.py)
+TESTS=(tests/test_integration_transformers.py tests/test_integration_transformers_mamba2.py)
 
 install() {  # install() VERSION: transformers==VERSION and its dependencies into $CACHE
   local target="$CACHE/transformers-$1"

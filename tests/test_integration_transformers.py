@@ -317,7 +317,7 @@ def test_errors(model_dir: Path, tmp_path: Path) -> None:
         pass
 
     model.backbone.layers[1].mixer = Mamba2Mixer()
-    with pytest.raises(hf.UnsupportedModelError, match="Mamba-2 models are not supported"):
+    with pytest.raises(hf.UnsupportedModelError, match="only Mamba2ForCausalLM"):
         hf.apply(model)
     if not torch.cuda.is_available():
         with pytest.raises((ValueError, RuntimeError), match="cuda"):

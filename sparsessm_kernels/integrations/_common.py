@@ -89,11 +89,17 @@ def _load_file(path: Path) -> tuple[dict[str, StateLayout], str | dict[str, str]
     return dict(sparsities), _parse_pruned_states_meta(meta.get("pruned_states"), str(path))
 
 
-def _masks_of_dir(directory: Path, shown: str, what: str) -> tuple[dict[str, Any], str | dict[str, str], str]:
+MaskLoader = Callable[[Path], tuple[dict[str, Any], str | dict[str, str]]]
+"""Reads a masks file: ``path -> (masks by parameter name, pruned_states from its metadata)``."""
+
+
+def _masks_of_dir(
+    directory: Path, shown: str, what: str, load: MaskLoader = _load_file
+) -> tuple[dict[str, Any], str | dict[str, str], str]:
     """The masks file of the directory ``what`` was loaded from, or none (dense, logged at INFO)."""
     candidate = directory / MASKS_FILE
     if candidate.is_file():
-        masks, modes = _load_file(candidate)
+        masks, modes = load(candidate)
         return masks, modes, str(candidate)
     logger.info(
         "sparsessm_kernels: %s was loaded from %s, which has no %s; running every layer dense",
@@ -110,6 +116,8 @@ def read_sparsity(
     what: str,
     *,
     revision: str | None = None,
+    load: MaskLoader = _load_file,
+    dict_mode: str = "zero_transition",
 ) -> tuple[dict[str, Any], str | dict[str, str], str]:
     """``(masks, pruned_states from the source, description of the source)``.
 
@@ -119,6 +127,9 @@ def read_sparsity(
     ``default_dir``/``sparsity.safetensors`` when it exists -- ``default_dir`` may be a Hub id too
     (at ``revision``: pass the loaded model's commit), whose masks file is fetched when the
     repository has one; otherwise no masks.
+
+    ``load`` reads a masks file (default: Mamba-1 state masks keyed by ``A_log``); ``dict_mode`` is
+    the ``pruned_states`` reported for a dict of masks.
     """
     if sparsity is None:
         if default_dir and needs_hub_lookup(default_dir):
@@ -133,9 +144,9 @@ def read_sparsity(
                     stacklevel=3,
                 )
                 return {}, "zero_transition", f"none (hub lookup of {default_dir} failed; dense)"
-            return _masks_of_dir(snapshot, str(default_dir), what)
+            return _masks_of_dir(snapshot, str(default_dir), what, load)
         if default_dir and Path(default_dir).is_dir():
-            return _masks_of_dir(Path(default_dir), str(default_dir), what)
+            return _masks_of_dir(Path(default_dir), str(default_dir), what, load)
         where = f"{default_dir!r} is not a local directory" if default_dir else "no source directory is known"
         logger.info(
             "sparsessm_kernels: no sparsity given and %s (%s); running every layer dense. Pass a pruned "
@@ -154,20 +165,35 @@ def read_sparsity(
             if not file.is_file():
                 where = f"the Hub repository {sparsity}" if path != Path(sparsity) else str(path)
                 raise FileNotFoundError(f"sparsity: {where} is a directory without {MASKS_FILE}")
-            masks, modes = _load_file(file)
+            masks, modes = load(file)
             return masks, modes, str(file)
         if not path.exists():
             raise FileNotFoundError(
                 f"sparsity: {path} does not exist (expected a pruned model directory or a {MASKS_FILE} file)"
             )
-        masks, modes = _load_file(path)
+        masks, modes = load(path)
         return masks, modes, str(path)
     if isinstance(sparsity, Mapping):
-        return dict(sparsity), "zero_transition", f"dict of {len(sparsity)} mask(s)"
+        return dict(sparsity), dict_mode, f"dict of {len(sparsity)} mask(s)"
     raise TypeError(
         "sparsity: expected None, a pruned model directory, a sparsity.safetensors path or a dict "
         f"{{parameter name: mask}}, got {type(sparsity).__name__}"
     )
+
+
+def check_pruned_states_arg(pruned_states: object) -> None:
+    """Validate the ``pruned_states`` argument of ``apply``: None, a mode or ``{param name: mode}``."""
+    if pruned_states is None:
+        return
+    if isinstance(pruned_states, str):
+        if pruned_states not in PRUNED_STATES:
+            raise ValueError(f"pruned_states: expected one of {PRUNED_STATES}, got {pruned_states!r}")
+    elif isinstance(pruned_states, Mapping):
+        for key, mode in pruned_states.items():
+            if mode not in PRUNED_STATES:
+                raise ValueError(f"pruned_states[{key!r}]: expected one of {PRUNED_STATES}, got {mode!r}")
+    else:
+        raise TypeError("pruned_states: expected None, a mode string or a dict {param name: mode}")
 
 
 def layer_specs(
@@ -184,16 +210,7 @@ def layer_specs(
     Keys name ``A_log`` parameters (``backbone.layers.{i}.mixer.A_log``; any prefix before
     ``layers.{i}`` is accepted). ``shapes[i]`` is ``(d_inner, d_state)`` of layer ``i``.
     """
-    if pruned_states is not None:
-        if isinstance(pruned_states, str):
-            if pruned_states not in PRUNED_STATES:
-                raise ValueError(f"pruned_states: expected one of {PRUNED_STATES}, got {pruned_states!r}")
-        elif isinstance(pruned_states, Mapping):
-            for key, mode in pruned_states.items():
-                if mode not in PRUNED_STATES:
-                    raise ValueError(f"pruned_states[{key!r}]: expected one of {PRUNED_STATES}, got {mode!r}")
-        else:
-            raise TypeError("pruned_states: expected None, a mode string or a dict {param name: mode}")
+    check_pruned_states_arg(pruned_states)
     modes = pruned_states if pruned_states is not None else source_modes
     specs: dict[int, LayerSpec] = {}
     bad: list[str] = []
@@ -319,6 +336,7 @@ __all__ = [
     "ApplyReport",
     "LayerSpec",
     "bind",
+    "check_pruned_states_arg",
     "densify_names",
     "layer_index",
     "layer_specs",

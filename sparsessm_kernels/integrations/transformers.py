@@ -15,9 +15,12 @@
 causal convolution and its cache, ``x_proj`` / ``dt_proj``, FalconMamba's B / C / dt norms,
 ``out_proj``) but runs the selective scan and the decode step through
 :func:`sparsessm_kernels.ops.selective_scan` / :func:`~sparsessm_kernels.ops.selective_state_update`
-with the layer's state mask. Nothing module-level is touched: transformers binds
-``mamba_selective_scan`` & co. to mamba_ssm's kernels when mamba_ssm imports, and the patched
-mixers never call them, so a missing, broken or CPU-less mamba_ssm cannot break this path.
+with the layer's state mask. ``Mamba2ForCausalLM``'s ``Mamba2Mixer`` gets the same treatment with the
+SSD scan / step (:func:`sparsessm_kernels.ops.ssd_scan` / :func:`~sparsessm_kernels.ops.ssd_state_update`),
+state masks and head transition masks: see :mod:`._transformers_mamba2`. Nothing module-level is
+touched: transformers binds ``mamba_selective_scan`` & co. to mamba_ssm's kernels when mamba_ssm
+imports, and the patched mixers never call them, so a missing, broken or CPU-less mamba_ssm cannot
+break this path.
 
 Supported: transformers >= 5.15 (:data:`SUPPORTED`; CI tests 5.15, 5.17, 5.23 and the newest
 release). The mixer takes its cache as ``cache_params`` up to 5.23 and as ``cache`` from 5.24 on
@@ -63,6 +66,7 @@ from torch import nn
 
 from .. import ops
 from ..ops.dispatch import resolve_backend
+from ..ops.ssd.dispatch import resolve_ssd_backend
 from ._common import (
     MODEL_ATTR,
     ApplyReport,
@@ -107,6 +111,9 @@ _STATE_ATTR = "_sparsessm_patch"
 _OLDEST = (5, 15)
 SUPPORTED = f"transformers >= {_OLDEST[0]}.{_OLDEST[1]}"
 _MAMBA_LM_HINT = "sparsessm_kernels.models.MambaLM.from_pretrained (sparse masks and compact caches included)"
+_MAMBA2_LM_HINT = (
+    "sparsessm_kernels.models.Mamba2LM.from_pretrained (sparse masks and compact caches included)"
+)
 
 
 class UnsupportedModelError(TypeError):
@@ -150,7 +157,7 @@ def _check_mixer(mixer: nn.Module, i: int, version: str) -> bool:
     cls = type(mixer)
     if cls.__name__ not in _MIXER_CLASSES:
         hint = (
-            " (Mamba-2 models are not supported: sparsessm_kernels implements Mamba-1)"
+            " (of the Mamba-2 family, only Mamba2ForCausalLM / Mamba2Model's Mamba2Mixer is supported)"
             if "2" in cls.__name__
             else ""
         )
@@ -264,15 +271,18 @@ def _conv_update(
     return act(out).to(x.dtype)
 
 
-def _store_final_state(cache_params: Any, layer_idx: int, final: torch.Tensor, spec: LayerSpec) -> None:
-    """Put the prefill's final SSM state in the cache, compact for uniform sparse layers.
+def _store_final_state(
+    cache_params: Any, layer_idx: int, final: torch.Tensor, compacted: torch.Tensor | None
+) -> None:
+    """Put a prefill's final SSM state in the cache: ``compacted`` (the kept states of a uniform
+    sparse layer) when given, else the dense ``final``.
 
     A cache whose state for this layer was already allocated dense (by an unpatched forward)
-    keeps its dense form: the decode step accepts both.
+    keeps its dense form: the decode steps accept both.
     """
     value = final
-    if spec.compact and spec.layout is not None:
-        value = spec.layout.to(final.device).compact_state(final)
+    if compacted is not None:
+        value = compacted
         existing = None
         try:
             layer = cache_params.layers[layer_idx]
@@ -290,32 +300,31 @@ def _store_final_state(cache_params: Any, layer_idx: int, final: torch.Tensor, s
 _IGNORED_KWARGS = frozenset({"use_cache", "output_attentions", "return_dict"})
 
 
-def _forward_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, torch.Tensor | None]:
+def _forward_args(
+    args: tuple[Any, ...], kwargs: dict[str, Any], mixer: str = "MambaMixer"
+) -> tuple[Any, torch.Tensor | None]:
     """``(cache, attention_mask)`` from a mixer call of any supported transformers release.
 
     transformers 5.14-5.23 call ``mixer(hidden_states, cache_params=..., attention_mask=...)``;
     5.24 renamed the argument to ``cache`` (``cache_params`` stays a deprecated alias until 5.40).
     Both are accepted, positionally or by name. Any other argument that carries data is refused:
-    silently dropping an unknown cache argument would decode from an empty state.
+    silently dropping an unknown cache argument would decode from an empty state. ``mixer`` names
+    the patched class in the errors.
     """
     if len(args) > 2:
-        raise TypeError(
-            f"patched MambaMixer.forward takes at most 3 positional arguments, got {len(args) + 1}"
-        )
+        raise TypeError(f"patched {mixer}.forward takes at most 3 positional arguments, got {len(args) + 1}")
     cache = args[0] if args else None
     attention_mask = args[1] if len(args) > 1 else kwargs.pop("attention_mask", None)
     for name in ("cache", "cache_params"):
         if name in kwargs:
             value = kwargs.pop(name)
             if cache is not None and value is not None and value is not cache:
-                raise TypeError(
-                    "patched MambaMixer.forward got two different caches (cache and cache_params)"
-                )
+                raise TypeError(f"patched {mixer}.forward got two different caches (cache and cache_params)")
             cache = value if value is not None else cache
     unknown = sorted(k for k, v in kwargs.items() if v is not None and k not in _IGNORED_KWARGS)
     if unknown:
         raise TypeError(
-            f"patched MambaMixer.forward got unsupported arguments {unknown}: the sparse mixer reproduces "
+            f"patched {mixer}.forward got unsupported arguments {unknown}: the sparse mixer reproduces "
             f"the stock mixer of {SUPPORTED} for hidden_states, cache / cache_params and attention_mask "
             "only (packed sequences through seq_idx / cu_seqlens are not supported)"
         )
@@ -418,7 +427,10 @@ def _patched_forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any, *
         )
         if with_state:
             scan_output, final_state = result
-            _store_final_state(cache_params, self.layer_idx, final_state, spec)
+            compacted = None
+            if spec.compact and spec.layout is not None:
+                compacted = spec.layout.to(final_state.device).compact_state(final_state)
+            _store_final_state(cache_params, self.layer_idx, final_state, compacted)
         else:
             scan_output = result
 
@@ -455,28 +467,34 @@ def apply(
     """Route a transformers Mamba model's scans and decode steps through sparsessm_kernels.
 
     Args:
-        model: ``MambaForCausalLM`` / ``MambaModel`` (or the FalconMamba classes) of
-            transformers >= 5, on any device.
+        model: ``MambaForCausalLM`` / ``MambaModel`` (or the FalconMamba classes), or
+            ``Mamba2ForCausalLM`` / ``Mamba2Model``, of transformers >= 5.15, on any device.
         sparsity: where the state masks come from: a pruned model directory (with
             ``sparsity.safetensors``), a ``sparsity.safetensors`` file, a dict
             ``{"backbone.layers.{i}.mixer.A_log": bool (n,) / (d_inner, n) mask or StateLayout}``,
             or ``None``: ``model.name_or_path`` when it is a local directory with a masks file;
-            otherwise every layer runs dense (logged at INFO).
+            otherwise every layer runs dense (logged at INFO). Mamba-2: state masks keyed by
+            ``backbone.layers.{i}.mixer.ssm_state`` (bool ``(n_groups, n)`` / ``(num_heads, n)`` or
+            an ``SSDStateLayout``) and head transition masks by ``...mixer.A_log`` (bool
+            ``(num_heads,)``), as ``Mamba2LM.save_pretrained`` writes them.
         pruned_states: ``"zero_transition"`` / ``"remove"`` for every mask, or a dict per
-            parameter name; default: the file's metadata (``zero_transition`` for dicts).
+            parameter name; default: the file's metadata (``zero_transition`` for Mamba-1 dicts,
+            ``remove`` for Mamba-2 dicts).
         backend: passed to the ops (``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"``).
         sparsify_projections: swap the mixers' ``in_proj`` / ``x_proj`` / ``out_proj`` whose
             weights are 2:4 along the input dimension for :class:`~sparsessm_kernels.nn.SemiStructuredLinear`
             (others are left alone and listed in the report).
         projection_path: ``"auto"`` or a forced :data:`~sparsessm_kernels.nn.PATHS` entry.
-        compact_cache: keep compact ``(b, d_inner, k)`` ssm states for uniform sparse layers.
+        compact_cache: keep compact ``(b, d_inner, k)`` (Mamba-2: ``(b, num_heads, head_dim, k)``)
+            ssm states for uniform sparse layers.
 
     Returns:
         An :class:`~sparsessm_kernels.integrations.ApplyReport`. Applying again replaces the
         previous patch.
 
     Raises:
-        UnsupportedModelError: not a transformers Mamba-1 model, or transformers < 5.
+        UnsupportedModelError: not a transformers Mamba / FalconMamba / Mamba-2 model, or
+            transformers older than :data:`SUPPORTED`.
         FileNotFoundError / ValueError: masks that cannot be found, read or matched to layers.
     """
     version = _transformers_version()
@@ -484,22 +502,47 @@ def apply(
     _check_cache_api()
     layers = _find_layers(model)
     mixers = [blk.mixer for blk in layers]
-    falcon = [_check_mixer(m, i, version) for i, m in enumerate(mixers)]
+    mamba2 = type(mixers[0]).__name__ == "Mamba2Mixer" if len(mixers) else False
+    if mamba2:
+        from . import _transformers_mamba2 as m2
+
+        for i, m in enumerate(mixers):
+            try:
+                m2.check_mixer(m, i, version, SUPPORTED, _MAMBA2_LM_HINT)
+            except TypeError as exc:
+                raise UnsupportedModelError(str(exc)) from exc
+        falcon = [False] * len(mixers)
+    else:
+        falcon = [_check_mixer(m, i, version) for i, m in enumerate(mixers)]
     if backend != "auto":  # fail now, not at the first forward
-        resolve_backend(backend, next(model.parameters()).device)
+        device = next(model.parameters()).device
+        if mamba2:
+            resolve_ssd_backend(backend, device, "ssd_scan")
+        else:
+            resolve_backend(backend, device)
     default_dir = getattr(model, "name_or_path", None) or getattr(
         getattr(model, "config", None), "_name_or_path", None
     )
     # A model loaded from a hub id reads its masks from the commit its weights came from.
     revision = getattr(getattr(model, "config", None), "_commit_hash", None)
-    masks, modes, source = read_sparsity(sparsity, default_dir, f"{type(model).__name__}", revision=revision)
-    shapes = [(int(m.intermediate_size), int(m.A_log.shape[-1])) for m in mixers]
-    for i, m in enumerate(mixers):
-        if shapes[i][1] != m.ssm_state_size:
-            raise UnsupportedModelError(
-                f"layer {i}: A_log has {shapes[i][1]} states but ssm_state_size is {m.ssm_state_size}"
-            )
-    specs = layer_specs(masks, modes, pruned_states, mixers, shapes, compact_cache=compact_cache)
+    what = f"{type(model).__name__}"
+    specs: dict[int, Any]
+    if mamba2:
+        masks, modes, source = read_sparsity(
+            sparsity, default_dir, what, revision=revision, load=m2.mask_loader(mixers), dict_mode="remove"
+        )
+        specs = m2.layer_specs(masks, modes, pruned_states, mixers, compact_cache=compact_cache)
+        d_states = [int(m.ssm_state_size) for m in mixers]
+    else:
+        masks, modes, source = read_sparsity(sparsity, default_dir, what, revision=revision)
+        shapes = [(int(m.intermediate_size), int(m.A_log.shape[-1])) for m in mixers]
+        for i, m in enumerate(mixers):
+            if shapes[i][1] != m.ssm_state_size:
+                raise UnsupportedModelError(
+                    f"layer {i}: A_log has {shapes[i][1]} states but ssm_state_size is {m.ssm_state_size}"
+                )
+        specs = layer_specs(masks, modes, pruned_states, mixers, shapes, compact_cache=compact_cache)
+        d_states = [shape[1] for shape in shapes]
 
     if is_applied(model) or any(_STATE_ATTR in blk.mixer.__dict__ for blk in layers):
         logger.info("sparsessm_kernels: model was already patched; replacing the previous patch")
@@ -508,10 +551,15 @@ def apply(
     prefix = "backbone." if hasattr(model, "backbone") else ""
     report = ApplyReport("transformers", source, backend=backend)
     for i, mixer in enumerate(mixers):
-        spec = specs.get(i, LayerSpec(None))
-        saved = bind(mixer, "forward", _patched_forward)
-        mixer.__dict__[_STATE_ATTR] = _MixerPatch(spec, backend, falcon[i], saved)
-        report.layers[i] = spec.describe(shapes[i][1])
+        if mamba2:
+            spec = specs.get(i) or m2.Mamba2Spec()
+            saved = bind(mixer, "forward", m2.patched_forward)
+            mixer.__dict__[_STATE_ATTR] = m2.Mamba2MixerPatch(spec, backend, saved)
+        else:
+            spec = specs.get(i, LayerSpec(None))
+            saved = bind(mixer, "forward", _patched_forward)
+            mixer.__dict__[_STATE_ATTR] = _MixerPatch(spec, backend, falcon[i], saved)
+        report.layers[i] = spec.describe(d_states[i])
     swapped: list[str] = []
     if sparsify_projections:
         names = [f"{prefix}layers.{i}.mixer" for i in range(len(mixers))]
