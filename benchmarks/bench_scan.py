@@ -5,7 +5,7 @@ Run from the repository root::
     python benchmarks/bench_scan.py                 # full default run on this machine
     python benchmarks/bench_scan.py --quick         # tiny smoke run (seconds; used by the tests)
     python benchmarks/bench_scan.py --shapes 130m 1.4b --seqlen 4096 --pruned-states both
-    python benchmarks/bench_scan.py --preset issue3      # the issue-3 GPU grid (bf16, CUDA only)
+    python benchmarks/bench_scan.py --preset gpu-grid      # the GPU grid (bf16, CUDA only)
 
 What is measured (see benchmarks/README.md for every output field):
 
@@ -64,9 +64,9 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 TF_BACKEND = "transformers-fallback"
 MAMBA_BACKEND = "mamba_ssm"
 
-# The grid of issue 3 (GPU only): Mamba-1 layers 130M / 370M / 1.4B / 2.8B, l in {512, 2048, 8192},
+# The GPU grid (GPU only): Mamba-1 layers 130M / 370M / 1.4B / 2.8B, l in {512, 2048, 8192},
 # batch {1, 8}, n = 16, bf16; dense vs column 50% vs 2:4 vs unstructured 50%; decode at batch 1, 64, 256.
-ISSUE3 = {
+GPU_GRID = {
     "shapes": [
         f"{b}x{PRESETS[size]}x{DEFAULT_STATE}x{l}"
         for size in ("130m", "370m", "1.4b", "2.8b")
@@ -77,7 +77,7 @@ ISSUE3 = {
     "pruned_states": "zero_transition",
     "dtype": "bfloat16",
 }
-PRESET_CHOICES = ("issue3",)
+PRESET_CHOICES = ("gpu-grid",)
 
 # Peak DRAM bandwidth (GB/s, vendor figures) by GPU name fragment, most specific first.
 PEAK_GBPS: list[tuple[str, float]] = [
@@ -109,7 +109,7 @@ def known_peak_gbps(device: torch.device) -> float | None:
 
 
 def pattern_of(mask: MaskSpec) -> str:
-    """The issue's ``pattern`` field: ``dense``, ``column``, ``N:M`` or ``unstructured``."""
+    """The result row's ``pattern`` field: ``dense``, ``column``, ``N:M`` or ``unstructured``."""
     if mask.kind == "nm" and mask.nm is not None:
         return f"{mask.nm[0]}:{mask.nm[1]}"
     return mask.kind
@@ -171,7 +171,7 @@ class Shape:
     name: str
 
     def as_dict(self) -> dict[str, int]:
-        """``{b, d, n, l}`` plus the same sizes under the names of the issue's schema."""
+        """``{b, d, n, l}`` plus the same sizes under the names of the result schema."""
         return shape_dict(self.b, self.d, self.n, self.l)
 
     def label(self) -> str:
@@ -889,7 +889,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=PRESET_CHOICES,
         default=None,
-        help="issue3: the GPU grid of issue 3 (shapes 130m/370m/1.4b/2.8b x l 512/2048/8192 x batch 1/8, "
+        help="gpu-grid: the GPU benchmark grid (shapes 130m/370m/1.4b/2.8b x l 512/2048/8192 x batch 1/8, "
         "n=16, bf16, decode batch 1/64/256, our GPU backends only unless --backends says otherwise); "
         "CUDA only. Explicit options still win",
     )
@@ -966,8 +966,8 @@ def resolve_args(args: argparse.Namespace, device: torch.device) -> None:
     }
     if args.quick:
         defaults.update(QUICK)
-    if args.preset == "issue3":
-        defaults.update(ISSUE3)
+    if args.preset == "gpu-grid":
+        defaults.update(GPU_GRID)
     defaults.setdefault("dtype", "bfloat16" if cuda else "float32")
     for name, value in defaults.items():
         if getattr(args, name) is None:

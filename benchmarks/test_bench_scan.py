@@ -3,7 +3,7 @@
     pytest benchmarks --benchmark-only                 # needs pytest-benchmark
     pytest benchmarks --benchmark-only --benchmark-json out.json
 
-On a GPU: the issue-3 layers (bf16, n=16, 1.4B layer at l=2048, batch 1 and 8; decode at batch
+On a GPU: the GPU-grid layers (bf16, n=16, 1.4B layer at l=2048, batch 1 and 8; decode at batch
 1, 64, 256) on the Triton backend. On CPU: the torch backend at reduced sizes. Not part of the
 default test run (``testpaths`` is ``tests``); nothing here asserts on timings, only that every
 timed configuration agrees with the reference on a short prefix first.

@@ -116,7 +116,7 @@ def test_quick_results_schema_and_correctness(quick_json):
             shape["l"],
             shape["n"],
         )
-        # the fields issue 3 asks for
+        # the fields every result row carries
         assert row["op"] == {"scan": "selective_scan", "decode": "selective_state_update"}[row["kind"]]
         want_dtype = "float32" if quick_json["device"]["type"] == "cpu" else "bfloat16"
         assert row["dtype"] == want_dtype and row["time_ms"] == row["median_ms"]
@@ -188,11 +188,11 @@ def test_correctness_guard_aborts(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_issue3_preset_refuses_cpu_clearly(tmp_path):
+def test_gpu_grid_preset_refuses_cpu_clearly(tmp_path):
     if _cuda_visible():
         pytest.skip("a GPU is visible: the preset would run")
     out = tmp_path / "never.json"
-    proc = _run("--preset", "issue3", "--device", "cpu", "--out", str(out))
+    proc = _run("--preset", "gpu-grid", "--device", "cpu", "--out", str(out))
     assert proc.returncode == 2
     assert "needs a CUDA device" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()

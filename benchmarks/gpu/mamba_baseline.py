@@ -7,7 +7,7 @@ a minimal ``mamba_ssm`` package that ``benchmarks/bench_scan.py`` picks up as it
 baseline when the output directory is on ``PYTHONPATH``::
 
     python benchmarks/gpu/mamba_baseline.py --mamba-src path/to/mamba --out build/mamba_baseline
-    PYTHONPATH=build/mamba_baseline python benchmarks/bench_scan.py --preset issue3
+    PYTHONPATH=build/mamba_baseline python benchmarks/bench_scan.py --preset gpu-grid
 
 What is built: ``csrc/selective_scan/selective_scan.cpp`` (the binding) and the forward kernels
 of ``selective_scan_fwd_kernel.cuh`` instantiated for real float32 / float16 / bfloat16 weights,

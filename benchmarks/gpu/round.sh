@@ -12,10 +12,10 @@
 #   test       the whole test suite (GPU tests included) with pytest-xdist
 #   gputest    only `pytest -m gpu`
 #   bench130m  bench_scan.py on the 130m layer (all masks, all GPU backends, decode 1/64/256)
-#   preset     bench_scan.py --preset issue3
+#   preset     bench_scan.py --preset gpu-grid
 #   e2e        bench_e2e.py (whole-model tokens/s; extra options in E2E_ARGS)
-#   segsweep   the cuda scan on the issue-3 grid at time segments 0 (auto), 4, 16, 32, 64 and 128
-#   decodegraph  the issue-3 decode grid timed as CUDA-graph replays (kernel time, no launch cost)
+#   segsweep   the cuda scan on the GPU grid at time segments 0 (auto), 4, 16, 32, 64 and 128
+#   decodegraph  the GPU decode grid timed as CUDA-graph replays (kernel time, no launch cost)
 #   mamba      build mamba_ssm's forward scan from the checkout in $MAMBA_SRC (benchmarks/gpu/
 #              mamba_baseline.py) and put it on PYTHONPATH: later steps time it as the baseline
 #
@@ -73,8 +73,8 @@ for step in "$@"; do
         --pruned-states both --out "$OUT/scan_h100_130m.json"
       ;;
     preset)
-      run_step preset "$(limit_of preset 300)" $PY benchmarks/bench_scan.py --preset issue3 \
-        --out "$OUT/scan_h100_issue3.json"
+      run_step preset "$(limit_of preset 300)" $PY benchmarks/bench_scan.py --preset gpu-grid \
+        --out "$OUT/scan_h100_gpu_grid.json"
       ;;
     e2e)
       run_step e2e "$(limit_of e2e 300)" $PY benchmarks/bench_e2e.py ${E2E_ARGS:-} --out "$OUT/e2e_h100.json"
@@ -94,12 +94,12 @@ for step in "$@"; do
       fi
       ;;
     decodegraph)
-      run_step decodegraph "$(limit_of decodegraph 200)" $PY benchmarks/bench_scan.py --preset issue3 \
+      run_step decodegraph "$(limit_of decodegraph 200)" $PY benchmarks/bench_scan.py --preset gpu-grid \
         --no-scan --timer graph --out "$OUT/scan_h100_decode_graph.json"
       ;;
     segsweep)
       for P in 0 4 16 32 64 128; do
-        run_step "segsweep_P$P" "$(limit_of segsweep 120)" $PY benchmarks/bench_scan.py --preset issue3 \
+        run_step "segsweep_P$P" "$(limit_of segsweep 120)" $PY benchmarks/bench_scan.py --preset gpu-grid \
           --backends cuda --no-decode --masks dense column50 2:4 --cuda-time-segments "$P" \
           --out "$OUT/scan_h100_segments_P$P.json"
       done
