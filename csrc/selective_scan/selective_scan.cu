@@ -34,10 +34,7 @@ bool needs_feedthrough(const SelectiveScanParams& p) {
   return p.mode == StateMode::kChannel;
 }
 
-// Rows of the feed-through workspace per batch row: one per B / C group pair, or one per channel
-// when B or C is time-invariant (each channel has its own B or C then).
 int feed_groups(const SelectiveScanParams& p) {
-  if (!p.is_variable_B || !p.is_variable_C) return p.dim;
   return p.n_groups_B / gcd(p.n_groups_B, p.n_groups_C) * p.n_groups_C;
 }
 
@@ -151,9 +148,7 @@ const char* selective_scan_fwd_check(const SelectiveScanParams& p) {
   }
   const size_t need = selective_scan_fwd_workspace_bytes(p);
   if (need > 0) {
-    if (detail::feed_groups(p) > 65535) {
-      return "n_groups_B, n_groups_C: lcm(g_B, g_C), or dim with a time-invariant B / C, must be <= 65535";
-    }
+    if (detail::feed_groups(p) > 65535) return "n_groups_B, n_groups_C: lcm(g_B, g_C) must be <= 65535";
     if (p.workspace == nullptr) return "workspace: null pointer (see selective_scan_fwd_workspace_bytes)";
     if (p.workspace_bytes < need) return "workspace_bytes: smaller than selective_scan_fwd_workspace_bytes()";
     if ((reinterpret_cast<uintptr_t>(p.workspace) & 15u) != 0) return "workspace: expected 16-byte alignment";
