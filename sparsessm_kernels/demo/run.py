@@ -232,12 +232,12 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = _log) -> dict[str, 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads.threads)
     try:
-        return _run_demo(opts, device, model_dir, threads, t_start, log)
+        return _demo_steps(opts, device, model_dir, threads, t_start, log)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run_demo(
+def _demo_steps(
     opts: DemoOptions,
     device: torch.device,
     model_dir: Path,
