@@ -2,9 +2,9 @@
 
 Nothing here is specific to one benchmark: environment and version collection, result headers, timing with
 the right clock for the device, robust summary statistics, atomic JSON output and plain-text
-tables. The module imports only the standard library and torch, so it is cheap to load and
-works both as ``benchmarks._common`` and, when a script in this folder runs directly, as
-``_common``.
+tables. The module imports only the standard library, torch and two small private helpers of the
+package (thread choice, timing spreads), so it is cheap to load and works both as
+``benchmarks._common`` and, when a script in this folder runs directly, as ``_common``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from sparsessm_kernels._threads import ThreadChoice, choose_threads
+from sparsessm_kernels._timing import NOT_SIGNIFICANT, Spread, compare, spread
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -148,6 +151,24 @@ def collect_versions(extra: Mapping[str, str | None] | None = None) -> dict[str,
     return versions
 
 
+# ---------------------------------------------------------------------------------- threads
+THREADS_HELP = (
+    "torch CPU threads. Default: automatic, the physical cores available to this process that are idle "
+    "now, at most 4 (an explicit OMP_NUM_THREADS is kept); more threads than idle cores make CPU "
+    "timings many times slower"
+)
+"""``--threads`` help text of every benchmark script."""
+
+
+def apply_threads(requested: int | None) -> ThreadChoice:
+    """Set torch's CPU threads to ``requested`` or, when ``None``, to the automatic choice of
+    ``sparsessm_kernels._threads`` (idle physical cores, at most a few); log the choice."""
+    choice = choose_threads(requested)
+    torch.set_num_threads(choice.threads)
+    log(f"torch CPU threads: {choice.threads} ({choice.reason})")
+    return choice
+
+
 # ----------------------------------------------------------------------------------- timing
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -156,7 +177,8 @@ def synchronize(device: torch.device) -> None:
 
 @dataclass
 class TimingStats:
-    """Summary of repeated timings, all in milliseconds."""
+    """Summary of repeated timings, all in milliseconds (``repeats`` 0: a count the timer did not
+    report)."""
 
     median_ms: float
     min_ms: float
@@ -164,26 +186,66 @@ class TimingStats:
     mean_ms: float
     max_ms: float
     repeats: int
+    q1_ms: float
+    q3_ms: float
 
 
 def summarize(samples_ms: Sequence[float]) -> TimingStats:
-    """Median, min, interquartile range (Q3 - Q1, inclusive quartiles), mean and max."""
+    """Median, min, interquartile range (Q3 - Q1, inclusive quartiles), mean, max and the quartiles."""
     if not samples_ms:
         raise ValueError("summarize: no samples")
-    values = sorted(float(s) for s in samples_ms)
-    if len(values) >= 2:
-        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-        iqr = q3 - q1
-    else:
-        iqr = 0.0
+    s = spread(samples_ms)
     return TimingStats(
-        median_ms=statistics.median(values),
-        min_ms=values[0],
-        iqr_ms=iqr,
-        mean_ms=statistics.fmean(values),
-        max_ms=values[-1],
-        repeats=len(values),
+        median_ms=s.median,
+        min_ms=s.min,
+        iqr_ms=s.q3 - s.q1,
+        mean_ms=statistics.fmean(float(v) for v in samples_ms),
+        max_ms=s.max,
+        repeats=len(samples_ms),
+        q1_ms=s.q1,
+        q3_ms=s.q3,
     )
+
+
+def timing_row_fields(stats: TimingStats) -> dict[str, float | int]:
+    """The timing fields of a result row: ``median_ms``, ``min_ms``, ``q1_ms``, ``q3_ms``,
+    ``iqr_ms``, ``max_ms``, ``mean_ms``, ``repeats``."""
+    return {
+        "median_ms": stats.median_ms,
+        "min_ms": stats.min_ms,
+        "q1_ms": stats.q1_ms,
+        "q3_ms": stats.q3_ms,
+        "iqr_ms": stats.iqr_ms,
+        "max_ms": stats.max_ms,
+        "mean_ms": stats.mean_ms,
+        "repeats": stats.repeats,
+    }
+
+
+def row_spread(row: Mapping[str, Any]) -> Spread:
+    """The :class:`~sparsessm_kernels._timing.Spread` of a result row's timing fields."""
+    return Spread(
+        row["min_ms"], row["q1_ms"], row["median_ms"], row["q3_ms"], row["max_ms"], row["repeats"] or None
+    )
+
+
+def speedup_of(base: Mapping[str, Any] | None, row: Mapping[str, Any]) -> tuple[float | None, bool | None]:
+    """``(base median / row median, significant)`` for two result rows: significant when their
+    quartile ranges do not overlap (``sparsessm_kernels._timing.compare``). ``(None, None)`` without
+    a base; ``(1.0, None)`` for the base itself."""
+    if base is None:
+        return None, None
+    if base is row:
+        return 1.0, None
+    speedup = compare(row_spread(base), row_spread(row))
+    return (speedup.ratio, speedup.significant) if speedup else (None, None)
+
+
+def fmt_speedup(value: float | None, significant: bool | None) -> str:
+    """A speedup for a table: ``"1.2x"``, ``"not significant"`` when the spreads overlap, ``-``."""
+    if value is not None and significant is False:
+        return NOT_SIGNIFICANT
+    return fmt_float(value, suffix="x")
 
 
 class GraphCaptureError(RuntimeError):

@@ -150,12 +150,9 @@ class Bench:
             "sparsity": extra.pop("sparsity", 0.0),
             "pruned_states": extra.pop("pruned_states", None),
             "state": extra.pop("state", None),
-            "median_ms": stats.median_ms,
-            "min_ms": stats.min_ms,
-            "iqr_ms": stats.iqr_ms,
-            "mean_ms": stats.mean_ms,
-            "repeats": stats.repeats,
+            **common.timing_row_fields(stats),
             "speedup_vs_dense": None,
+            "speedup_vs_dense_significant": None,
             "speedup_vs_transformers": None,
             "max_abs_err_vs_reference": err,
             **extra,
@@ -330,20 +327,21 @@ class Bench:
                 )
 
     def fill_speedups(self) -> None:
-        dense: dict[tuple, float] = {}
+        dense: dict[tuple, dict[str, Any]] = {}
         for row in self.results:
             s = row["shape"]
             if row["kind"] == "proj":
                 key = ("proj", row["model"], row["projection"], s["l"])
                 if row["backend"] == "dense":
-                    dense[key] = row["median_ms"]
+                    dense[key] = row
             else:
                 key = (row["kind"], row["model"], s["b"], s["l"])
                 if row["mask"] == "dense":
-                    dense[key] = row["median_ms"]
+                    dense[key] = row
             row["_key"] = key
         for row in self.results:
-            row["speedup_vs_dense"] = common.ratio(dense.get(row.pop("_key")), row["median_ms"])
+            base = dense.get(row.pop("_key"))
+            row["speedup_vs_dense"], row["speedup_vs_dense_significant"] = common.speedup_of(base, row)
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -411,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="relative error bound of the correctness guard. Default: 1e-3 fp32, 6e-2 bf16",
     )
     p.add_argument("--device", default="auto", help="auto (cuda if visible), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
+    p.add_argument("--threads", type=int, default=None, help=common.THREADS_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny smoke configuration (seconds)")
     p.add_argument(
@@ -473,7 +471,7 @@ def render(results: list[dict[str, Any]]) -> str:
             "median": common.fmt_float(r["median_ms"]),
             "iqr": common.fmt_float(r["iqr_ms"]),
             "tps": common.fmt_float(r.get("tokens_per_s")),
-            "speedup": common.fmt_float(r["speedup_vs_dense"], suffix="x"),
+            "speedup": common.fmt_speedup(r["speedup_vs_dense"], r.get("speedup_vs_dense_significant")),
             "err": f"{r['max_abs_err_vs_reference']:.1e}",
             "kind": r["kind"],
             "proj": r.get("projection"),
@@ -526,8 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     device = common.resolve_device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads: expected an integer >= 1, got {args.threads}")
+    threads = common.apply_threads(args.threads)
+    args.threads = threads.threads
     notes = resolve_args(args, device)
     dtype = DTYPES[args.dtype]
     if dtype != torch.float32 and device.type != "cuda":
@@ -571,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             "semi_structured": {"path": proj_path, "reason": proj_reason},
             "tolerance": bench.tol,
             "device": str(device),
+            "threads_reason": threads.reason,
             "notes": notes,
             **common.run_provenance(argv, out_path),
         }

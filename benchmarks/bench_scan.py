@@ -420,7 +420,7 @@ def time_do_bench(fn: Callable[[], Any]) -> common.TimingStats:
         samples = do_bench(fn, return_mode="all")
     except (TypeError, ValueError, AssertionError):  # a Triton without return_mode="all"
         median, low, q1, q3, high = do_bench(fn, quantiles=[0.5, 0.0, 0.25, 0.75, 1.0])
-        return common.TimingStats(median, low, q3 - q1, median, high, 0)
+        return common.TimingStats(median, low, q3 - q1, median, high, 0, q1, q3)  # 0: count not reported
     return common.summarize(list(samples))
 
 
@@ -497,13 +497,11 @@ class Bench:
             "time_ms": stats.median_ms,
             "gbps": gbps,
             "peak_fraction": gbps / self.peak_gbps if gbps is not None and self.peak_gbps else None,
-            "median_ms": stats.median_ms,
-            "min_ms": stats.min_ms,
-            "iqr_ms": stats.iqr_ms,
-            "mean_ms": stats.mean_ms,
-            "repeats": stats.repeats,
+            **common.timing_row_fields(stats),
             "speedup_vs_dense": None,
+            "speedup_vs_dense_significant": None,
             "speedup_vs_transformers": None,
+            "speedup_vs_transformers_significant": None,
             "max_abs_err_vs_reference": err.abs,
             "rel_err_vs_reference": err.rel,
         }
@@ -759,18 +757,20 @@ class Bench:
             s = row["shape"]
             return row["kind"], s["b"], s["d"], s["n"], s["l"]
 
-        dense_time: dict[tuple, float] = {}
-        tf_time: dict[tuple, float] = {}
+        dense_row: dict[tuple, dict[str, Any]] = {}
+        tf_row: dict[tuple, dict[str, Any]] = {}
         for row in self.results:
             if row["mask"] == "dense":
-                dense_time[(*key(row), row["backend"])] = row["median_ms"]
+                dense_row[(*key(row), row["backend"])] = row
             if row["backend"] == TF_BACKEND:
-                tf_time[key(row)] = row["median_ms"]
+                tf_row[key(row)] = row
         for row in self.results:
-            row["speedup_vs_dense"] = common.ratio(
-                dense_time.get((*key(row), row["backend"])), row["median_ms"]
+            dense = dense_row.get((*key(row), row["backend"]))
+            row["speedup_vs_dense"], row["speedup_vs_dense_significant"] = common.speedup_of(dense, row)
+            tf = tf_row.get(key(row))
+            row["speedup_vs_transformers"], row["speedup_vs_transformers_significant"] = common.speedup_of(
+                tf, row
             )
-            row["speedup_vs_transformers"] = common.ratio(tf_time.get(key(row)), row["median_ms"])
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -920,12 +920,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", default="auto", help="auto (cuda if visible, else cpu), cpu, cuda or cuda:N"
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch.set_num_threads for CPU runs. Default: torch's default",
-    )
+    parser.add_argument("--threads", type=int, default=None, help=common.THREADS_HELP)
     parser.add_argument(
         "--cuda-time-segments",
         type=int,
@@ -1034,8 +1029,10 @@ def render_table(results: list[dict[str, Any]]) -> str:
                 "iqr_s": common.fmt_float(r["iqr_ms"]),
                 "gbps_s": common.fmt_float(r["gbps"]),
                 "peak_s": "-" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.0f}%",
-                "dense_s": common.fmt_float(r["speedup_vs_dense"], suffix="x"),
-                "tf_s": common.fmt_float(r["speedup_vs_transformers"], suffix="x"),
+                "dense_s": common.fmt_speedup(r["speedup_vs_dense"], r.get("speedup_vs_dense_significant")),
+                "tf_s": common.fmt_speedup(
+                    r["speedup_vs_transformers"], r.get("speedup_vs_transformers_significant")
+                ),
                 "err_s": f"{r['rel_err_vs_reference']:.1e}",
             }
         )
@@ -1052,8 +1049,10 @@ def main(argv: list[str] | None = None) -> int:
             f"CUDA device; this run is on {device.type}. Run without --preset for the torch backend "
             "at CPU sizes"
         )
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads: expected an integer >= 1, got {args.threads}")
+    threads = common.apply_threads(args.threads)
+    args.threads = threads.threads
     segments = args.cuda_time_segments
     if segments != 0 and not (0 < segments <= 128 and segments & (segments - 1) == 0):
         parser.error(f"--cuda-time-segments: expected 0 (auto) or a power of two <= 128, got {segments}")
@@ -1112,6 +1111,7 @@ def main(argv: list[str] | None = None) -> int:
             "backends": backends,
             "tolerance": bench.tol,
             "device": str(device),
+            "threads_reason": threads.reason,
             **common.run_provenance(argv, out_path),
         }
     )

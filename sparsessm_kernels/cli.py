@@ -644,7 +644,7 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
         "--eval-windows",
         type=_positive_int,
         default=None,
-        help="held-out windows scored per model (default 128)",
+        help="held-out windows scored per model (default 64)",
     )
     parser.add_argument(
         "--scan-seqlen",
@@ -659,6 +659,14 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
         help="timed repetitions per scan, median kept (default 10)",
     )
     parser.add_argument("--seed", type=int, default=0, help="calibration windows and scan inputs (default 0)")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch CPU threads (default: the physical cores available to this process that are idle "
+        "now, at most 4; an explicit OMP_NUM_THREADS is kept). More threads than idle cores slow the "
+        "demo down many times over",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -677,7 +685,7 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo.run import REPORT_NAME, DemoOptions, format_demo_table, run_demo
 
-    names = ("seqlen", "nsamples", "eval_seqlen", "eval_windows", "scan_seqlen", "repeats")
+    names = ("seqlen", "nsamples", "eval_seqlen", "eval_windows", "scan_seqlen", "repeats", "threads")
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     common = {"out": args.out, "device": args.device, "seed": args.seed, "plot": args.plot}
 

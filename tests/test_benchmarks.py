@@ -32,7 +32,11 @@ RESULT_KEYS = {
     "median_ms": float,
     "min_ms": float,
     "iqr_ms": float,
+    "q1_ms": float,
+    "q3_ms": float,
+    "max_ms": float,
     "speedup_vs_dense": (float, type(None)),
+    "speedup_vs_dense_significant": (bool, type(None)),
     "speedup_vs_transformers": (float, type(None)),
     "max_abs_err_vs_reference": float,
     "rel_err_vs_reference": float,
@@ -127,8 +131,8 @@ def test_quick_results_schema_and_correctness(quick_json):
         if row["kind"] == "decode":
             assert row["shape"]["l"] == 1
             assert row["state"] in ("full", "compact")
-        assert 0 <= row["min_ms"] <= row["median_ms"]
-        assert row["iqr_ms"] >= 0
+        assert 0 <= row["min_ms"] <= row["q1_ms"] <= row["median_ms"] <= row["q3_ms"] <= row["max_ms"]
+        assert row["iqr_ms"] == pytest.approx(row["q3_ms"] - row["q1_ms"])
         for key in ("speedup_vs_dense", "speedup_vs_transformers"):
             assert row[key] is None or (math.isfinite(row[key]) and row[key] > 0)
         assert math.isfinite(row["max_abs_err_vs_reference"])
@@ -288,6 +292,7 @@ def test_common_helpers(tmp_path, monkeypatch):
     assert stats.median_ms == 3.0 and stats.min_ms == 1.0 and stats.max_ms == 5.0
     assert stats.iqr_ms == pytest.approx(2.0)  # inclusive quartiles 2 and 4
     assert common.summarize([7.0]).iqr_ms == 0.0
+    assert (stats.q1_ms, stats.q3_ms) == (2.0, 4.0)
     assert common.ratio(10.0, 4.0) == 2.5 and common.ratio(None, 1.0) is None and common.ratio(1.0, 0) is None
     assert common.slugify("NVIDIA H100 80GB HBM3") == "nvidia_h100_80gb_hbm3"
 
@@ -325,3 +330,20 @@ def test_kept_state_inputs_is_the_column_mask_under_remove():
         *bs.scan_args(bs._f64(inputs)), True, state_mask=layout, pruned_states="remove"
     )
     torch.testing.assert_close(dense_on_kept, removed, rtol=1e-12, atol=1e-12)
+
+
+def test_common_speedup_significance(monkeypatch):
+    common = _load_common(monkeypatch)
+
+    def row(samples):
+        return common.timing_row_fields(common.summarize(samples))
+
+    dense = row([10.0, 10.5, 11.0, 11.5, 12.0])
+    faster, noisy, few = row([5.0, 5.5, 6.0, 6.5, 7.0]), row([9.0, 10.0, 11.0, 12.0, 13.0]), row([5.0, 6.0])
+    assert common.speedup_of(dense, faster) == (pytest.approx(11.0 / 6.0), True)
+    assert common.speedup_of(dense, noisy)[1] is False  # quartile ranges overlap
+    assert common.speedup_of(dense, few)[1] is False  # two samples say nothing about the spread
+    assert common.speedup_of(dense, dense) == (1.0, None) and common.speedup_of(None, faster) == (None, None)
+    assert common.fmt_speedup(11.0 / 6.0, True) == "1.83x"
+    assert common.fmt_speedup(1.0, False) == "not significant"
+    assert common.fmt_speedup(1.0, None) == "1x" and common.fmt_speedup(None, None) == "-"

@@ -98,7 +98,8 @@ WHOLE_ALPHA = 0.04
 PROJECTION_METHODS = ("sparsegpt", "wanda", "magnitude")
 FULL_SIZES = {"nsamples": 32, "seqlen": 256, "eval_seqlen": 512, "eval_windows": 128}
 QUICK_SIZES = {"nsamples": 4, "seqlen": 128, "eval_seqlen": 256, "eval_windows": 4}
-"""Calibration and evaluation sizes (the demo's defaults; ``--quick``: a smoke run in seconds)."""
+"""Calibration and evaluation sizes (the demo's, with twice its 64 evaluation windows; ``--quick``: a
+smoke run in seconds)."""
 
 
 def nm_pattern(sparsity: float, m: int = NM_GROUP) -> str | None:
@@ -356,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a WikiText-2 test file (UTF-8 text) to also evaluate on; without it that column is skipped",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=_positive, default=None, help="torch.set_num_threads for CPU runs")
+    p.add_argument("--threads", type=_positive, default=None, help=common.THREADS_HELP)
     p.add_argument("--seed", type=int, default=0, help="calibration windows and the random method")
     p.add_argument("--nsamples", type=_positive, default=None, help="calibration windows (default 32)")
     p.add_argument(
@@ -459,8 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed < 0:
         parser.error(f"--seed: expected an integer >= 0, got {args.seed}")
     device = common.resolve_device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    threads = common.apply_threads(args.threads)
     out_path = args.out or DEFAULT_OUT
     common.check_out_path(parser, out_path)
     try:
@@ -548,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         "whole_sparsity": WHOLE_SPARSITY,
         "whole_alpha": WHOLE_ALPHA,
         "device": str(device),
-        "threads": torch.get_num_threads(),
+        "threads": threads.threads,
+        "threads_reason": threads.reason,
         **common.run_provenance(argv, out_path),
     }
     model_cfg = dense.config

@@ -30,6 +30,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _common as common
+
 from sparsessm_kernels._io import OutputPathError, atomic_directory, check_output_dir, write_text_atomic
 from sparsessm_kernels.models import MambaLM, MambaLMConfig
 
@@ -127,15 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         help="stop after this many steps (the lr schedule still spans --steps); reproduces a run that "
         "--max-minutes cut short",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None, help=common.THREADS_HELP)
     p.add_argument("--log-every", type=int, default=10)
     args = p.parse_args(argv)
     try:
         check_output_dir(args.out, "--out", overwrite=args.overwrite, overwrite_hint="--overwrite")
     except OutputPathError as exc:
         p.error(str(exc))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads: expected an integer >= 1, got {args.threads}")
+    threads = common.apply_threads(args.threads)
 
     root, files = stdlib_files()
     train_files, held_files = split_files(files)
@@ -243,11 +247,13 @@ def main(argv: list[str] | None = None) -> int:
             "reproduce": (
                 f"python benchmarks/quality/train_tiny.py --seed {args.seed} --d-model {args.d_model} "
                 f"--n-layer {args.n_layer} --seqlen {args.seqlen} --batch-size {args.batch_size} "
-                f"--steps {args.steps} --lr {args.lr} --stop-step {steps_done} --max-minutes 1000 --overwrite"
+                f"--steps {args.steps} --lr {args.lr} --stop-step {steps_done} --max-minutes 1000 "
+                f"--overwrite --threads {threads.threads}"
             ),
             "train_seconds": round(train_seconds, 1),
             "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
+            "threads": threads.threads,
+            "threads_reason": threads.reason,
             "final_train_loss": curve[-1]["loss"],
             "heldout_nll_256x64": held_loss,
             "heldout_ppl_256x64": math.exp(held_loss),

@@ -10,17 +10,21 @@ Steps, all on the embedded checkpoint :data:`MODEL_DIR`:
 4. the sparse scan of each case on a layer-shaped input (layer 0's ``A`` and mask, ``(1, d_inner,
    scan_seqlen)`` random inputs) with the best available backend: its error against the float64
    reference ``selective_scan_ref`` on the first ``check_seqlen`` steps, and its time against the
-   dense scan on the same backend.
+   dense scan on the same backend (``repeats`` interleaved calls each: median, quartiles, and the
+   speedup only when the quartile ranges do not overlap).
+
+The CPU work runs on ``threads`` torch threads, chosen by ``sparsessm_kernels._threads`` unless
+given: the idle physical cores available to the process, at most a few.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-import statistics
 import sys
 import sysconfig
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,8 @@ from typing import Any
 import torch
 
 from .._io import check_writable_dir, write_text_atomic
+from .._threads import ThreadChoice, choose_threads, describe
+from .._timing import Speedup, Spread, compare, time_interleaved
 
 MODEL_DIR = Path(__file__).resolve().parent / "tiny_mamba"
 """The embedded checkpoint (HF layout)."""
@@ -56,13 +62,15 @@ class DemoOptions:
     seqlen: int = 256
     nsamples: int = 32
     eval_seqlen: int = 512
-    eval_windows: int = 128
+    eval_windows: int = 64
     scan_seqlen: int = 2048
     check_seqlen: int = 256
     repeats: int = 10
     seed: int = 0
     plot: bool = True
     model_dir: str | None = None
+    threads: int | None = None
+    """torch CPU threads; ``None``: chosen automatically (see ``sparsessm_kernels._threads``)."""
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoOptions:
@@ -74,7 +82,7 @@ class DemoOptions:
             "eval_windows": 4,
             "scan_seqlen": 256,
             "check_seqlen": 64,
-            "repeats": 2,
+            "repeats": 5,
         }
         base.update(overrides)
         return cls(**base)
@@ -85,8 +93,12 @@ class DemoOptions:
             low = 2 if name in ("seqlen", "eval_seqlen") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
-            raise ValueError(f"repeats: expected an integer >= 1, got {self.repeats!r}")
+        for name in ("repeats", "threads"):
+            value = getattr(self, name)
+            if value is None and name == "threads":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
         check_writable_dir(self.out, "--out")
 
 
@@ -123,20 +135,6 @@ def _train_tokens(model_dir: Path) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- scan
-def _time_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
-
-
 def _scan_inputs(d: int, n: int, length: int, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     u, delta, z = (torch.randn(1, d, length, generator=g) for _ in range(3))
@@ -153,7 +151,7 @@ def scan_check(
     opts: DemoOptions,
     device: torch.device,
 ) -> dict[str, Any]:
-    """Backend, reference error and dense / sparse timings of one layer's scan."""
+    """Backend, reference error and dense / sparse timings (median and spread, ms) of one layer's scan."""
     from ..ops import selective_scan, selective_scan_ref
     from ..ops.dispatch import resolve_backend
 
@@ -194,15 +192,23 @@ def scan_check(
         pruned_states=pruned_states,
     )
     err = float((got.double() - ref).abs().max())
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     with torch.no_grad():
-        dense_ms = _time_ms(lambda: run(None, x), device, opts.repeats)
-        scan_ms = _time_ms(lambda: run(layout, x), device, opts.repeats)
+        dense, sparse = time_interleaved([lambda: run(None, x), lambda: run(layout, x)], opts.repeats, sync)
+    return {"backend": backend, **timing_fields(dense, sparse), "max_abs_err_vs_reference": err}
+
+
+def timing_fields(dense: Spread, sparse: Spread) -> dict[str, Any]:
+    """A result row's timing fields: medians, spreads and the speedup with its significance."""
+    speedup = compare(dense, sparse)
     return {
-        "backend": backend,
-        "dense_scan_ms": dense_ms,
-        "scan_ms": scan_ms,
-        "speedup": dense_ms / scan_ms if scan_ms > 0 else None,
-        "max_abs_err_vs_reference": err,
+        "dense_scan_ms": dense.median,
+        "scan_ms": sparse.median,
+        "dense_scan_spread_ms": dense.as_dict(),
+        "scan_spread_ms": sparse.as_dict(),
+        "speedup": speedup.ratio if speedup else None,
+        "speedup_range": [speedup.low, speedup.high] if speedup else None,
+        "speedup_significant": bool(speedup and speedup.significant),
     }
 
 
@@ -213,15 +219,35 @@ def _log(msg: str) -> None:
 
 def run_demo(opts: DemoOptions, log: Callable[[str], None] = _log) -> dict[str, Any]:
     """Run the demo; writes ``demo_report.json`` (and the PNG when matplotlib is installed)."""
-    from ..models import MambaLM
-    from ..ops import StateLayout
-    from ..prune import PruneConfig, calibration_windows, evaluate_perplexity, prune_model
     from ..prune.run import resolve_device
 
     opts.validate()
     device = resolve_device(opts.device)
     model_dir = Path(opts.model_dir) if opts.model_dir else MODEL_DIR
     t_start = time.perf_counter()
+    threads = choose_threads(opts.threads)
+    log(f"torch CPU threads: {threads.threads} ({threads.reason}; --threads N to choose)")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads.threads)
+    try:
+        return _demo_steps(opts, device, model_dir, threads, t_start, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _demo_steps(
+    opts: DemoOptions,
+    device: torch.device,
+    model_dir: Path,
+    threads: ThreadChoice,
+    t_start: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    from ..models import MambaLM
+    from ..ops import StateLayout
+    from ..prune import PruneConfig, calibration_windows, evaluate_perplexity, prune_model
+    from ..prune.run import _model_info
+
     held = heldout_tokens(model_dir)
     calib = calibration_windows(_train_tokens(model_dir), opts.nsamples, opts.seqlen, opts.seed)
 
@@ -240,7 +266,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = _log) -> dict[str, 
     results = []
     for method, pattern in DEMO_CASES:
         t0 = time.perf_counter()
-        model = MambaLM.from_pretrained(model_dir)
+        model = copy.deepcopy(dense)
         cfg = PruneConfig(method=method, targets="ssm", pattern=pattern, sparsity=None, seed=opts.seed)
         res = prune_model(model, calib, cfg, device=device, progress=False)
         if pattern == "column":
@@ -262,11 +288,10 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = _log) -> dict[str, 
             f"{row['dense_scan_ms']:.2f} ms ({time.perf_counter() - t0:.1f}s)"
         )
 
-    from ..prune.run import _model_info
-
     report = {
         "model": {"dir": str(model_dir), "name": model_dir.name, **_model_info(dense)},
         "device": _device_name(device),
+        "threads": {"count": threads.threads, "reason": threads.reason},
         "dense_ppl": dense_ppl,
         "results": results,
         "settings": asdict(opts),
@@ -296,7 +321,63 @@ def _device_name(device: torch.device) -> str:
         return f"{device} ({torch.cuda.get_device_name(device)})"
     import platform
 
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({platform.machine()}, {describe(torch.get_num_threads())})"
+
+
+def axis_limits(values: Sequence[float], pad: float = 0.3, floor: float | None = None) -> tuple[float, float]:
+    """Axis limits around ``values``: their range widened by ``pad`` of it on each side (by 1% of
+    the value when all are equal), the lower limit no less than ``floor``. Perplexities of 4.39
+    and 4.67 stay apart instead of sitting on bars that start at 0."""
+    low, high = min(values), max(values)
+    span = high - low or abs(high) * 0.01 or 1.0
+    low, high = low - pad * span, high + pad * span
+    return (low if floor is None else max(floor, low)), high
+
+
+def demo_figure(report: dict[str, Any]) -> Any:
+    """The report's figure (matplotlib, imported by the caller): held-out perplexity per case
+    against dense, and the scan speedup with its quartile range (grey: not significant)."""
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    labels = [f"{r['method']}\n{r['pattern']}" for r in rows]
+    x = list(range(len(rows)))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+
+    ppl = [r["ppl"] for r in rows]
+    ax1.plot(x, ppl, "o", color="tab:blue", markersize=8)
+    for xi, value in zip(x, ppl):
+        ax1.annotate(f"{value:.3f}", (xi, value), textcoords="offset points", xytext=(0, 8), ha="center")
+    ax1.axhline(report["dense_ppl"], color="black", linestyle="--", label=f"dense {report['dense_ppl']:.3f}")
+    ax1.set_ylim(*axis_limits([*ppl, report["dense_ppl"]]))
+    ax1.set_ylabel("held-out perplexity per byte (axis not from 0)")
+    ax1.legend(loc="best")
+
+    timed = [(xi, r) for xi, r in zip(x, rows) if r.get("speedup")]
+    for xi, r in timed:
+        low, high = r["speedup_range"]
+        color = "tab:green" if r["speedup_significant"] else "tab:gray"
+        ax2.errorbar(
+            [xi],
+            [r["speedup"]],
+            yerr=[[r["speedup"] - low], [high - r["speedup"]]],
+            fmt="o",
+            color=color,
+            capsize=4,
+        )
+        text = f"{r['speedup']:.2f}x" if r["speedup_significant"] else f"{r['speedup']:.2f}x\nn.s."
+        ax2.annotate(text, (xi, high), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax2.axhline(1.0, color="black", linestyle="--")
+    ranges = [v for _, r in timed for v in r["speedup_range"]]
+    ax2.set_ylim(*axis_limits([1.0, *ranges], floor=0.0))
+    ax2.set_ylabel("scan speedup vs dense (median, Q1-Q3 range)")
+    for ax in (ax1, ax2):
+        ax.set_xticks(x, labels)
+        ax.set_xlim(-0.5, len(rows) - 0.5)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"sparsessm demo, 50% SSM sparsity, {report['device']}")
+    fig.tight_layout()
+    return fig
 
 
 def _plot(report: dict[str, Any], path: Path, log: Callable[[str], None]) -> str | None:
@@ -310,20 +391,7 @@ def _plot(report: dict[str, Any], path: Path, log: Callable[[str], None]) -> str
         return None
     from .._io import atomic_path
 
-    rows = report["results"]
-    labels = [f"{r['method']}\n{r['pattern']}" for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.bar(labels, [r["ppl"] for r in rows], color="tab:blue")
-    ax1.axhline(report["dense_ppl"], color="black", linestyle="--", label=f"dense {report['dense_ppl']:.2f}")
-    ax1.set_ylabel("held-out perplexity (bytes)")
-    ax1.legend()
-    ax2.bar(labels, [r["speedup"] or 0.0 for r in rows], color="tab:green")
-    ax2.axhline(1.0, color="black", linestyle="--")
-    ax2.set_ylabel("scan speedup vs dense")
-    for ax in (ax1, ax2):
-        ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(f"sparsessm demo, 50% SSM sparsity, {report['device']}")
-    fig.tight_layout()
+    fig = demo_figure(report)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
@@ -331,15 +399,16 @@ def _plot(report: dict[str, Any], path: Path, log: Callable[[str], None]) -> str
 
 
 def format_demo_table(report: dict[str, Any]) -> str:
-    """The demo's one table (plain text)."""
+    """The demo's one table (plain text). Scan times are medians with their quartiles in brackets;
+    a speedup whose quartile ranges overlap reads "not significant"."""
     header = [
         "method",
         "pattern",
         "sparsity",
         "ppl",
         "backend",
-        "dense ms",
-        "sparse ms",
+        "dense ms (Q1-Q3)",
+        "sparse ms (Q1-Q3)",
         "speedup",
         "max err",
     ]
@@ -352,9 +421,9 @@ def format_demo_table(report: dict[str, Any]) -> str:
                 f"{r['sparsity']:.2f}",
                 f"{r['ppl']:.3f}",
                 r["backend"],
-                f"{r['dense_scan_ms']:.2f}",
-                f"{r['scan_ms']:.2f}",
-                f"{r['speedup']:.2f}x" if r["speedup"] else "-",
+                Spread(**r["dense_scan_spread_ms"]).format(),
+                Spread(**r["scan_spread_ms"]).format(),
+                _speedup_text(r),
                 f"{r['max_abs_err_vs_reference']:.1e}",
             ]
         )
@@ -366,6 +435,13 @@ def format_demo_table(report: dict[str, Any]) -> str:
     title = (
         f"model {m['name']} ({m['params']:,} params, {m['n_layer']} layers), device {report['device']}, "
         f"held-out perplexity per byte; scan (1, {report['scan_shape']['d_inner']}, "
-        f"{report['scan_shape']['d_state']}, {report['scan_shape']['seqlen']})"
+        f"{report['scan_shape']['d_state']}, {report['scan_shape']['seqlen']}), "
+        f"{report['settings']['repeats']} timed calls each"
     )
     return title + "\n" + "\n".join(lines)
+
+
+def _speedup_text(row: dict[str, Any]) -> str:
+    if row["speedup"] is None:
+        return "-"
+    return Speedup(row["speedup"], *row["speedup_range"], row["speedup_significant"]).format()
