@@ -14,7 +14,7 @@ import torch
 import sparsessm_kernels as ssk
 from sparsessm_kernels.ops import StateLayout
 from sparsessm_kernels.ops.reference import selective_scan_ref
-from sparsessm_kernels.ops.triton.selective_scan import selective_scan_triton
+from sparsessm_kernels.ops.triton.selective_scan import ScanConfig, selective_scan_triton
 from tests.scan_cases import (
     BF16_ROUND_TO_NEAREST,
     BF16_TRUNCATE,
@@ -30,10 +30,15 @@ from .conftest import DEVICE, INTERPRETED, TRITON_TOLERANCES
 @dataclass(frozen=True)
 class TritonCase:
     case: ScanCase
-    segments: int | None = None  # None: the kernel's own choice; >1 forces the two-pass scan
+    block_d: int | None = None  # None: the configuration table's choice
     chunk: int | None = None
-    block_d: int | None = None
     pruned: tuple[str, ...] = ("zero_transition", "remove")
+
+    @property
+    def config(self) -> ScanConfig | None:
+        if self.block_d is None and self.chunk is None:
+            return None
+        return ScanConfig(self.block_d or 4, self.chunk or 16, 4)
 
 
 def _c(name: str, **kw) -> ScanCase:
@@ -41,47 +46,54 @@ def _c(name: str, **kw) -> ScanCase:
 
 
 CASES = [
-    # sequence lengths: 1, 63 and 300 (several chunks, carried state, two-pass and one pass)
+    # sequence lengths: 1, inside one chunk, exact chunks, crossing chunks (carried states)
     TritonCase(_c("l1", seqlen=1)),
-    TritonCase(_c("l63_two_pass", seqlen=63, batch=2), segments=2, chunk=16),
-    TritonCase(_c("l63_one_pass", seqlen=63, batch=2), segments=1, chunk=16),
-    TritonCase(_c("l300_two_pass", seqlen=300, d=6, mask="2:4"), segments=3, chunk=64),
+    TritonCase(_c("l1_chunk16", seqlen=1), block_d=4, chunk=16),
+    TritonCase(_c("l13_one_padded_chunk", seqlen=13, batch=2), block_d=4, chunk=16),
+    TritonCase(_c("l64_exact_chunks", seqlen=64, batch=2), block_d=4, chunk=16),
+    TritonCase(_c("l63_crosses_chunks", seqlen=63, batch=2), block_d=4, chunk=16),
+    TritonCase(_c("l300_2_4", seqlen=300, d=6, mask="2:4"), block_d=2, chunk=64),
     TritonCase(_c("l300_column", seqlen=300, d=6, mask="column"), chunk=64),
     TritonCase(_c("l300_n16_dense_default_config", seqlen=300, n=16, d=8, batch=2)),
-    TritonCase(_c("l300_unstructured_n16", seqlen=300, n=16, d=8, mask="unstructured"), segments=4, chunk=32),
-    # d not a multiple of the channel block
-    TritonCase(_c("d37_block16", d=37, batch=2), block_d=16),
+    TritonCase(_c("l300_unstructured_n16", seqlen=300, n=16, d=8, mask="unstructured"), block_d=4, chunk=32),
+    # d not a multiple of the channel block; one channel per program
+    TritonCase(_c("d37_block16", d=37, batch=2), block_d=16, chunk=16),
+    TritonCase(_c("d5_block1", d=5, seqlen=40, mask="column", n=8), block_d=1, chunk=16),
+    TritonCase(_c("d7_block2_2_4", d=7, seqlen=40, mask="2:4", n=8), block_d=2, chunk=16),
     # n in {4, 16, 32}
     TritonCase(_c("n16_dense", n=16)),
     TritonCase(_c("n32_unstructured", n=32, d=6, seqlen=9, mask="unstructured_sparse")),
     # masks
-    TritonCase(_c("column", n=16, mask="column", batch=2), segments=2, chunk=16),
-    TritonCase(_c("nm_2_4", n=16, mask="2:4", batch=2), segments=2, chunk=16),
-    TritonCase(_c("unstructured", n=16, mask="unstructured"), segments=2, chunk=16),
+    TritonCase(_c("column", n=16, mask="column", batch=2), chunk=16),
+    TritonCase(_c("nm_2_4", n=16, mask="2:4", batch=2), chunk=16),
+    TritonCase(_c("unstructured", n=16, mask="unstructured"), chunk=16),
     TritonCase(_c("unstructured_sparse", n=16, mask="unstructured_sparse", batch=2)),
     TritonCase(_c("all_kept_column", n=8, mask="all_kept")),
-    TritonCase(_c("channel_with_every_state_pruned", n=8, mask="empty_channel"), segments=2, chunk=16),
+    TritonCase(_c("channel_with_every_state_pruned", n=8, mask="empty_channel"), chunk=16),
     TritonCase(_c("column_all_pruned", n=8, mask="all_pruned_column")),
-    # grouped B/C: group per channel block (row loads) and groups inside a block (gathers)
+    TritonCase(_c("column_all_pruned_chunks", n=8, seqlen=40, mask="all_pruned_column"), chunk=16),
+    # grouped B/C: group per channel block (rows shared) and groups inside a block (gathers)
     TritonCase(_c("grouped_uniform_blocks", d=16, groups=2, mask="column"), block_d=8),
     TritonCase(_c("grouped_inside_block", d=12, groups=3, mask="none"), block_d=8),
-    TritonCase(_c("grouped_2_4", d=16, n=8, groups=4, mask="2:4"), block_d=4, segments=2, chunk=16),
+    TritonCase(_c("grouped_2_4", d=16, n=8, groups=4, mask="2:4"), block_d=4, chunk=16),
+    TritonCase(
+        _c("grouped_column_inside_block", d=12, n=8, groups=3, mask="column", seqlen=40), block_d=8, chunk=16
+    ),
     # optional inputs
     TritonCase(_c("no_z", with_z=False, mask="2:4", n=8)),
     TritonCase(_c("no_D_no_bias", with_D=False, with_bias=False, mask="column", n=8)),
     TritonCase(_c("no_optionals_no_softplus", with_D=False, with_z=False, with_bias=False, softplus=False)),
     # dtypes (fp32 state and math)
-    TritonCase(_c("fp16_2_4", dtype=torch.float16, mask="2:4", n=8), segments=2, chunk=16),
+    TritonCase(_c("fp16_2_4", dtype=torch.float16, mask="2:4", n=8), chunk=16),
     TritonCase(_c("bf16_column", dtype=torch.bfloat16, mask="column", n=8)),
     TritonCase(_c("bf16_dense", dtype=torch.bfloat16, n=8), pruned=("zero_transition",)),
     TritonCase(_c("fp64_unstructured", dtype=torch.float64, mask="unstructured", n=8)),
-    # time-invariant (d, n) B / C: a grouped view with stride 0 over batch and time, g = d
+    TritonCase(_c("fp64_column_chunks", dtype=torch.float64, mask="column", n=8, seqlen=40), chunk=16),
+    # time-invariant (d, n) B / C: a value per (channel, state), no batch or time stride
     TritonCase(_c("fixed_B", fixed="B", batch=2)),
-    TritonCase(_c("fixed_C_two_pass", fixed="C", seqlen=63, n=8, mask="column"), segments=3, chunk=16),
+    TritonCase(_c("fixed_C_chunks", fixed="C", seqlen=63, n=8, mask="column"), chunk=16),
     TritonCase(_c("fixed_BC_2_4", fixed="BC", n=8, mask="2:4", batch=2)),
-    TritonCase(
-        _c("fixed_B_unstructured_two_pass", fixed="B", n=8, mask="unstructured"), segments=2, chunk=16
-    ),
+    TritonCase(_c("fixed_B_unstructured_chunks", fixed="B", n=8, mask="unstructured"), chunk=16),
     TritonCase(_c("fixed_C_grouped_B_odd", fixed="C", d=15, n=5, groups=3, mask="column"), block_d=4),
     TritonCase(_c("fixed_BC_block1_rows", fixed="BC", d=5, n=4, mask="column"), block_d=1),
     TritonCase(_c("fixed_BC_empty_channel", fixed="BC", d=6, n=4, mask="empty_channel")),
@@ -124,7 +136,7 @@ def _cases_with_modes():
 def test_scan_matches_reference(tc: TritonCase, pruned_states: str) -> None:
     inputs, mask = _inputs(tc.case)
     layout = None if mask is None else StateLayout(mask)
-    if tc.segments is None and tc.chunk is None and tc.block_d is None:  # the public op, defaults
+    if tc.config is None:  # the public op, the configuration table
         out, state = ssk.selective_scan(
             **inputs, return_last_state=True, state_mask=layout, pruned_states=pruned_states, backend="triton"
         )
@@ -144,9 +156,7 @@ def test_scan_matches_reference(tc: TritonCase, pruned_states: str) -> None:
             None if layout is None else layout.kept_idx,
             None if layout is None else layout.kept_count,
             pruned_states,
-            block_d=tc.block_d,
-            chunk=tc.chunk,
-            n_segments=tc.segments,
+            config=tc.config,
         )
     _check(tc.case, out, state, inputs, mask, pruned_states)
 
@@ -168,16 +178,21 @@ def test_return_last_state_false_and_strided_inputs() -> None:
     _check(case, out, None, inputs, mask, "zero_transition", return_last_state=False)
 
 
-def test_two_pass_equals_one_pass() -> None:
-    case = _c("passes", n=8, mask="column", seqlen=40, batch=1)
+def test_carried_chunks_equal_one_chunk() -> None:
+    """The carry between chunks (the buffer written at a chunk's end, read at the next) changes
+    nothing: chunks of 8 and 16 give what one chunk of 64 gives."""
+    case = _c("chunks", n=8, mask="column", seqlen=40, batch=2)
     inputs, mask = _inputs(case)
     layout = StateLayout(mask)
     args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
     tables = (layout.mask, layout.kept_idx, layout.kept_count)
-    one = selective_scan_triton(*args, True, True, *tables, "zero_transition", chunk=16, n_segments=1)
-    two = selective_scan_triton(*args, True, True, *tables, "zero_transition", chunk=16, n_segments=3)
-    torch.testing.assert_close(one[0], two[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(one[1], two[1], rtol=1e-5, atol=1e-5)
+    one = selective_scan_triton(*args, True, True, *tables, "zero_transition", config=ScanConfig(4, 64, 4))
+    for chunk in (8, 16):
+        many = selective_scan_triton(
+            *args, True, True, *tables, "zero_transition", config=ScanConfig(4, chunk, 4)
+        )
+        torch.testing.assert_close(one[0], many[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(one[1], many[1], rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_conversion_is_what_the_tolerance_assumes() -> None:
