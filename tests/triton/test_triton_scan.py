@@ -23,6 +23,7 @@ from tests.scan_cases import (
     make_inputs,
     to_float64,
 )
+from tests.scan_cases import CASES as SHARED_CASES
 
 from .conftest import DEVICE, INTERPRETED, TRITON_TOLERANCES
 
@@ -161,6 +162,33 @@ def test_scan_matches_reference(tc: TritonCase, pruned_states: str) -> None:
     _check(tc.case, out, state, inputs, mask, pruned_states)
 
 
+def _shared_cases_with_modes():
+    for case in SHARED_CASES:
+        modes = ("zero_transition",) if case.mask == "none" else ("zero_transition", "remove")
+        for ps in modes:
+            yield pytest.param(case, ps, id=f"{case.name}-{ps}")
+
+
+@pytest.mark.parametrize(("case", "pruned_states"), list(_shared_cases_with_modes()))
+def test_shared_named_cases(case: ScanCase, pruned_states: str) -> None:
+    """Every backend's named cases (``tests/scan_cases.py``) in chunks of 32 timesteps (or the
+    case's own chunk), so l = 17 (chunks of 8), 33, 40 and 41 cross chunks, and 16 channels per
+    program, so d = 24, 37 and 300 end in a partial block and groups of 8 or 12 channels are
+    gathered per channel."""
+    inputs, mask = make_inputs(case, device=DEVICE)
+    layout = None if mask is None else StateLayout(mask)
+    out, state = selective_scan_triton(
+        *(inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus")),
+        True,
+        None if layout is None else layout.mask,
+        None if layout is None else layout.kept_idx,
+        None if layout is None else layout.kept_count,
+        pruned_states,
+        config=ScanConfig(16, case.chunk or 32, 4),
+    )
+    _check(case, out, state, inputs, mask, pruned_states)
+
+
 def test_return_last_state_false_and_strided_inputs() -> None:
     case = _c("strided", n=8, mask="2:4", batch=2)
     inputs, mask = _inputs(case)
@@ -222,6 +250,26 @@ def test_auto_backend_never_picks_triton_for_cpu_tensors() -> None:
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     if INTERPRETED:
         assert resolve_backend("triton", torch.device("cpu")) == "triton"
+
+
+def test_auto_backend_picks_triton_on_gpu_without_the_cuda_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A default install (no compiled extension) runs every op on Triton for CUDA tensors; with the
+    extension built, the prefill scan goes to it except for float64, the other ops stay on Triton."""
+    from sparsessm_kernels.ops import dispatch
+
+    cuda = torch.device("cuda")
+    if not dispatch.available_backends()["cuda"][0]:  # this machine, unmocked: Triton is usable here
+        assert dispatch.resolve_backend("auto", cuda) == "triton"
+    monkeypatch.setenv("SPARSESSM_BACKEND", "auto")
+    monkeypatch.setattr(dispatch, "_triton_probe", lambda: (True, "triton kernels on CUDA", False))
+    monkeypatch.setattr(dispatch, "_cuda_probe", lambda: (False, "the CUDA extension is not built"))
+    for op in ("selective_scan", "selective_state_update", "state_saliency"):
+        assert dispatch.resolve_backend("auto", cuda, op=op) == "triton"
+    assert dispatch.resolve_backend("auto", cuda, float64=True) == "triton"
+    monkeypatch.setattr(dispatch, "_cuda_probe", lambda: (True, "compiled CUDA kernels"))
+    assert dispatch.resolve_backend("auto", cuda) == "cuda"
+    assert dispatch.resolve_backend("auto", cuda, float64=True) == "triton"
+    assert dispatch.resolve_backend("auto", cuda, op="selective_state_update") == "triton"
 
 
 def test_opcheck_and_compile_on_triton() -> None:
@@ -290,3 +338,45 @@ def test_cuda_graph_capture_replays_the_scan() -> None:
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(captured, expected)
+
+
+# ------------------------------------------------------------------------------ configuration
+def test_gpu_configuration_table_and_rule() -> None:
+    from sparsessm_kernels.ops.triton.selective_scan import CONFIG_TABLE, gpu_config
+
+    bf16, f32, f64 = torch.bfloat16, torch.float32, torch.float64
+    # the benchmark grid: the table, at batch 1 and 8 on 132 SMs
+    for (d, l, k, dtype), entry in CONFIG_TABLE.items():
+        for b in (1, 8):
+            assert gpu_config(b, d, l, k, dtype, f32, 132) == entry
+    assert gpu_config(1, 1536, 2048, 16, bf16, f32, 132) == ScanConfig(4, 256, 4)
+    # the rule: 8 timesteps per thread for 16-bit inputs, 4 for float32, 1 for float64 math
+    assert gpu_config(8, 1000, 4096, 16, bf16, f32, 132) == ScanConfig(4, 256, 4)
+    assert gpu_config(8, 1000, 4096, 16, f32, f32, 132) == ScanConfig(4, 128, 4)
+    assert gpu_config(8, 1000, 4096, 16, bf16, f64, 132) == ScanConfig(4, 32, 4)
+    # short sequences: one chunk of the next power of 2 (at least 16)
+    assert gpu_config(8, 1000, 100, 16, bf16, f32, 132).chunk == 128
+    assert gpu_config(8, 1000, 3, 16, bf16, f32, 132).chunk == 16
+    # few programs (small batch and width) or odd B / C groups: 2 channels per program
+    assert gpu_config(1, 256, 2048, 16, bf16, f32, 132) == ScanConfig(2, 256, 2)
+    assert gpu_config(8, 1536, 2048, 16, bf16, f32, 132, group_size=6) == ScanConfig(2, 256, 2)
+    assert gpu_config(8, 1536, 2048, 16, bf16, f32, 132, group_size=768) == ScanConfig(4, 256, 4)
+    assert gpu_config(1, 1536, 2048, 16, bf16, f32, 132, group_size=6) == ScanConfig(2, 256, 2)
+    # a layer narrower than a program
+    assert gpu_config(1, 1, 64, 16, bf16, f32, 132) == ScanConfig(1, 64, 2)
+
+
+def test_configuration_override_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sparsessm_kernels.ops.triton.selective_scan import CONFIG_ENV, scan_config
+
+    args = (1, 12, 20, 4, torch.float32, torch.float32, torch.device(DEVICE))
+    monkeypatch.setenv(CONFIG_ENV, "2, 16, 2")
+    assert scan_config(*args) == ScanConfig(2, 16, 2)
+    case = _c("env_config", seqlen=40, mask="column", n=8)
+    inputs, mask = _inputs(case)
+    out, state = ssk.selective_scan(**inputs, return_last_state=True, state_mask=mask, backend="triton")
+    _check(case, out, state, inputs, mask, "zero_transition")
+    for bad in ("4,256", "3,256,4", "4,256,16", "a,b,c"):
+        monkeypatch.setenv(CONFIG_ENV, bad)
+        with pytest.raises(ValueError, match=f"{CONFIG_ENV}: expected 'block_d,chunk,num_warps'"):
+            scan_config(*args)

@@ -113,11 +113,15 @@ def time_invariant_as_grouped(t: torch.Tensor, b: int, l: int) -> torch.Tensor:
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
-if INTERPRETED:  # the interpreter has no libdevice: NumPy's log2 (the same function, exact)
+if INTERPRETED:  # the interpreter has no libdevice: NumPy's log2 and division (exact)
 
     @triton.jit
     def fast_log2(x):
         return tl.log2(x)
+
+    @triton.jit
+    def fast_div(x, y):
+        return x / y
 
 else:
     from triton.language.extra import libdevice
@@ -131,18 +135,30 @@ else:
         else:
             return tl.log2(x)
 
+    @triton.jit
+    def fast_div(x, y):
+        """``x / y`` as ``div.approx`` for float32 (a reciprocal and a product, 2 ulp), where
+        ``/`` is the IEEE division's instruction sequence; exact for float64."""
+        if x.dtype == tl.float32:
+            return libdevice.fast_dividef(x, y)
+        else:
+            return x / y
+
 
 @triton.jit
 def softplus(x):
-    """PyTorch's softplus (beta 1, threshold 20), on the hardware's base-2 exp / log with a fast
-    (non-IEEE) division; ``log1p`` through Kahan's trick keeps small results accurate."""
+    """PyTorch's softplus (beta 1, threshold 20) on the hardware's base-2 exp / log and a fast
+    division. ``log1p(e)`` is ``e * log(1 + e) / ((1 + e) - 1)`` (Kahan's trick: the
+    rounding of ``1 + e`` cancels), 1 in the limit ``(1 + e) == 1``."""
     e = tl.exp2(tl.minimum(x, 20.0) * LOG2E)
     u1 = e + 1.0
-    lp = tl.where(u1 == 1.0, e, fast_log2(u1) * LN2 * tl.fdiv(e, u1 - 1.0))
-    return tl.where(x > 20.0, x, lp)
+    d1 = u1 - 1.0
+    tiny = d1 == 0.0
+    ratio = tl.where(tiny, 1.0, fast_div(fast_log2(u1) * LN2, tl.where(tiny, 1.0, d1)))
+    return tl.where(x > 20.0, x, e * ratio)
 
 
 @triton.jit
 def silu(x):
-    """``x * sigmoid(x)`` with a base-2 exp and a fast (non-IEEE) division."""
-    return tl.fdiv(x, 1.0 + tl.exp2(-x * LOG2E))
+    """``x * sigmoid(x)`` with a base-2 exp and a fast division."""
+    return fast_div(x, 1.0 + tl.exp2(-x * LOG2E))

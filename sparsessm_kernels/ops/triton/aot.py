@@ -301,6 +301,11 @@ def compile_report(arch: int = 90) -> tuple[list[dict[str, Any]], list[str]]:
             row.update(res)
             row.update(sass)
             row["spills"] = bool(sass["spill_instructions"] or res["local"])
+            k, chunk = launch.kwargs.get("K", 0), launch.kwargs.get("T", 0)
+            if kernel == "_scan_kernel" and k >= 1 and launch.kwargs.get("UNROLL") == k and chunk >= 32:
+                # one chunk is the loop body: its SASS per timestep (a thread holds chunk / 32)
+                # and kept slot, the chunk's own work (loads, softplus, gate, store) included
+                row["instructions_per_step_per_slot"] = round(sass["loop_instructions"] * 32 / (chunk * k), 1)
             row["programs_per_sm"] = programs_per_sm(res["registers"], res["num_warps"], res["shared"])
             rows.append(row)
     return rows, failures

@@ -320,21 +320,36 @@ def scan_config(
     device: torch.device,
     group_size: int = 0,
 ) -> ScanConfig:
-    """The configuration of one call; see ``docs/triton.md`` (*Configuration*). Untuned on
-    hardware: chosen from registers (no spills, sm_90), occupancy and bytes moved.
-
-    ``group_size``: channels per B / C group when B or C is grouped (0 otherwise); a program's
-    channels then stay inside one group.
-
-    ``SPARSESSM_TRITON_SCAN_CONFIG`` (``"block_d,chunk,num_warps"``) overrides it, for tuning.
-    """
+    """The configuration of one call: ``SPARSESSM_TRITON_SCAN_CONFIG``
+    (``"block_d,chunk,num_warps"``, for tuning) if set, wide programs under the interpreter (it
+    pays per operation, not per element), else :func:`gpu_config` for the device's SM count
+    (:data:`REFERENCE_SMS` for ``meta`` tensors, as in the ahead-of-time compile)."""
     forced = os.environ.get(CONFIG_ENV, "").strip()
     if forced:
         return ScanConfig.parse(forced)
-    if INTERPRETED:  # the interpreter pays per operation, not per element: few, wide programs
+    if INTERPRETED:
         return ScanConfig(min(32, next_pow2(d)), min(64, max(16, next_pow2(l))), 4)
-    # meta tensors (the ahead-of-time compile) plan for an H100 / H200
     sms = sm_count(device) if device.type == "cuda" else REFERENCE_SMS
+    return gpu_config(b, d, l, k, dtype, math_dtype, sms, group_size)
+
+
+def gpu_config(
+    b: int,
+    d: int,
+    l: int,
+    k: int,
+    dtype: torch.dtype,
+    math_dtype: torch.dtype,
+    sms: int,
+    group_size: int = 0,
+) -> ScanConfig:
+    """:data:`CONFIG_TABLE`'s entry, else the rule below; see ``docs/triton.md``
+    (*Configuration*). Untuned on hardware: chosen from registers (no spills when compiled for
+    sm_90), occupancy and bytes moved.
+
+    ``dtype``: of ``u``; ``math_dtype``: float32 or float64; ``sms``: streaming multiprocessors;
+    ``group_size``: channels per B / C group when B or C is grouped (0 otherwise).
+    """
     entry = CONFIG_TABLE.get((d, l, k, dtype))
     if entry is not None and b * triton.cdiv(d, entry.block_d) >= 2 * sms and group_size % entry.block_d == 0:
         return entry
@@ -342,12 +357,12 @@ def scan_config(
     # needs twice the registers per value, and 2 per thread already spill: 1
     per_thread = 1 if math_dtype == torch.float64 else (8 if dtype.itemsize <= 2 else 4)
     chunk = min(32 * per_thread, max(16, next_pow2(l)))
-    # one warp per channel; fewer channels per program while there are under 2 programs per SM
-    # channels of a program share a B / C group, so they share its rows; at least 2 warps (with
-    # one, ptxas keeps 128 registers per thread and spills)
+    # one warp per channel, 4 channels per program (they share their B / C rows), 2 when that
+    # leaves under 2 programs per SM or the channels of a program would straddle two B / C
+    # groups; not 1 (a 1-warp program gets 128 registers per thread from ptxas, and spills)
     warps = 4
-    while warps > 2 and (b * triton.cdiv(d, warps) < 2 * sms or group_size % warps):
-        warps //= 2
+    if b * triton.cdiv(d, warps) < 2 * sms or group_size % warps:
+        warps = 2
     return ScanConfig(block_d=min(warps, next_pow2(d)), chunk=chunk, num_warps=warps)
 
 
