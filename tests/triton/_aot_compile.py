@@ -1,12 +1,10 @@
-"""Compile the Triton kernels for an sm_90 GPU on a machine without one (ahead of time).
+"""Compile the calibration kernel for an sm_90 GPU on a machine without one (ahead of time).
 
 Run by ``test_triton_compile.py`` in a subprocess without ``TRITON_INTERPRET`` (the interpreter
-replaces ``triton.jit``). The interpreter tests check the kernels' results; this checks that
-Triton's real compiler accepts them (typing, layouts, loop-carried values) down to a cubin, with
-the specialisation a real call gets, for every configuration the scan picks and every decode-step
-mode (``sparsessm_kernels.ops.triton.aot.representative_calls``), plus the calibration kernel.
-Prints one ``OK name kernel regs=.. spills=..`` / ``FAIL name: error`` line per launch, or
-``SKIP reason`` when this Triton has no usable ahead-of-time API or NVIDIA backend.
+replaces ``triton.jit``), next to ``benchmarks/triton_kernel_report.py``, which compiles the
+launches of the prefill scan and the decode step. Prints ``SKIP reason`` when this Triton has no
+usable ahead-of-time API or NVIDIA backend, else one ``OK name`` / ``FAIL name: error`` line per
+variant.
 """
 
 from __future__ import annotations
@@ -49,14 +47,7 @@ def main() -> int:
         print(f"SKIP {type(exc).__name__}: {exc}")
         return 0
 
-    rows, failures = aot.compile_report()
-    for row in rows:
-        print(
-            f"OK {row['call']} {row['kernel']} regs={row['registers']} spills={row['spills']} "
-            f"shared={row['shared']} programs_per_sm={row['programs_per_sm']}"
-        )
-    for failure in failures:
-        print(f"FAIL {failure}")
+    failures: list[str] = []
     target = GPUTarget("cuda", 90, 32)
     for name, fn, signature, values in _calibration_variants(tl):
         try:

@@ -206,6 +206,14 @@ def test_return_last_state_false_and_strided_inputs() -> None:
     _check(case, out, None, inputs, mask, "zero_transition", return_last_state=False)
 
 
+@pytest.mark.parametrize("mask_kind", ["none", "column", "2:4"])
+def test_empty_batch(mask_kind: str) -> None:
+    case = _c("empty", batch=0, n=8, mask=mask_kind)
+    inputs, mask = _inputs(case)
+    out, state = ssk.selective_scan(**inputs, return_last_state=True, state_mask=mask, backend="triton")
+    assert out.shape == (0, 12, 20) and state.shape == (0, 12, 8)
+
+
 def test_carried_chunks_equal_one_chunk() -> None:
     """The carry between chunks (the buffer written at a chunk's end, read at the next) changes
     nothing: chunks of 8 and 16 give what one chunk of 64 gives."""

@@ -88,8 +88,9 @@ def _combine(a1, b1, a2, b2):
 
 @triton.jit
 def _tile(base, offs_d, offs, s_d, s_l, m2):
-    """A ``(BLOCK_D, T)`` tile of a ``(d, l)``-strided tensor (0 outside ``m2``)."""
-    return tl.load(base + offs_d[:, None] * s_d + offs[None, :] * s_l, mask=m2, other=0.0)
+    """A ``(BLOCK_D, T)`` tile of a ``(d, l)``-strided tensor (0 outside ``m2``); channel offsets
+    in 64 bits (``d * l`` may pass 2^31)."""
+    return tl.load(base + offs_d.to(tl.int64)[:, None] * s_d + offs[None, :] * s_l, mask=m2, other=0.0)
 
 
 @triton.jit
@@ -166,11 +167,11 @@ def _scan_kernel(
     Dv = tl.zeros([BLOCK_D], dtype=ACC)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d * s_D, mask=dmask, other=0.0).to(ACC)
-    grp_B = offs_d // dpg_B
-    grp_C = offs_d // dpg_C
-    goff_B = ((pid_d * BLOCK_D) // dpg_B) * sB_g
-    goff_C = ((pid_d * BLOCK_D) // dpg_C) * sC_g
-    goff_F = ((pid_d * BLOCK_D) // dpg_F) * sF_g
+    grp_B = (offs_d // dpg_B).to(tl.int64)  # group offsets may pass 2^31 elements
+    grp_C = (offs_d // dpg_C).to(tl.int64)
+    goff_B = ((pid_d * BLOCK_D) // dpg_B).to(tl.int64) * sB_g
+    goff_C = ((pid_d * BLOCK_D) // dpg_C).to(tl.int64) * sC_g
+    goff_F = ((pid_d * BLOCK_D) // dpg_F).to(tl.int64) * sF_g
     u_b = u_ptr + bi * su_b
     dt_b = dt_ptr + bi * sdt_b
     z_b = z_ptr + bi * sz_b
@@ -207,14 +208,14 @@ def _scan_kernel(
             if MULTI_CHUNK or RETURN_LAST:  # the state leaving the chunk: its last column
                 hc = tl.where(slots == j, tl.gather(h, last_col, 1), hc)
         if FT_KIND >= 0:
-            grp_F = offs_d // dpg_F
+            grp_F = (offs_d // dpg_F).to(tl.int64)
             ft = _operand(ft_b, 0, offs_d, grp_F, dmask, offs, tmask, sF_g, 0, sF_l, goff_F, FT_KIND).to(ACC)
             if SUB_KEPT:
                 ft = ft - kept_bc
             y += dtu * ft
         if HAS_Z:
             y = y * silu(_tile(z_b, offs_d, offs, sz_d, sz_l, m2).to(ACC))
-        out_ptrs = out_ptr + bi * so_b + offs_d[:, None] * so_d + offs[None, :]
+        out_ptrs = out_ptr + bi * so_b + offs_d.to(tl.int64)[:, None] * so_d + offs[None, :]
         tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=m2)
 
     if RETURN_LAST:  # the carried states to their state indices (pruned entries stay 0)
@@ -240,10 +241,9 @@ def _feedthrough_kernel(
     (``PRUNED_ONLY``) or over all rows, for channel group ``f`` (``dpg_F`` channels sharing the
     B group and the C group)."""
     pid_l = tl.program_id(0)
-    row = tl.program_id(1)
-    bi = (row // G).to(tl.int64)
-    f = row % G
-    c0 = f * dpg_F
+    row = tl.program_id(1).to(tl.int64)
+    bi = row // G
+    c0 = (row % G) * dpg_F
     offs = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     tmask = offs < l
     B_row = B_ptr + bi * sB_b + (c0 // dpg_B) * sB_g + offs * sB_l
@@ -402,7 +402,7 @@ def _feedthrough(
         G = d // dpg_F
         pruned_only = state_mask.dim() == 1
         ft = torch.empty((b, G, l), dtype=acc, device=B.device)
-        colmask = state_mask.view(torch.uint8) if pruned_only else int_dummy(B.device)
+        colmask = state_mask.contiguous().view(torch.uint8) if pruned_only else int_dummy(B.device)
         block_l = 1024 if not INTERPRETED else max(16, min(1024, next_pow2(l)))
         args = (
             B, C, colmask, ft, l, B.shape[-2], dpg_F, dpg_B, dpg_C, G,
@@ -497,8 +497,8 @@ def plan_scan(
         u, delta, A, B, C,
         D if D is not None else out, z if z is not None else out,
         delta_bias if delta_bias is not None else out,
-        kept_idx if kept_idx is not None and kept_idx.numel() else idummy,
-        kept_count if kept_count is not None else idummy,
+        kept_idx.contiguous() if kept_idx is not None and kept_idx.numel() else idummy,
+        kept_count.contiguous() if kept_count is not None else idummy,
         ft, out, last if last is not None else out,
         d, l, n, dpg_B, dpg_C, dpg_F,
         *u.stride(), *delta.stride(), *(z.stride() if z is not None else (0, 0, 0)),
