@@ -166,8 +166,9 @@ def _meta_mask(kind: str, d: int, n: int) -> tuple[torch.Tensor | None, ...]:
     """``(state_mask, kept_idx, kept_count)`` shaped like a real layout's (values never read)."""
     if kind == "dense":
         return None, None, None
-    if kind == "column50":
-        return _meta(n, dtype=torch.bool), _meta(n // 2, dtype=torch.int32), None
+    if kind in ("column50", "column0"):
+        k = n // 2 if kind == "column50" else 0
+        return _meta(n, dtype=torch.bool), _meta(k, dtype=torch.int32), None
     k_max = n // 2 if kind == "2:4" else (3 * n) // 4  # unstructured 50%: the fullest channel
     return _meta(d, n, dtype=torch.bool), _meta(d, k_max, dtype=torch.int32), _meta(d, dtype=torch.int32)
 
@@ -185,7 +186,8 @@ def scan_call(
     optionals: bool = True,
 ) -> list[Any]:
     """The launches of one ``selective_scan`` call on ``meta`` tensors (``mask``: ``dense``,
-    ``column50``, ``2:4`` or ``unstructured50``; ``fixed``: which of B / C is time-invariant)."""
+    ``column50``, ``column0`` (every state pruned), ``2:4`` or ``unstructured50``; ``fixed``: which of
+    B / C is time-invariant)."""
     from .selective_scan import plan_scan
 
     weight = torch.float64 if dtype == torch.float64 else torch.float32
@@ -261,6 +263,7 @@ def representative_calls() -> list[tuple[str, list[Any]]]:
         ("bf16 column 50% zero_transition, 512 groups", dict(groups=512, mask="column50")),
         ("bf16 2:4 zero_transition, 2 groups", dict(groups=2, mask="2:4")),
         ("bf16 dense, l 100 (one short chunk)", dict(l=100)),
+        ("bf16 column 100% pruned zero_transition (no slot)", dict(mask="column0")),
     ]
     steps = [
         ("decode bf16 dense", {}),

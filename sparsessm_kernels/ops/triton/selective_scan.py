@@ -289,8 +289,8 @@ class ScanConfig:
 
 def _grid_table() -> dict[tuple[int, int, int, torch.dtype], ScanConfig]:
     """The benchmark grid: Mamba-1 130M / 370M / 1.4B / 2.8B layers (``d``), ``l`` 512 / 2048 /
-    8192, ``n = 16`` with ``k = 16`` (dense) or 8 (50% column, 2:4), 16-bit inputs. The model of
-    :func:`scan_config` picks one warp per channel, 4 channels per program and chunks of 256 for
+    8192, ``n = 16`` with ``k = 16`` (dense) or 8 (50% column, 2:4), 16-bit inputs. The rule of
+    :func:`gpu_config` picks one warp per channel, 4 channels per program and chunks of 256 for
     every one of them (16-bit loads of 8 timesteps per thread; at batch 1 the smallest layer
     still gives 384 programs, over 2 per SM of an H100 / H200). Untuned on hardware: a measured
     pick replaces its entry."""
@@ -470,6 +470,10 @@ def plan_scan(
     if b == 0 or d == 0:
         return [], out, last
 
+    # every program reads each B / C row: rows strided in time (B / C transposed from (b, l, n),
+    # as some callers pass them) would cost a load per timestep instead of one vector per thread
+    B = B.contiguous() if B.dim() != 2 and B.stride(-1) != 1 else B
+    C = C.contiguous() if C.dim() != 2 and C.stride(-1) != 1 else C
     per_channel = mask_kind == MASK_CHANNEL
     gB, sB_b, sB_g, sB_n = bc_strides(B, B.dim() == 4)
     gC, sC_b, sC_g, sC_n = bc_strides(C, C.dim() == 4)
