@@ -106,9 +106,11 @@ _BRANCH = re.compile(r"BRA\s+`?\(?(\.L_x_\d+)")
 
 
 def sass_summary(compiled: Any) -> dict[str, int]:
-    """From the cubin's SASS: ``instructions``, ``spill_instructions`` (local loads / stores),
-    ``barriers`` and ``loop_instructions``, the length of the longest loop body (for the scan:
-    one chunk, when the slot loop is unrolled)."""
+    """From the cubin's SASS: ``instructions``, ``spill_instructions`` (local loads / stores) and
+    how many of them sit inside a loop (``spill_instructions_in_loops``: register pressure where
+    the work is; outside loops ptxas may spill a few kernel-lifetime values on purpose, to fit
+    another program per SM), ``barriers`` and ``loop_instructions``, the length of the longest
+    loop body (for the scan: one chunk, when the slot loop is unrolled)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
@@ -124,16 +126,18 @@ def sass_summary(compiled: Any) -> dict[str, int]:
         found = _SASS_LINE.search(line)
         if found:
             instructions.append(found.group(1))
-    longest = 0
+    loops = []  # (first, last) instruction of every loop: a backward branch and its target
     for i, ins in enumerate(instructions):
         branch = _BRANCH.search(ins)
         if branch and labels.get(branch.group(1), i + 1) <= i:
-            longest = max(longest, i - labels[branch.group(1)] + 1)
+            loops.append((labels[branch.group(1)], i))
+    spills = [i for i, ins in enumerate(instructions) if re.search(r"\b(STL|LDL)\b", ins)]
     return {
         "instructions": len(instructions),
-        "spill_instructions": sum(1 for ins in instructions if re.search(r"\b(STL|LDL)\b", ins)),
+        "spill_instructions": len(spills),
+        "spill_instructions_in_loops": sum(any(a <= i <= b for a, b in loops) for i in spills),
         "barriers": sum(1 for ins in instructions if "BAR.SYNC" in ins),
-        "loop_instructions": longest,
+        "loop_instructions": max((b - a + 1 for a, b in loops), default=0),
     }
 
 
@@ -304,6 +308,7 @@ def compile_report(arch: int = 90) -> tuple[list[dict[str, Any]], list[str]]:
             row.update(res)
             row.update(sass)
             row["spills"] = bool(sass["spill_instructions"] or res["local"])
+            row["spills_in_loops"] = bool(sass["spill_instructions_in_loops"])
             k, chunk = launch.kwargs.get("K", 0), launch.kwargs.get("T", 0)
             if kernel == "_scan_kernel" and k >= 1 and launch.kwargs.get("UNROLL") == k and chunk >= 32:
                 # one chunk is the loop body: its SASS per timestep (a thread holds chunk / 32)
