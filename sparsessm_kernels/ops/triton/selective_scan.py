@@ -22,7 +22,7 @@ For slot ``j`` (state ``s``):
   shared memory, no barrier); ``y += C * h``;
 * the state leaving the chunk (the last column, one ``tl.gather`` shuffle) goes into a
   ``(BLOCK_D, next_pow2(K))`` register tile, read back at the next chunk; with the slot loop
-  unrolled, slot ``j`` is a constant, so both moves cost no more than a register copy. At the end
+  unrolled, slot ``j`` is a constant, so both moves cost a select or two. At the end
   the tile is ``last_state`` (scattered to the state indices, pruned entries 0).
 
 So pruned states cost no ``exp``, no recurrence, no ``C * h`` and no ``B`` / ``C`` traffic. Under
@@ -76,8 +76,8 @@ REFERENCE_SMS = 132
 """SMs the configuration assumes when the tensors are not on a GPU (an H100 / H200)."""
 MAX_UNROLL = 16
 """Slot loops of at most this many kept states are unrolled: slot ``j`` is then a compile-time
-constant, so the carried state is picked from and put back into its register tile for free, and
-the loads of the next slot can be issued early."""
+constant, so the carried state is picked from and put back into its register tile with a select
+or two (not one per slot of the tile), and the loads of later slots can be issued early."""
 
 
 @triton.jit
