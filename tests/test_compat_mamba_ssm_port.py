@@ -60,19 +60,18 @@ def _scan_inputs(
     }
 
 
-@pytest.mark.parametrize("itype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("varBC_groups", [1, 2])
-@pytest.mark.parametrize("is_variable_C", [False, True])
-@pytest.mark.parametrize("is_variable_B", [False, True])
-def test_selective_scan(
-    is_variable_B: bool, is_variable_C: bool, varBC_groups: int, itype: torch.dtype
+def run_scan_grid(
+    is_variable_B: bool,
+    is_variable_C: bool,
+    varBC_groups: int,
+    itype: torch.dtype,
+    combos: list[tuple[int, tuple[bool, ...]]],
+    backend: str = "auto",
 ) -> None:
-    """mamba_ssm's grid over has_D, has_z, has_delta_bias, delta_softplus and return_last_state
-    inside one test per (B, C, groups, dtype): every combination in float32, every third in the
-    16-bit dtypes (each flag still both on and off; keeps the CPU run short); sequence lengths cycle."""
+    """mamba_ssm's checks of ``selective_scan_fn`` for the flag ``combos`` (``(i, flags)`` pairs
+    of ``enumerate(FLAGS)``), against the closed-form oracle with mamba_ssm's tolerances."""
     rtol, atol = MAMBA_SSM_TOLERANCES[itype]
-    combos = list(enumerate(FLAGS))
-    for i, (has_D, has_z, has_bias, softplus, last) in combos if itype == torch.float32 else combos[::3]:
+    for i, (has_D, has_z, has_bias, softplus, last) in combos:
         seqlen = SEQLENS[i % len(SEQLENS)]
         t = _scan_inputs(is_variable_B, is_variable_C, varBC_groups, seqlen, itype, seed=i)
         D, z, bias = (
@@ -81,7 +80,7 @@ def test_selective_scan(
             t["delta_bias"] if has_bias else None,
         )
         args = (t["u"], t["delta"], t["A"], t["B"], t["C"], D, z, bias, softplus, last)
-        result = compat.selective_scan_fn(*args)
+        result = compat.selective_scan_fn(*args, backend=backend)
         out, state = result if last else (result, None)
         want, want_state = closed_form_scan(*args[:-1])
         what = f"D={has_D} z={has_z} bias={has_bias} softplus={softplus} l={seqlen}"
@@ -92,6 +91,23 @@ def test_selective_scan(
         if last:
             assert state.dtype == torch.float32 and state.shape == (2, 4, 8), what
             torch.testing.assert_close(state.double(), want_state, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("itype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("varBC_groups", [1, 2])
+@pytest.mark.parametrize("is_variable_C", [False, True])
+@pytest.mark.parametrize("is_variable_B", [False, True])
+def test_selective_scan(
+    is_variable_B: bool, is_variable_C: bool, varBC_groups: int, itype: torch.dtype
+) -> None:
+    """mamba_ssm's grid over has_D, has_z, has_delta_bias, delta_softplus and return_last_state
+    inside one test per (B, C, groups, dtype): every combination in float32, every third in the
+    16-bit dtypes (each flag still both on and off; keeps the CPU run short); sequence lengths cycle.
+    (The Triton backend runs the same grid: ``tests/triton/test_triton_compat_port.py``.)"""
+    combos = list(enumerate(FLAGS))
+    run_scan_grid(
+        is_variable_B, is_variable_C, varBC_groups, itype, combos if itype == torch.float32 else combos[::3]
+    )
 
 
 def test_selective_scan_complex_weights_are_refused() -> None:
@@ -148,15 +164,14 @@ def _inner_reference(t: dict) -> torch.Tensor:
     return torch.einsum("ed,bdl->ble", f["out_proj_weight"], y)
 
 
-@pytest.mark.parametrize("is_variable_C", [False, True])
-@pytest.mark.parametrize("is_variable_B", [False, True])
-def test_mamba_inner_fn(is_variable_B: bool, is_variable_C: bool) -> None:
+def run_mamba_inner(is_variable_B: bool, is_variable_C: bool, backend: str = "auto") -> None:
+    """mamba_ssm's ``test_mamba_inner_fn`` check (forward), against the float64 pipeline."""
     rtol, atol = MAMBA_SSM_TOLERANCES[torch.float32]
     t = _inner_inputs(is_variable_B, is_variable_C, seqlen=128)
     out = compat.mamba_inner_fn(
         t["xz"], t["conv1d_weight"], t["conv1d_bias"], t["x_proj_weight"], t["delta_proj_weight"],
         t["out_proj_weight"], t["out_proj_bias"], t["A"], t["B"], t["C"], t["D"],
-        delta_bias=t["delta_bias"], delta_softplus=True,
+        delta_bias=t["delta_bias"], delta_softplus=True, backend=backend,
     )  # fmt: skip
     assert out.shape == (2, 128, 384)
     # mamba_ssm's unscaled random weights give outputs of about 1e6, where float32 rounding alone
@@ -165,6 +180,12 @@ def test_mamba_inner_fn(is_variable_B: bool, is_variable_C: bool) -> None:
     want = _inner_reference(t)
     rms = want.square().mean().sqrt()
     torch.testing.assert_close(out.double() / rms, want / rms, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("is_variable_C", [False, True])
+@pytest.mark.parametrize("is_variable_B", [False, True])
+def test_mamba_inner_fn(is_variable_B: bool, is_variable_C: bool) -> None:
+    run_mamba_inner(is_variable_B, is_variable_C)
 
 
 def test_mamba_inner_fn_complex_A_is_refused() -> None:

@@ -14,7 +14,7 @@ import torch
 import sparsessm_kernels as ssk
 from sparsessm_kernels.ops import StateLayout
 from sparsessm_kernels.ops.reference import selective_scan_ref
-from sparsessm_kernels.ops.triton.selective_scan import selective_scan_triton
+from sparsessm_kernels.ops.triton.selective_scan import ScanConfig, selective_scan_triton
 from tests.scan_cases import (
     BF16_ROUND_TO_NEAREST,
     BF16_TRUNCATE,
@@ -23,6 +23,7 @@ from tests.scan_cases import (
     make_inputs,
     to_float64,
 )
+from tests.scan_cases import CASES as SHARED_CASES
 
 from .conftest import DEVICE, INTERPRETED, TRITON_TOLERANCES
 
@@ -30,10 +31,15 @@ from .conftest import DEVICE, INTERPRETED, TRITON_TOLERANCES
 @dataclass(frozen=True)
 class TritonCase:
     case: ScanCase
-    segments: int | None = None  # None: the kernel's own choice; >1 forces the two-pass scan
+    block_d: int | None = None  # None: the configuration table's choice
     chunk: int | None = None
-    block_d: int | None = None
     pruned: tuple[str, ...] = ("zero_transition", "remove")
+
+    @property
+    def config(self) -> ScanConfig | None:
+        if self.block_d is None and self.chunk is None:
+            return None
+        return ScanConfig(self.block_d or 4, self.chunk or 16, 4)
 
 
 def _c(name: str, **kw) -> ScanCase:
@@ -41,47 +47,49 @@ def _c(name: str, **kw) -> ScanCase:
 
 
 CASES = [
-    # sequence lengths: 1, 63 and 300 (several chunks, carried state, two-pass and one pass)
+    # sequence lengths: 1, inside one chunk, exact chunks, crossing chunks (carried states)
     TritonCase(_c("l1", seqlen=1)),
-    TritonCase(_c("l63_two_pass", seqlen=63, batch=2), segments=2, chunk=16),
-    TritonCase(_c("l63_one_pass", seqlen=63, batch=2), segments=1, chunk=16),
-    TritonCase(_c("l300_two_pass", seqlen=300, d=6, mask="2:4"), segments=3, chunk=64),
+    TritonCase(_c("l1_chunk16", seqlen=1), block_d=4, chunk=16),
+    TritonCase(_c("l13_one_padded_chunk", seqlen=13, batch=2), block_d=4, chunk=16),
+    TritonCase(_c("l64_exact_chunks", seqlen=64, batch=2), block_d=4, chunk=16),
+    TritonCase(_c("l63_crosses_chunks", seqlen=63, batch=2), block_d=4, chunk=16),
+    TritonCase(_c("l300_2_4", seqlen=300, d=6, mask="2:4"), block_d=2, chunk=64),
     TritonCase(_c("l300_column", seqlen=300, d=6, mask="column"), chunk=64),
     TritonCase(_c("l300_n16_dense_default_config", seqlen=300, n=16, d=8, batch=2)),
-    TritonCase(_c("l300_unstructured_n16", seqlen=300, n=16, d=8, mask="unstructured"), segments=4, chunk=32),
-    # d not a multiple of the channel block
-    TritonCase(_c("d37_block16", d=37, batch=2), block_d=16),
+    TritonCase(_c("l300_unstructured_n16", seqlen=300, n=16, d=8, mask="unstructured"), block_d=4, chunk=32),
+    # d not a multiple of the channel block; one channel per program
+    TritonCase(_c("d37_block16", d=37, batch=2), block_d=16, chunk=16),
+    TritonCase(_c("d5_block1", d=5, seqlen=40, mask="column", n=8), block_d=1, chunk=16),
+    TritonCase(_c("d7_block2_2_4", d=7, seqlen=40, mask="2:4", n=8), block_d=2, chunk=16),
     # n in {4, 16, 32}
-    TritonCase(_c("n16_dense", n=16)),
     TritonCase(_c("n32_unstructured", n=32, d=6, seqlen=9, mask="unstructured_sparse")),
     # masks
-    TritonCase(_c("column", n=16, mask="column", batch=2), segments=2, chunk=16),
-    TritonCase(_c("nm_2_4", n=16, mask="2:4", batch=2), segments=2, chunk=16),
-    TritonCase(_c("unstructured", n=16, mask="unstructured"), segments=2, chunk=16),
-    TritonCase(_c("unstructured_sparse", n=16, mask="unstructured_sparse", batch=2)),
+    TritonCase(_c("column", n=16, mask="column", batch=2), chunk=16),
+    TritonCase(_c("nm_2_4", n=16, mask="2:4", batch=2), chunk=16),
+    TritonCase(_c("unstructured", n=16, mask="unstructured"), chunk=16),
     TritonCase(_c("all_kept_column", n=8, mask="all_kept")),
-    TritonCase(_c("channel_with_every_state_pruned", n=8, mask="empty_channel"), segments=2, chunk=16),
+    TritonCase(_c("channel_with_every_state_pruned", n=8, mask="empty_channel"), chunk=16),
     TritonCase(_c("column_all_pruned", n=8, mask="all_pruned_column")),
-    # grouped B/C: group per channel block (row loads) and groups inside a block (gathers)
+    TritonCase(_c("column_all_pruned_chunks", n=8, seqlen=40, mask="all_pruned_column"), chunk=16),
+    # grouped B/C: group per channel block (rows shared) and groups inside a block (gathers)
     TritonCase(_c("grouped_uniform_blocks", d=16, groups=2, mask="column"), block_d=8),
     TritonCase(_c("grouped_inside_block", d=12, groups=3, mask="none"), block_d=8),
-    TritonCase(_c("grouped_2_4", d=16, n=8, groups=4, mask="2:4"), block_d=4, segments=2, chunk=16),
+    TritonCase(_c("grouped_2_4", d=16, n=8, groups=4, mask="2:4"), block_d=4, chunk=16),
+    TritonCase(
+        _c("grouped_column_inside_block", d=12, n=8, groups=3, mask="column", seqlen=40), block_d=8, chunk=16
+    ),
     # optional inputs
-    TritonCase(_c("no_z", with_z=False, mask="2:4", n=8)),
     TritonCase(_c("no_D_no_bias", with_D=False, with_bias=False, mask="column", n=8)),
-    TritonCase(_c("no_optionals_no_softplus", with_D=False, with_z=False, with_bias=False, softplus=False)),
     # dtypes (fp32 state and math)
-    TritonCase(_c("fp16_2_4", dtype=torch.float16, mask="2:4", n=8), segments=2, chunk=16),
+    TritonCase(_c("fp16_2_4", dtype=torch.float16, mask="2:4", n=8), chunk=16),
     TritonCase(_c("bf16_column", dtype=torch.bfloat16, mask="column", n=8)),
     TritonCase(_c("bf16_dense", dtype=torch.bfloat16, n=8), pruned=("zero_transition",)),
     TritonCase(_c("fp64_unstructured", dtype=torch.float64, mask="unstructured", n=8)),
-    # time-invariant (d, n) B / C: a grouped view with stride 0 over batch and time, g = d
-    TritonCase(_c("fixed_B", fixed="B", batch=2)),
-    TritonCase(_c("fixed_C_two_pass", fixed="C", seqlen=63, n=8, mask="column"), segments=3, chunk=16),
+    TritonCase(_c("fp64_column_chunks", dtype=torch.float64, mask="column", n=8, seqlen=40), chunk=16),
+    # time-invariant (d, n) B / C: a value per (channel, state), no batch or time stride
+    TritonCase(_c("fixed_C_chunks", fixed="C", seqlen=63, n=8, mask="column"), chunk=16),
     TritonCase(_c("fixed_BC_2_4", fixed="BC", n=8, mask="2:4", batch=2)),
-    TritonCase(
-        _c("fixed_B_unstructured_two_pass", fixed="B", n=8, mask="unstructured"), segments=2, chunk=16
-    ),
+    TritonCase(_c("fixed_B_unstructured_chunks", fixed="B", n=8, mask="unstructured"), chunk=16),
     TritonCase(_c("fixed_C_grouped_B_odd", fixed="C", d=15, n=5, groups=3, mask="column"), block_d=4),
     TritonCase(_c("fixed_BC_block1_rows", fixed="BC", d=5, n=4, mask="column"), block_d=1),
     TritonCase(_c("fixed_BC_empty_channel", fixed="BC", d=6, n=4, mask="empty_channel")),
@@ -124,7 +132,7 @@ def _cases_with_modes():
 def test_scan_matches_reference(tc: TritonCase, pruned_states: str) -> None:
     inputs, mask = _inputs(tc.case)
     layout = None if mask is None else StateLayout(mask)
-    if tc.segments is None and tc.chunk is None and tc.block_d is None:  # the public op, defaults
+    if tc.config is None:  # the public op, the configuration table
         out, state = ssk.selective_scan(
             **inputs, return_last_state=True, state_mask=layout, pruned_states=pruned_states, backend="triton"
         )
@@ -144,11 +152,40 @@ def test_scan_matches_reference(tc: TritonCase, pruned_states: str) -> None:
             None if layout is None else layout.kept_idx,
             None if layout is None else layout.kept_count,
             pruned_states,
-            block_d=tc.block_d,
-            chunk=tc.chunk,
-            n_segments=tc.segments,
+            config=tc.config,
         )
     _check(tc.case, out, state, inputs, mask, pruned_states)
+
+
+# "remove" on a few mask kinds only: the curated cases above run both modes on every mask kind
+REMOVE_TOO = ("column_mask", "nm_2_4_mask", "unstructured_sparse_gather_path", "channel_with_no_state")
+
+
+def _shared_cases_with_modes():
+    for case in SHARED_CASES:
+        modes = ("zero_transition", "remove") if case.name in REMOVE_TOO else ("zero_transition",)
+        for ps in modes:
+            yield pytest.param(case, ps, id=f"{case.name}-{ps}")
+
+
+@pytest.mark.parametrize(("case", "pruned_states"), list(_shared_cases_with_modes()))
+def test_shared_named_cases(case: ScanCase, pruned_states: str) -> None:
+    """Every backend's named cases (``tests/scan_cases.py``) in chunks of 32 timesteps (or the
+    case's own chunk), so l = 17 (chunks of 8), 33, 40 and 41 cross chunks, and 16 channels per
+    program, so d = 24, 37 and 300 end in a partial block and groups of 8 or 12 channels are
+    gathered per channel."""
+    inputs, mask = make_inputs(case, device=DEVICE)
+    layout = None if mask is None else StateLayout(mask)
+    out, state = selective_scan_triton(
+        *(inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus")),
+        True,
+        None if layout is None else layout.mask,
+        None if layout is None else layout.kept_idx,
+        None if layout is None else layout.kept_count,
+        pruned_states,
+        config=ScanConfig(16, case.chunk or 32, 4),
+    )
+    _check(case, out, state, inputs, mask, pruned_states)
 
 
 def test_return_last_state_false_and_strided_inputs() -> None:
@@ -168,16 +205,52 @@ def test_return_last_state_false_and_strided_inputs() -> None:
     _check(case, out, None, inputs, mask, "zero_transition", return_last_state=False)
 
 
-def test_two_pass_equals_one_pass() -> None:
-    case = _c("passes", n=8, mask="column", seqlen=40, batch=1)
+@pytest.mark.parametrize(("mask_kind", "block_d"), [("none", 4), ("column", 2), ("2:4", 4)])
+def test_B_and_C_with_different_group_counts(mask_kind: str, block_d: int) -> None:
+    """B in 2 groups of 6 channels, C in 3 of 4: the feed-through pre-pass works on the 6 groups of
+    2 channels both share; with 4 channels per program the rows are gathered per channel."""
+    case = _c("groups_2_3", d=12, n=8, seqlen=20, mask=mask_kind, batch=2)
+    inputs, mask = _inputs(case)
+    gen = torch.Generator().manual_seed(1)
+    inputs["B"] = torch.randn(2, 2, 8, 20, generator=gen).to(DEVICE)
+    inputs["C"] = torch.randn(2, 3, 8, 20, generator=gen).to(DEVICE)
+    layout = None if mask is None else StateLayout(mask)
+    for pruned_states in ("zero_transition", "remove"):
+        out, state = selective_scan_triton(
+            *(inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus")),
+            True,
+            None if layout is None else layout.mask,
+            None if layout is None else layout.kept_idx,
+            None if layout is None else layout.kept_count,
+            pruned_states,
+            config=ScanConfig(block_d, 16, 4),
+        )
+        _check(case, out, state, inputs, mask, pruned_states)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "column", "2:4"])
+def test_empty_batch(mask_kind: str) -> None:
+    case = _c("empty", batch=0, n=8, mask=mask_kind)
+    inputs, mask = _inputs(case)
+    out, state = ssk.selective_scan(**inputs, return_last_state=True, state_mask=mask, backend="triton")
+    assert out.shape == (0, 12, 20) and state.shape == (0, 12, 8)
+
+
+def test_carried_chunks_equal_one_chunk() -> None:
+    """The carry between chunks (the buffer written at a chunk's end, read at the next) changes
+    nothing: chunks of 8 and 16 give what one chunk of 64 gives."""
+    case = _c("chunks", n=8, mask="column", seqlen=40, batch=2)
     inputs, mask = _inputs(case)
     layout = StateLayout(mask)
     args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
     tables = (layout.mask, layout.kept_idx, layout.kept_count)
-    one = selective_scan_triton(*args, True, True, *tables, "zero_transition", chunk=16, n_segments=1)
-    two = selective_scan_triton(*args, True, True, *tables, "zero_transition", chunk=16, n_segments=3)
-    torch.testing.assert_close(one[0], two[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(one[1], two[1], rtol=1e-5, atol=1e-5)
+    one = selective_scan_triton(*args, True, True, *tables, "zero_transition", config=ScanConfig(4, 64, 4))
+    for chunk in (8, 16):
+        many = selective_scan_triton(
+            *args, True, True, *tables, "zero_transition", config=ScanConfig(4, chunk, 4)
+        )
+        torch.testing.assert_close(one[0], many[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(one[1], many[1], rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_conversion_is_what_the_tolerance_assumes() -> None:
@@ -207,6 +280,26 @@ def test_auto_backend_never_picks_triton_for_cpu_tensors() -> None:
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     if INTERPRETED:
         assert resolve_backend("triton", torch.device("cpu")) == "triton"
+
+
+def test_auto_backend_picks_triton_on_gpu_without_the_cuda_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A default install (no compiled extension) runs every op on Triton for CUDA tensors; with the
+    extension built, the prefill scan goes to it except for float64, the other ops stay on Triton."""
+    from sparsessm_kernels.ops import dispatch
+
+    cuda = torch.device("cuda")
+    if not dispatch.available_backends()["cuda"][0]:  # this machine, unmocked: Triton is usable here
+        assert dispatch.resolve_backend("auto", cuda) == "triton"
+    monkeypatch.setenv("SPARSESSM_BACKEND", "auto")
+    monkeypatch.setattr(dispatch, "_triton_probe", lambda: (True, "triton kernels on CUDA", False))
+    monkeypatch.setattr(dispatch, "_cuda_probe", lambda: (False, "the CUDA extension is not built"))
+    for op in ("selective_scan", "selective_state_update", "state_saliency"):
+        assert dispatch.resolve_backend("auto", cuda, op=op) == "triton"
+    assert dispatch.resolve_backend("auto", cuda, float64=True) == "triton"
+    monkeypatch.setattr(dispatch, "_cuda_probe", lambda: (True, "compiled CUDA kernels"))
+    assert dispatch.resolve_backend("auto", cuda) == "cuda"
+    assert dispatch.resolve_backend("auto", cuda, float64=True) == "triton"
+    assert dispatch.resolve_backend("auto", cuda, op="selective_state_update") == "triton"
 
 
 def test_opcheck_and_compile_on_triton() -> None:
@@ -275,3 +368,45 @@ def test_cuda_graph_capture_replays_the_scan() -> None:
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(captured, expected)
+
+
+# ------------------------------------------------------------------------------ configuration
+def test_gpu_configuration_table_and_rule() -> None:
+    from sparsessm_kernels.ops.triton.selective_scan import CONFIG_TABLE, gpu_config
+
+    bf16, f32, f64 = torch.bfloat16, torch.float32, torch.float64
+    # the benchmark grid: the table, at batch 1 and 8 on 132 SMs
+    for (d, l, k, dtype), entry in CONFIG_TABLE.items():
+        for b in (1, 8):
+            assert gpu_config(b, d, l, k, dtype, f32, 132) == entry
+    assert gpu_config(1, 1536, 2048, 16, bf16, f32, 132) == ScanConfig(4, 256, 4)
+    # the rule: 8 timesteps per thread for 16-bit inputs, 4 for float32, 1 for float64 math
+    assert gpu_config(8, 1000, 4096, 16, bf16, f32, 132) == ScanConfig(4, 256, 4)
+    assert gpu_config(8, 1000, 4096, 16, f32, f32, 132) == ScanConfig(4, 128, 4)
+    assert gpu_config(8, 1000, 4096, 16, bf16, f64, 132) == ScanConfig(4, 32, 4)
+    # short sequences: one chunk of the next power of 2 (at least 16)
+    assert gpu_config(8, 1000, 100, 16, bf16, f32, 132).chunk == 128
+    assert gpu_config(8, 1000, 3, 16, bf16, f32, 132).chunk == 16
+    # few programs (small batch and width) or odd B / C groups: 2 channels per program
+    assert gpu_config(1, 256, 2048, 16, bf16, f32, 132) == ScanConfig(2, 256, 2)
+    assert gpu_config(8, 1536, 2048, 16, bf16, f32, 132, group_size=6) == ScanConfig(2, 256, 2)
+    assert gpu_config(8, 1536, 2048, 16, bf16, f32, 132, group_size=768) == ScanConfig(4, 256, 4)
+    assert gpu_config(1, 1536, 2048, 16, bf16, f32, 132, group_size=6) == ScanConfig(2, 256, 2)
+    # a layer narrower than a program
+    assert gpu_config(1, 1, 64, 16, bf16, f32, 132) == ScanConfig(1, 64, 2)
+
+
+def test_configuration_override_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sparsessm_kernels.ops.triton.selective_scan import CONFIG_ENV, scan_config
+
+    args = (1, 12, 20, 4, torch.float32, torch.float32, torch.device(DEVICE))
+    monkeypatch.setenv(CONFIG_ENV, "2, 16, 2")
+    assert scan_config(*args) == ScanConfig(2, 16, 2)
+    case = _c("env_config", seqlen=40, mask="column", n=8)
+    inputs, mask = _inputs(case)
+    out, state = ssk.selective_scan(**inputs, return_last_state=True, state_mask=mask, backend="triton")
+    _check(case, out, state, inputs, mask, "zero_transition")
+    for bad in ("4,256", "3,256,4", "4,256,16", "a,b,c"):
+        monkeypatch.setenv(CONFIG_ENV, bad)
+        with pytest.raises(ValueError, match=f"{CONFIG_ENV}: expected 'block_d,chunk,num_warps'"):
+            scan_config(*args)

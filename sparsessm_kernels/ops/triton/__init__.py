@@ -1,10 +1,12 @@
 """Triton backend: forward-only kernels of the sparse selective scan, one module per family.
 
-* :mod:`.selective_scan`: prefill scan (dense, column and per-channel masks, two-pass chunked
-  over time at small batch);
+* :mod:`.selective_scan`: prefill scan (dense, column and per-channel masks; one warp per
+  channel, chunks scanned in warp shuffles, kept-slot loop unrolled; design: ``docs/triton.md``);
 * :mod:`.state_update`: decode step on dense or compact ``(b, d, k)`` states, in place, with
   optional ``state_batch_indices``;
-* :mod:`.calibration`: SparseSSM transition saliency accumulated during the scan.
+* :mod:`.calibration`: SparseSSM transition saliency accumulated during the scan;
+* :mod:`.aot`: compiles the launches a call would make for a GPU this machine lacks (sm_90), with
+  registers, spills and shared memory per launch (``benchmarks/triton_kernel_report.py``).
 
 Nothing here is imported by ``import sparsessm_kernels``: the kernel modules load on the first
 Triton call (or the first :func:`probe` that finds the backend runnable), because ``triton.jit``

@@ -7,6 +7,7 @@ carry) as well as in newer releases.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -37,6 +38,21 @@ def sm_count(device: torch.device) -> int:
         return 1
     index = device.index if device.index is not None else torch.cuda.current_device()
     return _sm_count(index)
+
+
+@dataclass
+class Launch:
+    """One kernel launch of a call: ``kernel[grid](*args, **kwargs)`` (``kwargs``: compile-time
+    constants and ``num_warps``). Built by the ``plan_*`` functions of the kernel modules, so the
+    launches a call makes can also be compiled ahead of time for a GPU this machine lacks."""
+
+    kernel: object
+    grid: tuple[int, ...]
+    args: tuple
+    kwargs: dict
+
+    def __call__(self) -> None:
+        self.kernel[self.grid](*self.args, **self.kwargs)
 
 
 _INT_DUMMIES: dict[torch.device, torch.Tensor] = {}
@@ -94,15 +110,55 @@ def time_invariant_as_grouped(t: torch.Tensor, b: int, l: int) -> torch.Tensor:
     return t[None, :, :, None].expand(b, d, n, l)
 
 
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+
+if INTERPRETED:  # the interpreter has no libdevice: NumPy's log2 and division (exact)
+
+    @triton.jit
+    def fast_log2(x):
+        return tl.log2(x)
+
+    @triton.jit
+    def fast_div(x, y):
+        return x / y
+
+else:
+    from triton.language.extra import libdevice
+
+    @triton.jit
+    def fast_log2(x):
+        """``log2`` on the hardware's approximation (``lg2.approx``) for float32, where
+        ``tl.log2`` is a software polynomial; exact ``log2`` for float64."""
+        if x.dtype == tl.float32:
+            return libdevice.fast_log2f(x)
+        else:
+            return tl.log2(x)
+
+    @triton.jit
+    def fast_div(x, y):
+        """``x / y`` as ``div.approx`` for float32 (a reciprocal and a product, 2 ulp), where
+        ``/`` is the IEEE division's instruction sequence; exact for float64."""
+        if x.dtype == tl.float32:
+            return libdevice.fast_dividef(x, y)
+        else:
+            return x / y
+
+
 @triton.jit
 def softplus(x):
-    """PyTorch's softplus (beta 1, threshold 20); log1p through Kahan's trick for small exp(x)."""
-    e = tl.exp(tl.minimum(x, 20.0))
+    """PyTorch's softplus (beta 1, threshold 20) on the hardware's base-2 exp / log and a fast
+    division. ``log1p(e)`` is ``e * log(1 + e) / ((1 + e) - 1)`` (Kahan's trick: the
+    rounding of ``1 + e`` cancels), 1 in the limit ``(1 + e) == 1``."""
+    e = tl.exp2(tl.minimum(x, 20.0) * LOG2E)
     u1 = e + 1.0
-    lp = tl.where(u1 == 1.0, e, tl.log(u1) * (e / (u1 - 1.0)))
-    return tl.where(x > 20.0, x, lp)
+    d1 = u1 - 1.0
+    tiny = d1 == 0.0
+    ratio = tl.where(tiny, 1.0, fast_div(fast_log2(u1) * LN2, tl.where(tiny, 1.0, d1)))
+    return tl.where(x > 20.0, x, e * ratio)
 
 
 @triton.jit
 def silu(x):
-    return x / (1.0 + tl.exp(-x))
+    """``x * sigmoid(x)`` with a base-2 exp and a fast division."""
+    return fast_div(x, 1.0 + tl.exp2(-x * LOG2E))

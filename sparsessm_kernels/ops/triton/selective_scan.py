@@ -1,72 +1,52 @@
-"""Triton prefill kernels of the (sparse) selective scan, forward only.
+"""Triton prefill kernel of the (sparse) selective scan, forward only (design: ``docs/triton.md``).
 
 Semantics are exactly :func:`sparsessm_kernels.ops.reference.selective_scan_ref` (see
 ``docs/semantics.md``); this module only decides how the work is laid out on the GPU.
 
-Work units
-----------
-A program owns ``BLOCK_D`` channels of one batch row and a range of timesteps, walked in chunks
-of ``T`` timesteps. Per chunk it loads the ``(BLOCK_D, T)`` tiles of ``u`` and ``delta``
-(``delta_bias`` and softplus applied in registers) once, then loops over the **kept state slots**
-of its channels only:
+One launch (two with a ``zero_transition`` mask, below), grid ``(d / BLOCK_D, b)``: a program owns
+``BLOCK_D`` channels of one batch row, **one warp per channel**, and walks the sequence in chunks
+of ``T`` timesteps, the parallel axis: each thread holds ``T / 32`` consecutive timesteps of its
+channel (one 16-byte load per row). Per chunk it loads ``u`` and ``delta`` (bias, softplus) once,
+then loops over the **kept slots** only: ``K`` is a compile-time constant (``n`` dense, ``k`` for a
+column mask, ``k_max`` for a per-channel mask) and loops of up to ``MAX_UNROLL`` slots are unrolled.
+For slot ``j`` (state ``s``):
 
-* dense: slot ``j`` is state ``j``;
-* column mask: slot ``j`` is state ``kept_idx[j]``, so the ``B`` / ``C`` rows are read through the
-  kept-index table (callers need not compact ``x_proj``);
-* per-channel mask (unstructured, N:M): slot ``j`` of channel ``c`` is ``kept_idx[c, j]``; the
-  ``B`` / ``C`` tiles are gathered per channel (the ``(n, T)`` rows of one chunk stay in L1/L2),
-  padded slots ``j >= kept_count[c]`` are masked, and the slot loop of a program stops at the
-  largest ``kept_count`` of its channels.
+* ``A[:, s]`` (pre-scaled by ``log2(e)``) and the ``B`` / ``C`` rows of ``s`` over the chunk. A row
+  shared by the block's channels (dense and column masks, B / C ungrouped or one group per block)
+  is fetched once per program (the warps after the first hit L1); a per-channel mask reads state
+  ``kept_idx[c, j]`` of each channel through the kept-index table, without compacting anything;
+  a time-invariant ``(d, n)`` B / C is one value per channel;
+* ``dA = exp2(dt * A * log2(e))`` and ``dBu = dt * u * B``; the state entering the chunk joins the
+  first step's drive (``dBu_0 += dA_0 * h_in``), and ``tl.associative_scan`` over ``(dA, dBu)``
+  pairs solves ``h_t = dA_t h_{t-1} + dBu_t`` along the chunk (in-thread, then warp shuffles: no
+  shared memory, no barrier); ``y += C * h``;
+* the state leaving the chunk (the last column, one ``tl.gather`` shuffle) goes into a
+  ``(BLOCK_D, next_pow2(K))`` register tile, read back at the next chunk; with the slot loop
+  unrolled, slot ``j`` is a constant, so both moves cost a select or two. At the end
+  the tile is ``last_state`` (scattered to the state indices, pruned entries 0).
 
-For each slot the discretisation ``dA = exp(dt * A)`` and the drive ``dt * u * B`` are formed for
-the whole tile and the linear recurrence ``h_t = dA_t h_{t-1} + dBu_t`` is solved along the time
-axis with ``tl.associative_scan`` over the pairs ``(dA, dBu)``; the state entering the chunk is
-added as ``cumprod(dA) * h_in`` and the state leaving it is kept (one value per channel and slot)
-in a ``(BLOCK_D, next_pow2(k))`` register tile that carries over to the next chunk. ``C * h``
-accumulates the output. So pruned states cost no ``exp``, no recurrence and no ``C * h``.
+So pruned states cost no ``exp``, no recurrence, no ``C * h`` and no ``B`` / ``C`` traffic. Under
+``zero_transition`` the pruned states' feed-through ``dt * u * sum_{pruned} B * C`` needs no
+recurrence, and for time-varying B / C its ``sum B * C`` does not depend on the channel: a pre-pass
+(``_feedthrough_kernel``, grid ``(l / 1024, b * groups)``) computes that ``(b, groups, l)`` row once
+per call for every program, over the pruned rows of a column mask or over all rows for a
+per-channel mask (the program subtracts its kept products ``B_j * C_j``). With a time-invariant B
+or C the sum is per channel: a batched matmul forms it. ``D``, the ``silu(z)`` gate and the
+down-cast to ``u.dtype`` finish the tile.
 
-Under ``zero_transition`` the pruned states' feed-through ``dt * u * sum_{pruned} B * C`` needs
-no recurrence: for a column mask the sum runs over the pruned rows (the mask's zero entries;
-one ``T``-vector per row, shared by the block's channels); for a per-channel mask it is
-``total - kept``, the sum over all ``n`` rows (shared) minus the kept products accumulated in
-the slot loop. ``D``, the ``silu(z)``
-gate and the down-cast to ``u.dtype`` finish the tile.
-
-Parallel over time (two-pass chunked scan)
------------------------------------------
-At small ``batch * d / BLOCK_D`` (batch 1) the channels alone do not fill the GPU (fewer than
-twice the programs it holds at once), so the sequence is also split into ``S`` segments of at
-least two chunks and three kernels run:
-
-1. ``_segment_state_kernel`` (grid ``d-blocks x (S-1) x b``): for every segment but the last, the
-   state at its end starting from zero, ``E_s = sum_t exp(A_s * R_t) * dt_t u_t B_{s,t}`` with
-   ``R_t`` the sum of ``dt`` after ``t`` inside the chunk (a reverse ``cumsum``; no scan
-   needed), chained over the segment's chunks by ``E <- exp(A * sum dt) * E + E_chunk``, and the
-   segment's ``sum dt`` (its total decay is ``exp(A * sum dt)``).
-2. ``_segment_carry_kernel`` (grid ``(d*k)-blocks x b``): sequential over segments,
-   ``h_in[s+1] = exp(A * sumdt[s]) * h_in[s] + E_s``, written in place of ``E``.
-3. ``_scan_kernel`` (grid ``d-blocks x S x b``): the chunked scan above, starting every segment
-   from its ``h_in``.
-
-When ``batch * d-blocks`` already fills the GPU, ``S = 1`` and only the third kernel runs (one
-pass). The choice depends on shapes only: no host synchronisation, so CUDA graphs capture it.
-
-A time-invariant ``(d, n)`` B or C is passed to the kernels as a grouped ``(b, g = d, n, l)`` view
-with stride 0 over batch and time (no copy): every channel is its own group, its rows gathered
-per channel like a grouped B / C inside a channel block (not specialised further: the ``T`` loads
-of a row hit the same address).
-
-``return_last_state`` is written by the program of the last segment: the carried slots are
-scattered to ``(b, d, n)`` (zero elsewhere, so pruned entries are 0). Math is float32 (float64
-when an input is float64); ``out`` is stored in ``u.dtype``.
-
-Block sizes are fixed, untuned defaults (``BLOCK_D`` 4, ``T`` 64, 4 warps: no register spills in
-any variant when compiled for sm_90); no autotuning.
+Math is float32 (float64 when an input is float64); ``out`` is stored in ``u.dtype``. Block sizes
+come from :func:`scan_config` (a table for the benchmark grid, a rule elsewhere), chosen from
+registers, occupancy and bytes moved, **untuned on hardware**. The launches depend on shapes only:
+no host synchronisation, so CUDA graphs capture them. :func:`plan_scan` lists a call's launches
+without running them, which is how ``sparsessm_kernels.ops.triton.aot`` compiles them for sm_90
+on a machine without a GPU.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -74,6 +54,8 @@ import triton.language as tl
 
 from ._common import (
     INTERPRETED,
+    LOG2E,
+    Launch,
     acc_dtype,
     bc_strides,
     device_guard,
@@ -82,11 +64,20 @@ from ._common import (
     silu,
     sm_count,
     softplus,
-    time_invariant_as_grouped,
 )
 
 MASK_DENSE, MASK_COLUMN, MASK_CHANNEL = 0, 1, 2
-FT_NONE, FT_PRUNED_ROWS, FT_TOTAL_MINUS_KEPT = 0, 1, 2
+ROW, GATHER, FIXED = 0, 1, 2
+"""How a program reads B, C or the feed-through sum: one ``(T,)`` row shared by the block's
+channels, a ``(BLOCK_D, T)`` per-channel gather, or one time-invariant value per channel."""
+FT_NONE = -1
+CONFIG_ENV = "SPARSESSM_TRITON_SCAN_CONFIG"
+REFERENCE_SMS = 132
+"""SMs the configuration assumes when the tensors are not on a GPU (an H100 / H200)."""
+MAX_UNROLL = 16
+"""Slot loops of at most this many kept states are unrolled: slot ``j`` is then a compile-time
+constant, so the carried state is picked from and put back into its register tile with a select
+or two (not one per slot of the tile), and the loads of later slots can be issued early."""
 
 
 @triton.jit
@@ -96,36 +87,37 @@ def _combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _slot_states(
-    kidx_ptr,
-    kcnt_ptr,
-    offs_d,
-    dmask,
-    slots,
-    k,
-    MASK_KIND: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    KB: tl.constexpr,
-):
-    """State index ``(BLOCK_D, KB)`` of every (channel, slot) and whether the slot is real."""
-    zero = tl.zeros([BLOCK_D, KB], dtype=tl.int32)
-    if MASK_KIND == 0:
-        s = slots[None, :] + zero
-        valid = dmask[:, None] & (slots[None, :] < k)
-    elif MASK_KIND == 1:
-        s1 = tl.load(kidx_ptr + slots, mask=slots < k, other=0)
-        s = s1[None, :] + zero
-        valid = dmask[:, None] & (slots[None, :] < k)
-    else:
-        cnt = tl.load(kcnt_ptr + offs_d, mask=dmask, other=0)
-        valid = dmask[:, None] & (slots[None, :] < cnt[:, None])
-        s = tl.load(kidx_ptr + offs_d[:, None] * k + slots[None, :], mask=valid, other=0)
-    return s, valid
+def _tile(base, offs_d, offs, s_d, s_l, m2):
+    """A ``(BLOCK_D, T)`` tile of a ``(d, l)``-strided tensor (0 outside ``m2``); channel offsets
+    in 64 bits (``d * l`` may pass 2^31)."""
+    return tl.load(base + offs_d.to(tl.int64)[:, None] * s_d + offs[None, :] * s_l, mask=m2, other=0.0)
 
 
 @triton.jit
-def _slot(kidx_ptr, kcnt_ptr, A_ptr, j, offs_d, dmask, cnt, k, sA_d, sA_n, MASK_KIND: tl.constexpr):
-    """Slot ``j``: its state index (scalar, or per channel), validity per channel and ``A``."""
+def _operand(ptr, s, offs_d, grp, valid, offs, tmask, s_g, s_n, s_l, goff, KIND: tl.constexpr):
+    """B or C of state ``s`` (a scalar, or one per channel) over the chunk, broadcastable to
+    ``(BLOCK_D, T)``: ``ROW``, ``GATHER`` or ``(BLOCK_D, 1)`` for ``FIXED`` (time-invariant).
+    ``ptr`` is already offset to the batch row.
+
+    A shared row is loaded through a ``(BLOCK_D, T)`` pointer tile whose rows are equal: every
+    warp reads the row it needs in the layout it computes in (the copies after the first hit L1),
+    where a ``(T,)`` load would be spread over the program and redistributed through shared
+    memory, with two barriers per row."""
+    if KIND == 0:
+        p = ptr + goff + s * s_n + (offs[None, :] + offs_d[:, None] * 0) * s_l
+        res = tl.load(p, mask=tmask[None, :], other=0.0)
+    elif KIND == 1:
+        row = grp * s_g + s * s_n
+        p = ptr + row[:, None] + offs[None, :] * s_l
+        res = tl.load(p, mask=valid[:, None] & tmask[None, :], other=0.0)
+    else:
+        res = tl.load(ptr + offs_d * s_g + s * s_n, mask=valid, other=0.0)[:, None]
+    return res
+
+
+@triton.jit
+def _slot_state(j, kidx_ptr, offs_d, dmask, cnt, MASK_KIND: tl.constexpr, K: tl.constexpr):
+    """State index of slot ``j`` (a scalar, or one per channel) and which channels have it."""
     if MASK_KIND == 0:
         s = j
         valid = dmask
@@ -134,266 +126,399 @@ def _slot(kidx_ptr, kcnt_ptr, A_ptr, j, offs_d, dmask, cnt, k, sA_d, sA_n, MASK_
         valid = dmask
     else:
         valid = dmask & (j < cnt)
-        s = tl.load(kidx_ptr + offs_d * k + j, mask=valid, other=0)
-    A_j = tl.load(A_ptr + offs_d * sA_d + s * sA_n, mask=valid, other=0.0)
-    return s, valid, A_j
-
-
-@triton.jit
-def _rows(base, goff, goff_vec, s, offs, tmask, valid, s_n, s_l, ACC: tl.constexpr, ROW: tl.constexpr):
-    """B or C of state ``s`` over the chunk: a shared ``(1, T)`` row (``ROW``) or a ``(BLOCK_D, T)``
-    gather (per-channel state index and/or per-channel group)."""
-    if ROW:
-        r = tl.load(base + goff + s * s_n + offs * s_l, mask=tmask, other=0.0).to(ACC)
-        res = r[None, :]
-    else:
-        off = goff_vec + s * s_n  # s: scalar (shared state) or (BLOCK_D,) (per-channel state)
-        ptr = base + off[:, None] + offs[None, :] * s_l
-        res = tl.load(ptr, mask=valid[:, None] & tmask[None, :], other=0.0).to(ACC)
-    return res
-
-
-@triton.jit
-def _chunk_inputs(
-    u_b, dt_b, bias, offs_d, dmask, offs, tmask, su_d, su_l, sdt_d, sdt_l,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACC: tl.constexpr,
-):  # fmt: skip
-    """``dt`` (bias, softplus; 0 outside the tile so padded steps are identities) and ``u``."""
-    m2 = dmask[:, None] & tmask[None, :]
-    dt = tl.load(dt_b + offs_d[:, None] * sdt_d + offs[None, :] * sdt_l, mask=m2, other=0.0).to(ACC)
-    if HAS_BIAS:
-        dt = dt + bias[:, None]
-    if SOFTPLUS:
-        dt = softplus(dt)
-    dt = tl.where(m2, dt, 0.0)
-    uu = tl.load(u_b + offs_d[:, None] * su_d + offs[None, :] * su_l, mask=m2, other=0.0).to(ACC)
-    return dt, uu
-
-
-@triton.jit
-def _segment_state_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, kidx_ptr, kcnt_ptr, ends_ptr, dtsum_ptr,
-    d, l, k, n_seg, seg_len, dpg_B,
-    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n, sB_b, sB_g, sB_n, sB_l, s_bias,
-    MASK_KIND: tl.constexpr, ROW_B: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, T: tl.constexpr, KB: tl.constexpr, ACC: tl.constexpr,
-):  # fmt: skip
-    """Pass 1: end state (from zero) and ``sum dt`` of one segment, for every kept slot."""
-    pid_d = tl.program_id(0)
-    seg = tl.program_id(1)
-    bi = tl.program_id(2).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    dmask = offs_d < d
-    offs_t = tl.arange(0, T)
-    slots = tl.arange(0, KB)
-
-    if MASK_KIND == 2:
-        cnt = tl.load(kcnt_ptr + offs_d, mask=dmask, other=0)
-        k_blk = tl.max(cnt, axis=0)
-    else:
-        cnt = tl.zeros([BLOCK_D], dtype=tl.int32)
-        k_blk = k
-    s_all, v_all = _slot_states(kidx_ptr, kcnt_ptr, offs_d, dmask, slots, k, MASK_KIND, BLOCK_D, KB)
-    A_all = tl.load(A_ptr + offs_d[:, None] * sA_d + s_all * sA_n, mask=v_all, other=0.0).to(ACC)
-    bias = tl.zeros([BLOCK_D], dtype=ACC)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d * s_bias, mask=dmask, other=0.0).to(ACC)
-    grp_B = offs_d // dpg_B
-    goff_B = ((pid_d * BLOCK_D) // dpg_B) * sB_g
-    u_b = u_ptr + bi * su_b
-    dt_b = dt_ptr + bi * sdt_b
-    B_b = B_ptr + bi * sB_b
-
-    E = tl.zeros([BLOCK_D, KB], dtype=ACC)
-    total = tl.zeros([BLOCK_D], dtype=ACC)
-    t_begin = seg * seg_len
-    t_end = tl.minimum(t_begin + seg_len, l)
-    for t0 in range(t_begin, t_end, T):
-        offs = t0 + offs_t
-        tmask = offs < t_end
-        dt, uu = _chunk_inputs(
-            u_b, dt_b, bias, offs_d, dmask, offs, tmask, su_d, su_l, sdt_d, sdt_l, HAS_BIAS, SOFTPLUS, ACC
-        )
-        dtu = dt * uu
-        csum = tl.sum(dt, axis=1)
-        after = tl.cumsum(dt, axis=1, reverse=True) - dt  # sum of dt after t, inside the chunk
-        E = E * tl.exp(A_all * csum[:, None])
-        for j in range(0, k_blk):
-            s, valid, A_j = _slot(kidx_ptr, kcnt_ptr, A_ptr, j, offs_d, dmask, cnt, k, sA_d, sA_n, MASK_KIND)
-            Bj = _rows(B_b, goff_B, grp_B * sB_g, s, offs, tmask, valid, sB_n, sB_l, ACC, ROW_B)
-            w = tl.exp(A_j.to(ACC)[:, None] * after)
-            local = tl.sum(w * dtu * Bj, axis=1)
-            E = tl.where(slots[None, :] == j, E + local[:, None], E)
-        total += csum
-
-    base = (bi * n_seg + seg) * d
-    tl.store(
-        ends_ptr + (base + offs_d[:, None]) * k + slots[None, :],
-        E,
-        mask=dmask[:, None] & (slots[None, :] < k),
-    )
-    tl.store(dtsum_ptr + base + offs_d, total, mask=dmask)
-
-
-@triton.jit
-def _segment_carry_kernel(
-    A_ptr, kidx_ptr, ends_ptr, dtsum_ptr, d, k, n_seg, sA_d, sA_n,
-    MASK_KIND: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
-):  # fmt: skip
-    """Carry pass: state entering every segment, sequential over segments, in place of ``ends``."""
-    pid = tl.program_id(0)
-    bi = tl.program_id(1).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    m = offs < d * k
-    c = offs // k
-    j = offs % k
-    if MASK_KIND == 0:
-        s = j
-    elif MASK_KIND == 1:
-        s = tl.load(kidx_ptr + j, mask=m, other=0)
-    else:
-        s = tl.load(kidx_ptr + offs, mask=m, other=0)  # padded slots: their E is 0, carry stays 0
-    A_v = tl.load(A_ptr + c * sA_d + s * sA_n, mask=m, other=0.0).to(ACC)
-    carry = tl.zeros([BLOCK], dtype=ACC)
-    for seg in range(0, n_seg - 1):
-        base = (bi * n_seg + seg) * d
-        e = tl.load(ends_ptr + base * k + offs, mask=m, other=0.0)
-        ds = tl.load(dtsum_ptr + base + c, mask=m, other=0.0)
-        tl.store(ends_ptr + base * k + offs, carry, mask=m)
-        carry = tl.exp(A_v * ds) * carry + e
-    tl.store(ends_ptr + (bi * n_seg + n_seg - 1) * d * k + offs, carry, mask=m)
+        s = tl.load(kidx_ptr + offs_d * K + j, mask=valid, other=0)
+    return s, valid
 
 
 @triton.jit
 def _scan_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, kidx_ptr, kcnt_ptr, colmask_ptr,
-    hin_ptr, out_ptr, last_ptr,
-    d, l, n, k, n_seg, seg_len, dpg_B, dpg_C,
-    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sz_b, sz_d, sz_l, sA_d, sA_n,
-    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, s_D, s_bias,
-    MASK_KIND: tl.constexpr, FT_MODE: tl.constexpr, ROW_B: tl.constexpr, ROW_C: tl.constexpr,
-    UNI_B: tl.constexpr, UNI_C: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_HIN: tl.constexpr, RETURN_LAST: tl.constexpr,
-    BLOCK_D: tl.constexpr, T: tl.constexpr, KB: tl.constexpr, ACC: tl.constexpr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, kidx_ptr, kcnt_ptr, ft_ptr,
+    out_ptr, last_ptr,
+    d, l, n, dpg_B, dpg_C, dpg_F,
+    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sz_b, sz_d, sz_l, so_b, so_d, sA_d, sA_n,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sF_b, sF_g, sF_l, s_D, s_bias,
+    MASK_KIND: tl.constexpr, K: tl.constexpr, UNROLL: tl.constexpr, B_KIND: tl.constexpr,
+    C_KIND: tl.constexpr, FT_KIND: tl.constexpr, SUB_KEPT: tl.constexpr, HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, RETURN_LAST: tl.constexpr,
+    MULTI_CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, KB: tl.constexpr,
+    ACC: tl.constexpr,
 ):  # fmt: skip
-    """Pass 2 (or the single pass): chunked scan of one segment over the kept slots."""
     pid_d = tl.program_id(0)
-    seg = tl.program_id(1)
-    bi = tl.program_id(2).to(tl.int64)
+    bi = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = offs_d < d
     offs_t = tl.arange(0, T)
-    slots = tl.arange(0, KB)
+    first_col = offs_t[None, :] == 0
+    last_col = tl.full([BLOCK_D, 1], T - 1, tl.int32)
+    slots = tl.arange(0, KB)[None, :]
+    hc = tl.zeros([BLOCK_D, KB], dtype=ACC)  # the state carried from chunk to chunk, per slot
 
     if MASK_KIND == 2:
         cnt = tl.load(kcnt_ptr + offs_d, mask=dmask, other=0)
-        k_blk = tl.max(cnt, axis=0)
     else:
         cnt = tl.zeros([BLOCK_D], dtype=tl.int32)
-        k_blk = k
+    if MASK_KIND == 2 and UNROLL == 1:  # a runtime loop stops at the block's largest kept count
+        k_loop = tl.max(cnt, axis=0)
+    else:
+        k_loop = K
     bias = tl.zeros([BLOCK_D], dtype=ACC)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d * s_bias, mask=dmask, other=0.0).to(ACC)
-    grp_B = offs_d // dpg_B
-    grp_C = offs_d // dpg_C
-    goff_B = ((pid_d * BLOCK_D) // dpg_B) * sB_g
-    goff_C = ((pid_d * BLOCK_D) // dpg_C) * sC_g
+    Dv = tl.zeros([BLOCK_D], dtype=ACC)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d * s_D, mask=dmask, other=0.0).to(ACC)
+    grp_B = (offs_d // dpg_B).to(tl.int64)  # group offsets may pass 2^31 elements
+    grp_C = (offs_d // dpg_C).to(tl.int64)
+    goff_B = ((pid_d * BLOCK_D) // dpg_B).to(tl.int64) * sB_g
+    goff_C = ((pid_d * BLOCK_D) // dpg_C).to(tl.int64) * sC_g
+    goff_F = ((pid_d * BLOCK_D) // dpg_F).to(tl.int64) * sF_g
     u_b = u_ptr + bi * su_b
     dt_b = dt_ptr + bi * sdt_b
+    z_b = z_ptr + bi * sz_b
     B_b = B_ptr + bi * sB_b
     C_b = C_ptr + bi * sC_b
+    ft_b = ft_ptr + bi * sF_b
 
-    slot_mask = dmask[:, None] & (slots[None, :] < k)
-    if HAS_HIN:
-        hin = hin_ptr + ((bi * n_seg + seg) * d + offs_d[:, None]) * k + slots[None, :]
-        carry = tl.load(hin, mask=slot_mask, other=0.0).to(ACC)
-    else:
-        carry = tl.zeros([BLOCK_D, KB], dtype=ACC)
-
-    t_begin = seg * seg_len
-    t_end = tl.minimum(t_begin + seg_len, l)
-    for t0 in range(t_begin, t_end, T):
+    for t0 in range(0, l, T):
         offs = t0 + offs_t
-        tmask = offs < t_end
-        dt, uu = _chunk_inputs(
-            u_b, dt_b, bias, offs_d, dmask, offs, tmask, su_d, su_l, sdt_d, sdt_l, HAS_BIAS, SOFTPLUS, ACC
-        )
-        dtu = dt * uu
-        y = tl.zeros([BLOCK_D, T], dtype=ACC)
-        kept_bc = tl.zeros([BLOCK_D, T], dtype=ACC)
-        for j in range(0, k_blk):
-            s, valid, A_j = _slot(kidx_ptr, kcnt_ptr, A_ptr, j, offs_d, dmask, cnt, k, sA_d, sA_n, MASK_KIND)
-            Bj = _rows(B_b, goff_B, grp_B * sB_g, s, offs, tmask, valid, sB_n, sB_l, ACC, ROW_B)
-            Cj = _rows(C_b, goff_C, grp_C * sC_g, s, offs, tmask, valid, sC_n, sC_l, ACC, ROW_C)
-            dA = tl.exp(dt * A_j.to(ACC)[:, None])
-            a_cum, h = tl.associative_scan((dA, dtu * Bj), 1, _combine)
-            h_in = tl.sum(tl.where(slots[None, :] == j, carry, 0.0), axis=1)
-            h = h + a_cum * h_in[:, None]
-            y += h * Cj
-            h_out = tl.sum(tl.where(offs_t[None, :] == T - 1, h, 0.0), axis=1)
-            carry = tl.where(slots[None, :] == j, h_out[:, None], carry)
-            if FT_MODE == 2:
-                kept_bc += Bj * Cj
-        if FT_MODE == 1:  # column mask: sum over the pruned rows, shared by the block's channels
-            if UNI_B and UNI_C:
-                ft = tl.zeros([1, T], dtype=ACC)
-            else:
-                ft = tl.zeros([BLOCK_D, T], dtype=ACC)
-            for s in range(0, n):
-                if tl.load(colmask_ptr + s) == 0:  # a pruned row (kept rows are skipped)
-                    Bs = _rows(B_b, goff_B, grp_B * sB_g, s, offs, tmask, dmask, sB_n, sB_l, ACC, UNI_B)
-                    Cs = _rows(C_b, goff_C, grp_C * sC_g, s, offs, tmask, dmask, sC_n, sC_l, ACC, UNI_C)
-                    ft += Bs * Cs
-            y += dtu * ft
-        elif FT_MODE == 2:  # per-channel mask: all rows minus the kept products
-            if UNI_B and UNI_C:
-                tot = tl.zeros([1, T], dtype=ACC)
-            else:
-                tot = tl.zeros([BLOCK_D, T], dtype=ACC)
-            for s in range(0, n):
-                Bs = _rows(B_b, goff_B, grp_B * sB_g, s, offs, tmask, dmask, sB_n, sB_l, ACC, UNI_B)
-                Cs = _rows(C_b, goff_C, grp_C * sC_g, s, offs, tmask, dmask, sC_n, sC_l, ACC, UNI_C)
-                tot += Bs * Cs
-            y += dtu * (tot - kept_bc)
-        if HAS_D:
-            Dv = tl.load(D_ptr + offs_d * s_D, mask=dmask, other=0.0).to(ACC)
-            y += uu * Dv[:, None]
+        tmask = offs < l
         m2 = dmask[:, None] & tmask[None, :]
+        dt = _tile(dt_b, offs_d, offs, sdt_d, sdt_l, m2).to(ACC) + bias[:, None]
+        if SOFTPLUS:
+            dt = softplus(dt)
+        dt = tl.where(m2, dt, 0.0)  # padded steps are identities: dA = 1, dBu = 0
+        uu = _tile(u_b, offs_d, offs, su_d, su_l, m2).to(ACC)
+        dtu = dt * uu
+        y = uu * Dv[:, None]
+        kept_bc = tl.zeros([BLOCK_D, T], dtype=ACC)
+        for j in tl.range(0, k_loop, loop_unroll_factor=UNROLL):
+            s, valid = _slot_state(j, kidx_ptr, offs_d, dmask, cnt, MASK_KIND, K)
+            A2 = tl.load(A_ptr + offs_d * sA_d + s * sA_n, mask=valid, other=0.0).to(ACC) * LOG2E
+            Bj = _operand(B_b, s, offs_d, grp_B, valid, offs, tmask, sB_g, sB_n, sB_l, goff_B, B_KIND).to(ACC)
+            Cj = _operand(C_b, s, offs_d, grp_C, valid, offs, tmask, sC_g, sC_n, sC_l, goff_C, C_KIND).to(ACC)
+            dA = tl.exp2(dt * A2[:, None])
+            dBu = dtu * Bj
+            if MULTI_CHUNK:  # the state entering the chunk joins the first step's drive
+                h_in = tl.sum(tl.where(slots == j, hc, 0.0), axis=1, keep_dims=True)
+                dBu = tl.where(first_col, dBu + dA * h_in, dBu)
+            _, h = tl.associative_scan((dA, dBu), 1, _combine)
+            y += h * Cj
+            if SUB_KEPT:
+                kept_bc += Bj * Cj
+            if MULTI_CHUNK or RETURN_LAST:  # the state leaving the chunk: its last column
+                hc = tl.where(slots == j, tl.gather(h, last_col, 1), hc)
+        if FT_KIND >= 0:
+            grp_F = (offs_d // dpg_F).to(tl.int64)
+            ft = _operand(ft_b, 0, offs_d, grp_F, dmask, offs, tmask, sF_g, 0, sF_l, goff_F, FT_KIND).to(ACC)
+            if SUB_KEPT:
+                ft = ft - kept_bc
+            y += dtu * ft
         if HAS_Z:
-            zz = tl.load(
-                z_ptr + bi * sz_b + offs_d[:, None] * sz_d + offs[None, :] * sz_l, mask=m2, other=0.0
-            ).to(ACC)
-            y = y * silu(zz)
-        out_ptrs = out_ptr + (bi * d + offs_d[:, None]) * l + offs[None, :]
+            y = y * silu(_tile(z_b, offs_d, offs, sz_d, sz_l, m2).to(ACC))
+        out_ptrs = out_ptr + bi * so_b + offs_d.to(tl.int64)[:, None] * so_d + offs[None, :]
         tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=m2)
 
-    if RETURN_LAST:  # noqa: SIM102 (a compile-time flag, then a runtime condition)
-        if seg == n_seg - 1:
-            s_all, v_all = _slot_states(kidx_ptr, kcnt_ptr, offs_d, dmask, slots, k, MASK_KIND, BLOCK_D, KB)
-            tl.store(last_ptr + (bi * d + offs_d[:, None]) * n + s_all, carry, mask=v_all)
+    if RETURN_LAST:  # the carried states to their state indices (pruned entries stay 0)
+        if MASK_KIND == 0:
+            s_all = slots + offs_d[:, None] * 0
+            v_all = dmask[:, None] & (slots < K)
+        elif MASK_KIND == 1:
+            s_all = tl.load(kidx_ptr + slots + offs_d[:, None] * 0, mask=slots < K, other=0)
+            v_all = dmask[:, None] & (slots < K)
+        else:
+            v_all = dmask[:, None] & (slots < cnt[:, None])
+            s_all = tl.load(kidx_ptr + offs_d[:, None] * K + slots, mask=v_all, other=0)
+        tl.store(last_ptr + (bi * d + offs_d[:, None]) * n + s_all, hc, mask=v_all)
 
 
-def _config(b: int, d: int, l: int, kb: int, device: torch.device) -> tuple[int, int, int]:
-    """``(BLOCK_D, T, num_warps)``: fixed, untuned defaults."""
-    if INTERPRETED:  # the interpreter pays per op, not per element: fewer, wider programs
-        return min(32, next_pow2(d)), 32, 4
-    # (4, 64) keeps every variant (dense to n=256, gathers of per-channel masks) free of register
-    # spills on sm_90 with Triton 3.9 (72-118 registers at 4 warps); untimed.
-    return min(4, next_pow2(d)), 64, 4
+@triton.jit
+def _feedthrough_kernel(
+    B_ptr, C_ptr, colmask_ptr, ft_ptr, l, n, dpg_F, dpg_B, dpg_C, G,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    PRUNED_ONLY: tl.constexpr, BLOCK_L: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """``ft[b, f, t] = sum_s B[b, s, t] * C[b, s, t]`` over the pruned rows of a column mask
+    (``PRUNED_ONLY``) or over all rows, for channel group ``f`` (``dpg_F`` channels sharing the
+    B group and the C group)."""
+    pid_l = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
+    bi = row // G
+    c0 = (row % G) * dpg_F
+    offs = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    tmask = offs < l
+    B_row = B_ptr + bi * sB_b + (c0 // dpg_B) * sB_g + offs * sB_l
+    C_row = C_ptr + bi * sC_b + (c0 // dpg_C) * sC_g + offs * sC_l
+    acc = tl.zeros([BLOCK_L], dtype=ACC)
+    for s in range(0, n):
+        take = True
+        if PRUNED_ONLY:
+            take = tl.load(colmask_ptr + s) == 0
+        if take:
+            Bs = tl.load(B_row + s * sB_n, mask=tmask, other=0.0).to(ACC)
+            Cs = tl.load(C_row + s * sC_n, mask=tmask, other=0.0).to(ACC)
+            acc += Bs * Cs
+    tl.store(ft_ptr + row * l + offs, acc, mask=tmask)
 
 
-RESIDENT_PER_SM = 6
-"""Programs of the scan kernel resident per SM (about 72-118 registers x 128 threads)."""
+# ------------------------------------------------------------------------------ configuration
+@dataclass(frozen=True)
+class ScanConfig:
+    """Launch configuration of :func:`_scan_kernel`: ``block_d`` channels per program, ``chunk``
+    timesteps per chunk (powers of 2) and ``num_warps``. The intended layout is one warp per
+    channel (``block_d == num_warps``), ``chunk / 32`` consecutive timesteps per thread."""
+
+    block_d: int
+    chunk: int
+    num_warps: int
+
+    @classmethod
+    def parse(cls, text: str, name: str = CONFIG_ENV) -> ScanConfig:
+        """``"block_d,chunk,num_warps"``, each a power of 2 (``num_warps`` at most 8)."""
+        parts = text.replace(" ", "").split(",")
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            values = []
+        ok = len(values) == 3 and all(v >= 1 and v & (v - 1) == 0 for v in values) and values[2] <= 8
+        if not ok:
+            raise ValueError(
+                f"{name}: expected 'block_d,chunk,num_warps' (powers of 2, num_warps <= 8), got {text!r}"
+            )
+        return cls(*values)
 
 
-def _segments(b: int, d_blocks: int, n_chunks: int, device: torch.device) -> int:
-    """Segments per sequence: the two-pass scan when ``batch * d_blocks`` programs would leave the
-    device idle or end in a long partial wave (programs are long: they walk the whole sequence)."""
-    target = 2 * RESIDENT_PER_SM * sm_count(device)
-    have = b * d_blocks
-    if have == 0 or have >= target or n_chunks < 4:
-        return 1
-    return max(1, min(n_chunks // 2, math.ceil(target / have)))
+def _grid_table() -> dict[tuple[int, int, int, torch.dtype], ScanConfig]:
+    """The benchmark grid: Mamba-1 130M / 370M / 1.4B / 2.8B layers (``d``), ``l`` 512 / 2048 /
+    8192, ``n = 16`` with ``k = 16`` (dense) or 8 (50% column, 2:4), 16-bit inputs. The rule of
+    :func:`gpu_config` picks one warp per channel, 4 channels per program and chunks of 256 for
+    every one of them (16-bit loads of 8 timesteps per thread; at batch 1 the smallest layer
+    still gives 384 programs, over 2 per SM of an H100 / H200). Untuned on hardware: a measured
+    pick replaces its entry."""
+    picked = ScanConfig(block_d=4, chunk=256, num_warps=4)
+    return {
+        (d, l, k, dtype): picked
+        for d in (1536, 2048, 4096, 5120)
+        for l in (512, 2048, 8192)
+        for k in (16, 8)
+        for dtype in (torch.bfloat16, torch.float16)
+    }
+
+
+CONFIG_TABLE = _grid_table()
+"""``(d, l, k, u.dtype) -> ScanConfig`` for the benchmark grid (used when the batch gives at least
+two programs per SM, as every shape of the grid does at batch >= 1 on 132 SMs); any other call
+takes the rule of :func:`scan_config`."""
+
+
+def scan_config(
+    b: int,
+    d: int,
+    l: int,
+    k: int,
+    dtype: torch.dtype,
+    math_dtype: torch.dtype,
+    device: torch.device,
+    group_size: int = 0,
+) -> ScanConfig:
+    """The configuration of one call: ``SPARSESSM_TRITON_SCAN_CONFIG``
+    (``"block_d,chunk,num_warps"``, for tuning) if set, wide programs under the interpreter (it
+    pays per operation, not per element), else :func:`gpu_config` for the device's SM count
+    (:data:`REFERENCE_SMS` for ``meta`` tensors, as in the ahead-of-time compile)."""
+    forced = os.environ.get(CONFIG_ENV, "").strip()
+    if forced:
+        return ScanConfig.parse(forced)
+    if INTERPRETED:
+        return ScanConfig(min(32, next_pow2(d)), min(64, max(16, next_pow2(l))), 4)
+    sms = sm_count(device) if device.type == "cuda" else REFERENCE_SMS
+    return gpu_config(b, d, l, k, dtype, math_dtype, sms, group_size)
+
+
+def gpu_config(
+    b: int,
+    d: int,
+    l: int,
+    k: int,
+    dtype: torch.dtype,
+    math_dtype: torch.dtype,
+    sms: int,
+    group_size: int = 0,
+) -> ScanConfig:
+    """:data:`CONFIG_TABLE`'s entry, else the rule below; see ``docs/triton.md``
+    (*Configuration*). Untuned on hardware: chosen from registers (no spills when compiled for
+    sm_90), occupancy and bytes moved.
+
+    ``dtype``: of ``u``; ``math_dtype``: float32 or float64; ``sms``: streaming multiprocessors;
+    ``group_size``: channels per B / C group when B or C is grouped (0 otherwise).
+    """
+    entry = CONFIG_TABLE.get((d, l, k, dtype))
+    if entry is not None and b * triton.cdiv(d, entry.block_d) >= 2 * sms and group_size % entry.block_d == 0:
+        return entry
+    # timesteps per thread: one 16-byte load of 16-bit inputs (8) or float32 (4); float64 math
+    # needs twice the registers per value, and 2 per thread already spill: 1
+    per_thread = 1 if math_dtype == torch.float64 else (8 if dtype.itemsize <= 2 else 4)
+    chunk = min(32 * per_thread, max(16, next_pow2(l)))
+    # one warp per channel, 4 channels per program (they share their B / C rows), 2 when that
+    # leaves under 2 programs per SM or the channels of a program would straddle two B / C
+    # groups; not 1 (a 1-warp program gets 128 registers per thread from ptxas, and spills)
+    warps = 4
+    if b * triton.cdiv(d, warps) < 2 * sms or group_size % warps:
+        warps = 2
+    return ScanConfig(block_d=min(warps, next_pow2(d)), chunk=chunk, num_warps=warps)
+
+
+# ------------------------------------------------------------------------------ host side
+def _unroll(k: int, per_channel: bool, b_kind: int, c_kind: int) -> int:
+    """Slots unrolled: all ``k`` up to ``MAX_UNROLL``; but B / C gathered per channel because
+    groups change inside a program keep 16 live row addresses per thread (a register spill):
+    there the slot loop stays a loop."""
+    gathered_by_groups = not per_channel and GATHER in (b_kind, c_kind)
+    return k if 1 <= k <= (MAX_UNROLL // 2 if gathered_by_groups else MAX_UNROLL) else 1
+
+
+def _operand_kind(t: torch.Tensor, dpg: int, block_d: int, per_channel_state: bool) -> int:
+    if t.dim() == 2:
+        return FIXED
+    return GATHER if per_channel_state or dpg % block_d else ROW
+
+
+def _feedthrough(
+    B: torch.Tensor,
+    C: torch.Tensor,
+    state_mask: torch.Tensor,
+    b: int,
+    d: int,
+    l: int,
+    acc: torch.dtype,
+    acc_tl: tl.dtype,
+) -> tuple[torch.Tensor, bool, list[Launch]]:
+    """The pruned states' ``sum B * C`` as a ``(b, G, l)``-strided tensor, whether the scan must
+    subtract its kept products (per-channel mask, time-varying B and C), and the launch that
+    fills it (none when it is formed here, for a time-invariant B or C)."""
+    if B.dim() != 2 and C.dim() != 2:
+        gB, sB_b, sB_g, sB_n = bc_strides(B, B.dim() == 4)
+        gC, sC_b, sC_g, sC_n = bc_strides(C, C.dim() == 4)
+        dpg_B, dpg_C = d // gB, d // gC
+        dpg_F = math.gcd(dpg_B, dpg_C)
+        G = d // dpg_F
+        pruned_only = state_mask.dim() == 1
+        ft = torch.empty((b, G, l), dtype=acc, device=B.device)
+        colmask = state_mask.contiguous().view(torch.uint8) if pruned_only else int_dummy(B.device)
+        block_l = 1024 if not INTERPRETED else max(16, min(1024, next_pow2(l)))
+        args = (
+            B, C, colmask, ft, l, B.shape[-2], dpg_F, dpg_B, dpg_C, G,
+            sB_b, sB_g, sB_n, B.stride(-1), sC_b, sC_g, sC_n, C.stride(-1),
+        )  # fmt: skip
+        kwargs = dict(PRUNED_ONLY=pruned_only, BLOCK_L=block_l, ACC=acc_tl, num_warps=4)
+        launch = Launch(_feedthrough_kernel, (triton.cdiv(l, block_l), b * G), args, kwargs)
+        return ft, not pruned_only, [launch]
+    # a time-invariant B or C: the sum depends on the channel, (b or 1, d, l or 1)
+    pruned = (~state_mask).to(acc)
+    pruned = pruned.expand(d, -1) if pruned.dim() == 1 else pruned
+    n = pruned.shape[1]
+    if B.dim() == 2 and C.dim() == 2:
+        return (B.to(acc) * C.to(acc) * pruned).sum(-1)[None, :, None], False, []
+    fixed, varying = (B, C) if B.dim() == 2 else (C, B)
+    g = varying.shape[1] if varying.dim() == 4 else 1
+    weights = (fixed.to(acc) * pruned).view(g, d // g, n)  # (g, channels per group, n)
+    grouped = varying.to(acc) if varying.dim() == 4 else varying.to(acc)[:, None]  # (b, g, n, l)
+    ft = torch.einsum("gcn,bgnl->bgcl", weights, grouped).reshape(b, d, l)
+    return ft, False, []
+
+
+def plan_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    return_last_state: bool,
+    state_mask: torch.Tensor | None,
+    kept_idx: torch.Tensor | None,
+    kept_count: torch.Tensor | None,
+    pruned_states: str,
+    config: ScanConfig | None = None,
+) -> tuple[list[Launch], torch.Tensor, torch.Tensor | None]:
+    """Allocate the outputs and buffers of one call and list its launches, in order.
+
+    Returns ``(launches, out, last_state or None)``; running the launches fills the outputs. A
+    time-invariant B / C with a ``zero_transition`` mask computes its per-channel feed-through sum
+    here (a batched matmul on ``u``'s device).
+    """
+    b, d, l = u.shape
+    n = A.shape[1]
+    dev = u.device
+    acc_torch, acc_tl = acc_dtype(u, delta, A, B, C, D, z, delta_bias)
+    if state_mask is None:
+        mask_kind, k = MASK_DENSE, n
+    elif state_mask.dim() == 1:
+        mask_kind, k = MASK_COLUMN, int(kept_idx.shape[0])
+    else:
+        mask_kind, k = MASK_CHANNEL, int(kept_idx.shape[1])
+    group_sizes = [d // t.shape[1] for t in (B, C) if t.dim() == 4]
+    group_size = math.gcd(*group_sizes) if group_sizes else 0
+    cfg = config or scan_config(b, d, l, k, u.dtype, acc_torch, dev, group_size)
+    block_d, T = cfg.block_d, cfg.chunk
+    out = torch.empty((b, d, l), dtype=u.dtype, device=dev)
+    pruned_exist = mask_kind == MASK_CHANNEL or (mask_kind == MASK_COLUMN and k < n)
+    last = None
+    if return_last_state:
+        last = (torch.zeros if pruned_exist else torch.empty)((b, d, n), dtype=acc_torch, device=dev)
+    if b == 0 or d == 0:
+        return [], out, last
+
+    # every program reads each B / C row: rows strided in time (B / C transposed from (b, l, n),
+    # as some callers pass them) would cost a load per timestep instead of one vector per thread
+    B = B.contiguous() if B.dim() != 2 and B.stride(-1) != 1 else B
+    C = C.contiguous() if C.dim() != 2 and C.stride(-1) != 1 else C
+    per_channel = mask_kind == MASK_CHANNEL
+    gB, sB_b, sB_g, sB_n = bc_strides(B, B.dim() == 4)
+    gC, sC_b, sC_g, sC_n = bc_strides(C, C.dim() == 4)
+    if B.dim() == 2:  # time-invariant (d, n): one value per (channel, state)
+        gB, sB_b, sB_g, sB_n = d, 0, B.stride(0), B.stride(1)
+    if C.dim() == 2:
+        gC, sC_b, sC_g, sC_n = d, 0, C.stride(0), C.stride(1)
+    dpg_B, dpg_C = d // gB, d // gC
+    b_kind = _operand_kind(B, dpg_B, block_d, per_channel)
+    c_kind = _operand_kind(C, dpg_C, block_d, per_channel)
+    sB_l = B.stride(-1) if B.dim() != 2 else 0
+    sC_l = C.stride(-1) if C.dim() != 2 else 0
+
+    launches: list[Launch] = []
+    ft, ft_kind, sub_kept, dpg_F, sF = out, FT_NONE, False, 1, (0, 0, 0)
+    if pruned_states == "zero_transition" and pruned_exist:
+        ft, sub_kept, pre = _feedthrough(B, C, state_mask, b, d, l, acc_torch, acc_tl)
+        launches += pre
+        dpg_F = d // ft.shape[1]
+        sF = (ft.stride(0) if ft.shape[0] > 1 else 0, ft.stride(1), ft.stride(2) if ft.shape[2] > 1 else 0)
+        ft_kind = GATHER if dpg_F % block_d else ROW
+    multi_chunk = l > T and k > 0
+    idummy = int_dummy(dev)
+    args = (
+        u, delta, A, B, C,
+        D if D is not None else out, z if z is not None else out,
+        delta_bias if delta_bias is not None else out,
+        kept_idx.contiguous() if kept_idx is not None and kept_idx.numel() else idummy,
+        kept_count.contiguous() if kept_count is not None else idummy,
+        ft, out, last if last is not None else out,
+        d, l, n, dpg_B, dpg_C, dpg_F,
+        *u.stride(), *delta.stride(), *(z.stride() if z is not None else (0, 0, 0)),
+        out.stride(0), out.stride(1), *A.stride(),
+        sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, *sF,
+        D.stride(0) if D is not None else 0, delta_bias.stride(0) if delta_bias is not None else 0,
+    )  # fmt: skip
+    kwargs = dict(
+        MASK_KIND=mask_kind, K=k, UNROLL=_unroll(k, per_channel, b_kind, c_kind),
+        B_KIND=b_kind, C_KIND=c_kind, FT_KIND=ft_kind, SUB_KEPT=sub_kept,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus), RETURN_LAST=return_last_state and k > 0, MULTI_CHUNK=multi_chunk,
+        BLOCK_D=block_d, T=T, KB=next_pow2(k), ACC=acc_tl, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    launches.append(Launch(_scan_kernel, (triton.cdiv(d, block_d), b), args, kwargs))
+    return launches, out, last
 
 
 def selective_scan_triton(
@@ -412,95 +537,18 @@ def selective_scan_triton(
     kept_count: torch.Tensor | None,
     pruned_states: str,
     *,
-    block_d: int | None = None,
-    chunk: int | None = None,
-    n_segments: int | None = None,
+    config: ScanConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Selective scan on the Triton kernels; arguments validated by the caller (``ops.dispatch``).
 
     Same contract as ``torch_backend.selective_scan_torch``: returns ``(out, last_state or None)``.
-    ``block_d`` (power of 2), ``chunk`` (timesteps per chunk, power of 2) and ``n_segments``
-    (time segments, i.e. the two-pass scan when > 1) override the defaults (for tests and tuning).
+    ``config`` overrides :func:`scan_config` (for tests and tuning).
     """
-    b, d, l = u.shape
-    n = A.shape[1]
-    dev = u.device
-    acc_torch, acc_tl = acc_dtype(u, delta, A, B, C, D, z, delta_bias)
-    B, C = time_invariant_as_grouped(B, b, l), time_invariant_as_grouped(C, b, l)
-    if state_mask is None:
-        mask_kind, k = MASK_DENSE, n
-    elif state_mask.dim() == 1:
-        mask_kind, k = MASK_COLUMN, int(kept_idx.shape[0])
-    else:
-        mask_kind, k = MASK_CHANNEL, int(kept_idx.shape[1])
-    zero_transition = pruned_states == "zero_transition"
-    ft_mode = FT_NONE
-    if zero_transition and mask_kind == MASK_COLUMN and k < n:
-        ft_mode = FT_PRUNED_ROWS
-    elif zero_transition and mask_kind == MASK_CHANNEL:
-        ft_mode = FT_TOTAL_MINUS_KEPT
-    kidx = kept_idx.contiguous() if kept_idx is not None else None
-    kcnt = kept_count.contiguous() if kept_count is not None else None
-
-    gB, sB_b, sB_g, sB_n = bc_strides(B, B.dim() == 4)
-    gC, sC_b, sC_g, sC_n = bc_strides(C, C.dim() == 4)
-    dpg_B, dpg_C = d // gB, d // gC
-    kb = next_pow2(max(k, 1))
-    cfg_block_d, cfg_t, num_warps = _config(b, d, l, kb, dev)
-    block_d = block_d or cfg_block_d
-    T = chunk or cfg_t
-    d_blocks = triton.cdiv(d, block_d)
-    uni_B = gB == 1 or dpg_B % block_d == 0
-    uni_C = gC == 1 or dpg_C % block_d == 0
-    row_B = uni_B and mask_kind != MASK_CHANNEL
-    row_C = uni_C and mask_kind != MASK_CHANNEL
-
-    n_chunks = triton.cdiv(l, T)
-    n_seg = n_segments or _segments(b, d_blocks, n_chunks, dev)
-    n_seg = max(1, min(n_seg, n_chunks))
-    seg_len = triton.cdiv(n_chunks, n_seg) * T
-    n_seg = triton.cdiv(l, seg_len)
-
-    out = torch.empty((b, d, l), dtype=u.dtype, device=dev)
-    last = torch.zeros((b, d, n), dtype=acc_torch, device=dev) if return_last_state else None
-    dummy = out
-    bias = delta_bias if delta_bias is not None else dummy
-    s_bias = delta_bias.stride(0) if delta_bias is not None else 0
-    idummy = int_dummy(dev)  # for integer-pointer arguments the kernel variant never reads
-    kidx_arg = kidx if kidx is not None and kidx.numel() else idummy
-    colmask = state_mask.contiguous().view(torch.uint8) if ft_mode == FT_PRUNED_ROWS else idummy
-    kcnt_arg = kcnt if kcnt is not None else idummy
-    common = {"MASK_KIND": mask_kind, "BLOCK_D": block_d, "ACC": acc_tl}
-
-    with device_guard(dev):
-        hin = dummy
-        if n_seg > 1 and k > 0:
-            hin = torch.empty((b, n_seg, d, k), dtype=acc_torch, device=dev)
-            dtsum = torch.empty((b, n_seg, d), dtype=acc_torch, device=dev)
-            _segment_state_kernel[(d_blocks, n_seg - 1, b)](
-                u, delta, A, B, bias, kidx_arg, kcnt_arg, hin, dtsum,
-                d, l, k, n_seg, seg_len, dpg_B,
-                *u.stride(), *delta.stride(), *A.stride(), sB_b, sB_g, sB_n, B.stride(-1), s_bias,
-                ROW_B=row_B, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-                T=T, KB=kb, num_warps=num_warps, **common,
-            )  # fmt: skip
-            carry_block = 256 if not INTERPRETED else 1024
-            _segment_carry_kernel[(triton.cdiv(d * k, carry_block), b)](
-                A, kidx_arg, hin, dtsum, d, k, n_seg, *A.stride(),
-                MASK_KIND=mask_kind, BLOCK=carry_block, ACC=acc_tl, num_warps=4,
-            )  # fmt: skip
-        _scan_kernel[(d_blocks, n_seg, b)](
-            u, delta, A, B, C,
-            D if D is not None else dummy, z if z is not None else dummy, bias,
-            kidx_arg, kcnt_arg, colmask,
-            hin, out, last if last is not None else dummy,
-            d, l, n, k, n_seg, seg_len, dpg_B, dpg_C,
-            *u.stride(), *delta.stride(), *(z.stride() if z is not None else (0, 0, 0)), *A.stride(),
-            sB_b, sB_g, sB_n, B.stride(-1), sC_b, sC_g, sC_n, C.stride(-1),
-            D.stride(0) if D is not None else 0, s_bias,
-            FT_MODE=ft_mode, ROW_B=row_B, ROW_C=row_C, UNI_B=uni_B, UNI_C=uni_C,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), HAS_HIN=n_seg > 1 and k > 0, RETURN_LAST=return_last_state,
-            T=T, KB=kb, num_warps=num_warps, **common,
+    with device_guard(u.device):
+        launches, out, last = plan_scan(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+            state_mask, kept_idx, kept_count, pruned_states, config,
         )  # fmt: skip
+        for launch in launches:
+            launch()
     return out, last

@@ -19,8 +19,11 @@ Semantics are :func:`sparsessm_kernels.ops.reference.selective_state_update_ref`
 distinct.
 
 The output is computed from the updated state in float32 (float64 for float64 inputs) before the
-state is rounded to its dtype. Block sizes are fixed (``BLOCK_D * KB`` about 1024); no autotuning,
-which would replay the in-place update. No host synchronisation.
+state is rounded to its dtype. As in the prefill scan (``selective_scan.py``), ``exp`` is ``exp2`` of
+``A`` pre-scaled by ``log2(e)`` and softplus / SiLU use the hardware's base-2 exp / log and a fast
+division. Block sizes are fixed (``BLOCK_D * KB`` about 1024); no autotuning, which would replay
+the in-place update. No host synchronisation. :func:`plan_state_update` lists the launch without
+running it (for the ahead-of-time compile of ``sparsessm_kernels.ops.triton.aot``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, bc_strides, device_guard, int_dummy, next_pow2, silu, softplus
+from ._common import LOG2E, Launch, acc_dtype, bc_strides, device_guard, int_dummy, next_pow2, silu, softplus
 
 MODE_DENSE, MODE_COMPACT, MODE_MASKED = 0, 1, 2
 
@@ -79,7 +82,7 @@ def _state_update_kernel(
     grp_C = (offs_d // dpg_C).to(tl.int64)
     B_row = B_ptr + bi * sB_b + grp_B[:, None] * sB_g
     C_row = C_ptr + bi * sC_b + grp_C[:, None] * sC_g
-    A = tl.load(A_ptr + offs_d[:, None] * sA_d + s * sA_n, mask=valid, other=0.0).to(ACC)
+    A2 = tl.load(A_ptr + offs_d[:, None] * sA_d + s * sA_n, mask=valid, other=0.0).to(ACC) * LOG2E
     Bs = tl.load(B_row + s * sB_n, mask=valid, other=0.0).to(ACC)
     Cs = tl.load(C_row + s * sC_n, mask=valid, other=0.0).to(ACC)
 
@@ -96,7 +99,7 @@ def _state_update_kernel(
     if HAS_SBI:
         st_mask = valid & row_ok[:, None]
     h = tl.load(st_ptrs, mask=st_mask, other=0.0).to(ACC)
-    dA = tl.exp(dt[:, None] * A)
+    dA = tl.exp2(dt[:, None] * A2)
     drive = dtx[:, None] * Bs
     if MODE == 2:
         dA = tl.where(kept, dA, 0.0)
@@ -124,6 +127,72 @@ def _state_update_kernel(
     tl.store(out_ptr + bi * s_ob + offs_d * s_od, y.to(out_ptr.dtype.element_ty), mask=dmask)
 
 
+def plan_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    dt_bias: torch.Tensor | None,
+    dt_softplus: bool,
+    state_mask: torch.Tensor | None,
+    kept_idx: torch.Tensor | None,
+    kept_count: torch.Tensor | None,
+    pruned_states: str,
+    state_batch_indices: torch.Tensor | None = None,
+    block_d: int | None = None,
+) -> tuple[list[Launch], torch.Tensor]:
+    """Allocate the output of one decode step and list its launch: ``(launches, out)``."""
+    b, d = x.shape
+    n = A.shape[1]
+    dev = x.device
+    _, acc_tl = acc_dtype(state, x, dt, A, B, C, D, z, dt_bias)
+    if state_mask is None:
+        mode, mask_kind, slots = MODE_DENSE, 0, n
+    else:
+        mask_kind = 1 if state_mask.dim() == 1 else 2
+        if state.shape[-1] != n:
+            mode, slots = MODE_COMPACT, int(state.shape[-1])
+        else:
+            mode, slots = MODE_MASKED, n
+    kb = next_pow2(max(slots, 1))
+    nb = next_pow2(n) if mode == MODE_COMPACT and pruned_states == "zero_transition" else 1
+    if block_d is None:
+        block_d = max(1, min(64, 1024 // max(kb, nb)))
+    block_d = min(block_d, next_pow2(d))
+
+    gB, sB_b, sB_g, sB_n = bc_strides(B, B.dim() == 3)
+    gC, sC_b, sC_g, sC_n = bc_strides(C, C.dim() == 3)
+    out = torch.empty((b, d), dtype=x.dtype, device=dev)
+    if b == 0 or d == 0:
+        return [], out
+    idummy = int_dummy(dev)  # for integer-pointer arguments the kernel variant never reads
+    kidx = kept_idx.contiguous() if kept_idx is not None and kept_idx.numel() else idummy
+    mask_u8 = state_mask.contiguous().view(torch.uint8) if state_mask is not None else idummy
+    s_mc = mask_u8.stride(0) if state_mask is not None and state_mask.dim() == 2 else 0
+    sbi = state_batch_indices if state_batch_indices is not None else idummy
+    args = (
+        state, x, dt, A, B, C,
+        D if D is not None else out, z if z is not None else out, dt_bias if dt_bias is not None else out,
+        kidx, mask_u8, sbi, out,
+        d, n, slots, state.shape[0], d // gB, d // gC,
+        *state.stride(), *x.stride(), *dt.stride(), *(z.stride() if z is not None else (0, 0)),
+        *A.stride(), sB_b, sB_g, sB_n, sC_b, sC_g, sC_n,
+        D.stride(0) if D is not None else 0, dt_bias.stride(0) if dt_bias is not None else 0,
+        s_mc, *out.stride(),
+    )  # fmt: skip
+    kwargs = dict(
+        MODE=mode, MASK_KIND=mask_kind, ZERO_TRANSITION=pruned_states == "zero_transition",
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
+        SOFTPLUS=bool(dt_softplus), HAS_SBI=state_batch_indices is not None,
+        BLOCK_D=block_d, KB=kb, NB=nb, ACC=acc_tl, num_warps=4,
+    )  # fmt: skip
+    return [Launch(_state_update_kernel, (triton.cdiv(d, block_d), b), args, kwargs)], out
+
+
 def selective_state_update_triton(
     state: torch.Tensor,
     x: torch.Tensor,
@@ -148,45 +217,11 @@ def selective_state_update_triton(
     ``state`` ``(b, d, n)``, compact ``(b, d, k)``, or ``(S, d, ...)`` with ``state_batch_indices``;
     updated in place. Returns ``(b, d)`` in ``x.dtype``.
     """
-    b, d = x.shape
-    n = A.shape[1]
-    dev = x.device
-    _, acc_tl = acc_dtype(state, x, dt, A, B, C, D, z, dt_bias)
-    if state_mask is None:
-        mode, mask_kind, slots = MODE_DENSE, 0, n
-    else:
-        mask_kind = 1 if state_mask.dim() == 1 else 2
-        if state.shape[-1] != n:
-            mode, slots = MODE_COMPACT, int(state.shape[-1])
-        else:
-            mode, slots = MODE_MASKED, n
-    kb = next_pow2(max(slots, 1))
-    nb = next_pow2(n) if mode == MODE_COMPACT and pruned_states == "zero_transition" else 1
-    if block_d is None:
-        block_d = max(1, min(64, 1024 // max(kb, nb)))
-    block_d = min(block_d, next_pow2(d))
-
-    gB, sB_b, sB_g, sB_n = bc_strides(B, B.dim() == 3)
-    gC, sC_b, sC_g, sC_n = bc_strides(C, C.dim() == 3)
-    out = torch.empty((b, d), dtype=x.dtype, device=dev)
-    idummy = int_dummy(dev)  # for integer-pointer arguments the kernel variant never reads
-    kidx = kept_idx.contiguous() if kept_idx is not None and kept_idx.numel() else idummy
-    mask_u8 = state_mask.contiguous().view(torch.uint8) if state_mask is not None else idummy
-    s_mc = mask_u8.stride(0) if state_mask is not None and state_mask.dim() == 2 else 0
-    sbi = state_batch_indices if state_batch_indices is not None else idummy
-    with device_guard(dev):
-        _state_update_kernel[(triton.cdiv(d, block_d), b)](
-            state, x, dt, A, B, C,
-            D if D is not None else out, z if z is not None else out, dt_bias if dt_bias is not None else out,
-            kidx, mask_u8, sbi, out,
-            d, n, slots, state.shape[0], d // gB, d // gC,
-            *state.stride(), *x.stride(), *dt.stride(), *(z.stride() if z is not None else (0, 0)),
-            *A.stride(), sB_b, sB_g, sB_n, sC_b, sC_g, sC_n,
-            D.stride(0) if D is not None else 0, dt_bias.stride(0) if dt_bias is not None else 0,
-            s_mc, *out.stride(),
-            MODE=mode, MASK_KIND=mask_kind, ZERO_TRANSITION=pruned_states == "zero_transition",
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
-            SOFTPLUS=bool(dt_softplus), HAS_SBI=state_batch_indices is not None,
-            BLOCK_D=block_d, KB=kb, NB=nb, ACC=acc_tl, num_warps=4,
+    with device_guard(x.device):
+        launches, out = plan_state_update(
+            state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_mask, kept_idx, kept_count,
+            pruned_states, state_batch_indices, block_d,
         )  # fmt: skip
+        for launch in launches:
+            launch()
     return out
