@@ -117,6 +117,12 @@ class SSMCausalLM(nn.Module):
         return self.backbone.layers[layer_idx].mixer
 
     # -------------------------------------------------------------- forward
+    def clear_state_masks(self) -> None:
+        """Remove every state mask (``set_state_mask(i, None)`` on every layer; Mamba-2 head transition
+        masks stay)."""
+        for i in range(len(self.backbone.layers)):
+            self.set_state_mask(i, None)
+
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone.norm_f(hidden)
         return self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()

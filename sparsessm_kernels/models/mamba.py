@@ -453,11 +453,6 @@ class MambaLM(SSMCausalLM):
         """``pruned_states`` of the masked layers, keyed like :meth:`state_masks`."""
         return {a_log_name(i): ps for i, (_, ps) in self._layer_masks().items()}
 
-    def clear_state_masks(self) -> None:
-        """Remove every state mask (dense model)."""
-        for i in range(len(self.backbone.layers)):
-            self.set_state_mask(i, None)
-
     # -------------------------------------------------------------- cache
     def allocate_cache(
         self,

@@ -488,11 +488,6 @@ class Mamba2LM(SSMCausalLM):
             if blk.mixer.head_transition_mask is not None
         }
 
-    def clear_state_masks(self) -> None:
-        """Remove every state mask (head transition masks stay)."""
-        for i in range(len(self.backbone.layers)):
-            self.set_state_mask(i, None)
-
     def clear_head_transition_masks(self) -> None:
         """Remove every head transition mask (state masks stay)."""
         for i in range(len(self.backbone.layers)):
