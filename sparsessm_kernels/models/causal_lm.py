@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -247,6 +248,16 @@ class SSMCausalLM(nn.Module):
                 break
             logits = self(nxt[:, None], cache=cache)[:, -1]
         return torch.cat(out, dim=1)
+
+
+def initial_dt_bias(
+    size: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float = 1e-4
+) -> torch.Tensor:
+    """Mamba's ``dt`` bias initialisation: ``softplus^-1(dt)`` with ``dt`` log-uniform in
+    ``[dt_min, dt_max]`` (clamped to ``floor``), ``(size,)`` float32."""
+    dt = torch.exp(torch.rand(size) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=floor)
+    return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
 
 
 def _sample(

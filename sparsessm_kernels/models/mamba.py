@@ -13,7 +13,6 @@ mask.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from typing import TYPE_CHECKING
@@ -25,7 +24,7 @@ from torch import nn
 from .. import ops as _ops
 from ..ops import StateLayout
 from .cache import LayerCache, MambaCache
-from .causal_lm import SSMCausalLM
+from .causal_lm import SSMCausalLM, initial_dt_bias
 from .config import MambaLMConfig
 from .conv import causal_conv_silu, conv_silu_step, fill_conv_state
 from .zeroed_a_log import ZeroedALogWarning, find_zeroed_a_log_layers, zeroed_a_log_message
@@ -295,9 +294,7 @@ class MambaLM(SSMCausalLM):
             m.D.fill_(1.0)
             std = m.dt_rank**-0.5
             nn.init.uniform_(m.dt_proj.weight, -std, std)
-            dt = torch.exp(torch.rand(m.d_inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-            dt = dt.clamp(min=1e-4)
-            m.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            m.dt_proj.bias.copy_(initial_dt_bias(m.d_inner))
             for lin in (m.in_proj, m.out_proj):
                 if lin.bias is not None:
                     nn.init.zeros_(lin.bias)

@@ -22,7 +22,6 @@ Only the scan is :func:`sparsessm_kernels.ops.ssd_scan` (full sequence / prefill
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -31,7 +30,7 @@ from torch import nn
 
 from ..ops import SSDStateLayout, ssd_scan, ssd_state_update
 from .cache import LayerCache, MambaCache
-from .causal_lm import SSMCausalLM
+from .causal_lm import SSMCausalLM, initial_dt_bias
 from .conv import causal_conv_silu, conv_silu_step, fill_conv_state
 from .mamba import PRUNED_STATES_CHOICES, MambaBlock, _make_norm, a_log_name
 from .mamba2_config import Mamba2LMConfig
@@ -281,9 +280,7 @@ class Mamba2LM(SSMCausalLM):
             m = block.mixer
             m.A_log.copy_(torch.log(torch.empty(m.nheads).uniform_(1.0, 16.0)))
             m.D.fill_(1.0)
-            dt = torch.exp(torch.rand(m.nheads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-            dt = dt.clamp(min=1e-4)
-            m.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            m.dt_bias.copy_(initial_dt_bias(m.nheads))
             for lin in (m.in_proj, m.out_proj):
                 if lin.bias is not None:
                     nn.init.zeros_(lin.bias)
