@@ -337,7 +337,8 @@ def _configure_prune(parser: argparse.ArgumentParser) -> None:
         "--targets",
         choices=TARGETS,
         default="ssm",
-        help="ssm: A_log (per head on Mamba-2); states: Mamba-2 B/C state columns per group; ffn: in_proj, "
+        help="ssm: A_log (per head on Mamba-2); states: Mamba-2 B/C state columns per group; heads / "
+        "headdim: Mamba-2 heads / head channels removed (methods flap, magnitude, random); ffn: in_proj, "
         "x_proj, dt_proj, out_proj (Mamba-2: in_proj, out_proj; +conv1d with --conv1d); all: ssm and ffn",
     )
     parser.add_argument(

@@ -19,6 +19,7 @@ from sparsessm_kernels.models import Mamba2LM, MambaLM, MambaLMConfig
 from sparsessm_kernels.ops import ssd_scan_ref
 from sparsessm_kernels.prune import PruneConfig, PruneConfigError, prune_model
 from sparsessm_kernels.prune.capture_mamba2 import mamba2_intermediates
+from sparsessm_kernels.prune.heads import keep_channels, keep_heads, remove_channels
 from sparsessm_kernels.prune.snip import snip_saliency
 from sparsessm_kernels.prune.ssd import channel_weights, ssd_statistics
 from sparsessm_kernels.prune.ssm import time_weights
@@ -373,3 +374,130 @@ def test_states_target_refused_on_mamba1_and_masked_layers() -> None:
         from sparsessm_kernels.prune.projections import prune_linear
 
         prune_linear(torch.ones(4, 4), None, "snip", n_prune=2, nm=None)
+
+
+# ---------------------------------------------------------------------- heads and head channels
+def _dead_channels_reference(model: Mamba2LM, layer: int, keep: torch.Tensor) -> None:
+    """Make the removed channels output zero: their x rows of in_proj and conv taps / bias zeroed."""
+    mixer = model.mixer(layer)
+    dead = torch.nonzero(~keep.reshape(-1)).flatten()
+    with torch.no_grad():
+        mixer.in_proj.weight[mixer.d_inner + dead] = 0
+        mixer.conv1d.weight[dead] = 0
+        mixer.conv1d.bias[dead] = 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "sparsity"), [("heads", 0.5), ("heads", 0.25), ("headdim", 0.25), ("headdim", 0.5)]
+)
+def test_removed_channels_equal_zero_output_channels(kind: str, sparsity: float) -> None:
+    """Physical removal = the same model with the removed channels' outputs zero (the gated norm's
+    eps set negligible: removal scales it by new / old group size), masks carried over."""
+    kw = {"norm_eps": 1e-12, "headdim": 4 if kind == "heads" and sparsity == 0.25 else 8}
+    model, ref = _model(**kw), _model(**kw)
+    nheads, headdim = model.config.nheads, model.config.headdim
+    g = torch.Generator().manual_seed(0)
+    for m in (model, ref):
+        m.set_head_transition_mask(0, torch.arange(nheads) % 3 != 1)
+        keep_states = torch.ones(NGROUPS, N_STATE, dtype=torch.bool)
+        keep_states[:, :2] = False
+        m.set_state_mask(1, keep_states)
+    for layer in range(2):
+        scores = torch.rand(nheads, headdim, generator=g)
+        if kind == "heads":
+            keep = keep_heads(scores, NGROUPS, sparsity)[:, None].expand(nheads, headdim).clone()
+        else:
+            keep = keep_channels(scores, sparsity)
+        _dead_channels_reference(ref, layer, keep)
+        remove_channels(model, layer, keep)
+    kept_inner = int(keep.sum())
+    assert model.config.d_inner == kept_inner and model.mixer(0).d_inner == kept_inner
+    assert model.mixer(0).head_transition_mask.shape == (model.config.nheads,)
+    ids = _ids(2, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), ref(ids), atol=2e-5, rtol=2e-5)
+
+
+def test_flap_scores_and_kept_heads() -> None:
+    model, ids = _model(), _ids(4, 16)
+    block, normed = _layer_input(model, ids)
+    u = mamba2_intermediates(block.mixer, normed)["out_proj"].reshape(-1, block.mixer.d_inner).double()
+    fluct = u.var(0) * block.mixer.out_proj.weight.double().square().sum(0)
+    head = fluct.reshape(NHEADS, -1).sum(1).reshape(NGROUPS, -1)
+    result = _prune(model, ids, method="flap", targets="heads", sparsity=0.5)
+    expected = torch.sort(torch.topk(head, 2, dim=1).indices + torch.arange(NGROUPS)[:, None] * 4, dim=1)
+    assert result.modules[0].extra["kept_heads"] == expected.values.flatten().tolist()
+    assert model.config.nheads == NHEADS // 2
+    assert result.modules[0].pruned == result.modules[0].params - sum(
+        p.numel() for p in model.mixer(0).parameters()
+    )
+
+
+def test_head_pruned_model_loads_in_transformers(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    model = _model()
+    _prune(model, method="flap", targets="heads", sparsity=0.5)  # d_inner 64 -> 32 = d_model: expand 1
+    model.save_pretrained(tmp_path / "m")
+    hf = transformers.Mamba2ForCausalLM.from_pretrained(tmp_path / "m").eval()
+    ids = _ids(2, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits.float(), model(ids), atol=2e-5, rtol=2e-5)
+    # a non-integer expand: mamba_ssm's layout, reloaded exactly
+    model = _model()
+    _prune(model, method="flap", targets="headdim", sparsity=0.25)
+    assert model.config.expand == 1.5 and model.config.hf_unsupported
+    model.save_pretrained(tmp_path / "m2")
+    assert (tmp_path / "m2" / "pytorch_model.bin").is_file()
+    with torch.no_grad():
+        torch.testing.assert_close(Mamba2LM.from_pretrained(tmp_path / "m2")(ids), model(ids), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"targets": "heads", "method": "wanda"}, "method: --targets heads removes whole heads"),
+        ({"targets": "ffn", "method": "flap"}, "method: flap scores heads"),
+        ({"targets": "headdim", "method": "flap", "pattern": "2:4"}, "expected 'unstructured' or 'column'"),
+        (
+            {"targets": "heads", "method": "flap", "exclude": ("layers\\.1\\.",)},
+            "layers \\[1\\] are not selected",
+        ),
+        ({"targets": "heads", "method": "flap", "sparsity": 0.9}, "would remove all 4 heads of a group"),
+    ],
+)
+def test_bad_structured_settings(kw: dict, message: str) -> None:
+    with pytest.raises(PruneConfigError, match=message):
+        _prune(_model(), **kw)
+    if kw["targets"] == "heads" and kw["method"] == "flap":
+        with pytest.raises(PruneConfigError, match="targets: 'heads' removes Mamba-2 heads"):
+            prune_model(_mamba1(), _ids(), PruneConfig(targets="heads", method="flap"), progress=False)
+
+
+def test_remove_channels_bad_keep() -> None:
+    model = _model()
+    with pytest.raises(ValueError, match="keep: expected a bool \\(nheads, headdim\\) = \\(8, 8\\)"):
+        remove_channels(model, 0, torch.ones(8, 4, dtype=torch.bool))
+    keep = torch.ones(NHEADS, 8, dtype=torch.bool)
+    keep[0, :3] = False
+    with pytest.raises(ValueError, match="every kept head must keep the same number of channels"):
+        remove_channels(model, 0, keep)
+    keep = torch.ones(NHEADS, 8, dtype=torch.bool)
+    keep[0] = False
+    with pytest.raises(ValueError, match="every group must keep the same number"):
+        remove_channels(model, 0, keep)
+
+
+def test_non_integer_expand_config() -> None:
+    from sparsessm_kernels.models import CheckpointFormatError, Mamba2LMConfig
+    from sparsessm_kernels.models.mamba2_config import expand_for
+
+    cfg = Mamba2LMConfig(vocab_size=8, d_model=32, n_layer=1, expand=1.5, headdim=8, ngroups=2)
+    assert (cfg.d_inner, cfg.nheads) == (48, 6) and "non-integer expand" in cfg.hf_unsupported[-1]
+    assert isinstance(Mamba2LMConfig(vocab_size=8, d_model=32, n_layer=1, expand=2.0, headdim=8).expand, int)
+    with pytest.raises(
+        CheckpointFormatError, match="expand must be a positive number with expand \\* d_model"
+    ):
+        Mamba2LMConfig(vocab_size=8, d_model=32, n_layer=1, expand=1.3, headdim=8)
+    for d_inner, d_model in ((1408, 768), (1152, 768), (1536, 768), (7, 3), (2560 - 64, 2560)):
+        e = expand_for(d_inner, d_model)
+        assert int(e * d_model) == d_inner == round(e * d_model)

@@ -32,6 +32,7 @@ from .capture import (
     snip_prepass,
 )
 from .config import PruneConfig, PruneConfigError, module_name
+from .heads import FluctuationStatistics, channel_scores, keep_channels, keep_heads, remove_channels
 from .ssd import SSDStatistics, head_mask, state_mask
 
 __all__ = ["MAMBA2_INTERMEDIATE_STAGES", "mamba2_intermediates", "prune_mamba2_model"]
@@ -171,6 +172,53 @@ def _prune_ssm(
     return t1 - t0, time.perf_counter() - t1
 
 
+def _prune_structured(
+    model: Mamba2LM,
+    layer: int,
+    kind: str,
+    chunks: list[torch.Tensor],
+    cfg: PruneConfig,
+    result: PruneResult,
+) -> tuple[float, float]:
+    """Score one layer's channels on its ``out_proj`` inputs and remove heads (``kind="heads"``) or
+    head channels (``"headdim"``) physically; returns seconds."""
+    block = model.backbone.layers[layer]
+    mixer = block.mixer
+    device = mixer.A_log.device
+    assert cfg.sparsity is not None
+    t0 = time.perf_counter()
+    stats = None
+    if cfg.method == "flap":
+        stats = FluctuationStatistics(mixer.d_inner, device)
+        for h in chunks:
+            stats.add(mamba2_intermediates(mixer, _normed(block, h), "out_proj")["out_proj"])
+    _sync(device)
+    t1 = time.perf_counter()
+    seed = (int(cfg.seed) * 1_000_003 + 7919 * (layer + 1) + 29) % (2**63 - 1)
+    scores = channel_scores(mixer, cfg.method, stats, seed)
+    if kind == "heads":
+        keep = keep_heads(scores, mixer.ngroups, cfg.sparsity)[:, None].expand_as(scores).clone()
+    else:
+        keep = keep_channels(scores, cfg.sparsity)
+    before = sum(p.numel() for p in mixer.parameters())
+    shape = [mixer.nheads, mixer.headdim]
+    remove_channels(model, layer, keep)
+    after = sum(p.numel() for p in mixer.parameters())
+    kept_heads = [int(i) for i in torch.nonzero(keep.any(1)).flatten()]
+    target = (
+        1.0 - (len(kept_heads) if kind == "heads" else mixer.headdim) / shape[0 if kind == "heads" else 1]
+    )
+    record = ModuleRecord(
+        module_name(layer, kind), layer, kind, [mixer.nheads, mixer.headdim], before, before - after,
+        target, cfg.method, "column", {"heads_before": shape[0], "headdim_before": shape[1]},
+    )  # fmt: skip
+    if kind == "heads":
+        record.extra["kept_heads"] = kept_heads
+    result.modules.append(record)
+    _sync(device)
+    return t1 - t0, time.perf_counter() - t1
+
+
 def prune_mamba2_model(
     model: Mamba2LM,
     calib_ids: torch.Tensor,
@@ -221,12 +269,16 @@ def prune_mamba2_model(
         def prune_one(layer: int, kind: str, chunks: list[torch.Tensor]) -> tuple[float, float]:
             if kind in ("A_log", "ssm_state"):
                 return _prune_ssm(model, layer, kind, chunks, cfg, seqlen, result)
+            if kind in ("heads", "headdim"):
+                return _prune_structured(model, layer, kind, chunks, cfg, result)
             return prune_projection_on_chunks(
                 model, layer, kind, chunks, cfg, alloc, snip, result, intermediates=mamba2_intermediates
             )
 
         run_layers(model, chunks, plan, prune_one, result, timings, device, progress)
     result.d_state_after = [model.mixer(i).d_state for i in range(model.config.n_layer)]
+    if model.config.d_inner != model.mixer(0).d_inner or model.config.headdim != model.mixer(0).headdim:
+        raise RuntimeError("layers were left with different head counts; the model has no single config")
     timings["total"] = time.perf_counter() - t_start
     result.timings = timings
     logger.info(

@@ -25,6 +25,8 @@ __all__ = [
     "PROJECTION_KINDS",
     "SCORES",
     "STAGE_ORDER",
+    "STRUCTURED_METHODS",
+    "STRUCTURED_TARGETS",
     "TARGETS",
     "TIME_WEIGHTS",
     "PruneConfig",
@@ -33,8 +35,11 @@ __all__ = [
     "select_modules",
 ]
 
-METHODS = ("sparsessm", "magnitude", "sparsegpt", "wanda", "snip", "random")
-TARGETS = ("ssm", "states", "ffn", "all")
+METHODS = ("sparsessm", "magnitude", "sparsegpt", "wanda", "snip", "flap", "random")
+TARGETS = ("ssm", "states", "heads", "headdim", "ffn", "all")
+STRUCTURED_TARGETS = ("heads", "headdim")
+"""Mamba-2 targets that remove heads / head channels physically (:mod:`.heads`)."""
+STRUCTURED_METHODS = ("flap", "magnitude", "random")
 SCORES = ("sparsessm", "a_log")
 AGGREGATIONS = ("weighted", "vote")
 TIME_WEIGHTS = ("power", "uniform", "window", "discount")
@@ -46,9 +51,10 @@ STAGE_ORDER = ("in_proj", "conv1d", "x_proj", "dt_proj", "A_log", "out_proj")
 """Data-flow order in which the modules of one layer are pruned (each sees the pruned ones before it)."""
 MAMBA2_PROJECTION_KINDS = ("in_proj", "out_proj")
 """The linear projections of a Mamba-2 mixer (``--targets ffn``)."""
-MAMBA2_STAGE_ORDER = ("in_proj", "conv1d", "A_log", "ssm_state", "out_proj")
+MAMBA2_STAGE_ORDER = ("in_proj", "conv1d", "A_log", "ssm_state", "heads", "headdim", "out_proj")
 """Mamba-2 data-flow order: ``A_log`` = per-head transitions, ``ssm_state`` = the ``B`` / ``C``
-state columns of every group (``--targets states``)."""
+state columns of every group (``--targets states``), ``heads`` / ``headdim`` = whole heads / head
+channels removed (``--targets heads`` / ``headdim``)."""
 SSM_METHODS_MAMBA2 = ("sparsessm", "magnitude", "random")
 """Methods defined for Mamba-2's ``A_log`` (per head) and ``ssm_state`` (per group) targets."""
 
@@ -76,7 +82,9 @@ class PruneConfig:
         targets: ``ssm`` (``A_log``; per head on Mamba-2), ``states`` (Mamba-2 only: the ``d_state``
             columns of ``B`` / ``C`` of every group), ``ffn`` (``in_proj``, ``x_proj``, ``dt_proj``,
             ``out_proj`` -- ``in_proj``, ``out_proj`` on Mamba-2 -- plus ``conv1d`` when ``conv1d``),
-            ``all`` (``ssm`` and ``ffn``).
+            ``all`` (``ssm`` and ``ffn``), ``heads`` / ``headdim`` (Mamba-2 only: whole heads / the
+            same number of channels of every head removed physically; methods ``flap``,
+            ``magnitude``, ``random``).
         pattern: ``unstructured``, ``N:M`` (e.g. ``2:4``; along the state axis for ``A_log``, along
             the heads for Mamba-2 ``A_log``, along the states of a group for ``states``, along the
             inputs for projections) or ``column`` (``A_log`` only: whole states removed; for
@@ -187,6 +195,22 @@ class PruneConfig:
                 "pattern: --targets states prunes whole state columns of every group: expected 'column' "
                 "or 'N:M', got 'unstructured'"
             )
+        structured = self.targets in STRUCTURED_TARGETS
+        if structured and self.method not in STRUCTURED_METHODS:
+            raise PruneConfigError(
+                f"method: --targets {self.targets} removes whole heads / head channels; expected one of "
+                f"{STRUCTURED_METHODS}, got {self.method!r}"
+            )
+        if self.method == "flap" and not structured:
+            raise PruneConfigError(
+                f"method: flap scores heads / head channels; use --targets heads or headdim, got "
+                f"--targets {self.targets}"
+            )
+        if structured and nm is not None:
+            raise PruneConfigError(
+                f"pattern: --targets {self.targets} removes whole heads / channels (uniform per group / "
+                f"head); expected 'unstructured' or 'column', got {canonical}"
+            )
         projections = self.targets in ("ffn", "all")  # alpha only applies to projections
         if self.method == "snip" and self.targets != "ffn":
             raise PruneConfigError(
@@ -254,6 +278,10 @@ class PruneConfig:
                 "targets: 'states' prunes the B / C state columns of Mamba-2 groups; this is a Mamba-1 "
                 "model: use --targets ssm (A_log, with --pattern column to remove states)"
             )
+        if self.targets in STRUCTURED_TARGETS and not mamba2:
+            raise PruneConfigError(
+                f"targets: {self.targets!r} removes Mamba-2 heads / head channels; this is a Mamba-1 model"
+            )
         plan = select_modules(self, config.n_layer, mamba2=mamba2)
         if not any(plan.values()):
             raise PruneConfigError(
@@ -261,6 +289,24 @@ class PruneConfig:
                 f"exclude={list(self.exclude)} matches nothing"
             )
         nm = self.nm
+        if self.targets in STRUCTURED_TARGETS:
+            assert isinstance(config, Mamba2LMConfig) and self.sparsity is not None
+            missing = [layer for layer, kinds in plan.items() if not kinds]
+            if missing:
+                raise PruneConfigError(
+                    f"include / exclude: --targets {self.targets} must remove the same count from every "
+                    f"layer (one config.json), but layers {missing} are not selected"
+                )
+            per, what = (
+                (config.nheads // config.ngroups, "heads of a group")
+                if self.targets == "heads"
+                else (config.headdim, "channels of a head")
+            )
+            if kept_count(per, self.sparsity) == 0:
+                raise PruneConfigError(
+                    f"sparsity: {self.sparsity:g} would remove all {per} {what} (keeps round((1 - s) * "
+                    f"{per}) = 0); use a lower sparsity"
+                )
         if mamba2:
             assert isinstance(config, Mamba2LMConfig)
             if self.targets in ("ssm", "states", "all") and self.method not in SSM_METHODS_MAMBA2:
@@ -321,6 +367,8 @@ def select_modules(cfg: PruneConfig, n_layer: int, *, mamba2: bool = False) -> d
         kinds.append("A_log")
     if cfg.targets == "states":
         kinds.append("ssm_state")
+    if cfg.targets in STRUCTURED_TARGETS:
+        kinds.append(cfg.targets)
     if cfg.targets in ("ffn", "all"):
         kinds.extend(MAMBA2_PROJECTION_KINDS if mamba2 else PROJECTION_KINDS)
         if cfg.conv1d:

@@ -185,6 +185,21 @@ class PruneJob:
                     f"--export-stock: transformers' Mamba2ForCausalLM cannot express "
                     f"{', '.join(config.hf_unsupported)}"
                 )
+            if cfg.targets in ("heads", "headdim"):
+                assert cfg.sparsity is not None
+                g, h, p = config.ngroups, config.nheads, config.headdim
+                inner = (
+                    g * kept_count(h // g, cfg.sparsity) * p
+                    if cfg.targets == "heads"
+                    else h * kept_count(p, cfg.sparsity)
+                )
+                if inner % config.d_model:
+                    raise PruneConfigError(
+                        f"--export-stock: --targets {cfg.targets} at sparsity {cfg.sparsity:g} leaves "
+                        f"{inner} SSM channels, not a multiple of d_model={config.d_model}, and "
+                        "transformers' Mamba2Config needs an integer expand; the --save model (mamba_ssm "
+                        "layout) runs it"
+                    )
         elif self.export_stock is not None:
             if config.norm_type != "rms_norm":
                 raise PruneConfigError(
