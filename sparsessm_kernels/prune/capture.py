@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .._progress import progress as progress_bar
-from ..models import MambaBlock, MambaLM, MambaMixer
+from ..models import Mamba2LM, MambaBlock, MambaLM, MambaMixer
 from ..ops import selective_scan
 from ..sparsity import kept_count
 from .config import PruneConfig, PruneConfigError, module_name
@@ -259,7 +259,7 @@ def _sensitivity_prepass(
 
 # ---------------------------------------------------------------------- the pipeline
 def prune_model(
-    model: MambaLM,
+    model: MambaLM | Mamba2LM,
     calib_ids: torch.Tensor,
     cfg: PruneConfig,
     *,
@@ -267,6 +267,9 @@ def prune_model(
     progress: bool = True,
 ) -> PruneResult:
     """Prune ``model`` in place, layer by layer, on calibration windows ``calib_ids`` ``(N, l)``.
+
+    A :class:`~sparsessm_kernels.models.Mamba2LM` goes to
+    :func:`~.capture_mamba2.prune_mamba2_model` (same arguments and result).
 
     Args:
         model: the model (its weights stay where they are; each layer visits ``device`` in turn).
@@ -279,10 +282,8 @@ def prune_model(
         a :class:`PruneResult`. Unstructured / N:M ``A_log`` masks are set on the model
         (``zero_transition``); column pruning removes states (``model.config`` gets per-layer sizes).
     """
-    from ..models import Mamba2LM
-
     if isinstance(model, Mamba2LM):
-        from .capture_mamba2 import prune_mamba2_model
+        from .capture_mamba2 import prune_mamba2_model  # it imports this module
 
         return prune_mamba2_model(model, calib_ids, cfg, device=device, progress=progress)
     t_start = time.perf_counter()

@@ -19,6 +19,7 @@ from ..models import Mamba2LM
 from ..models.conv import causal_conv_silu
 from ..models.mamba2 import Mamba2Mixer
 from ..ops import ssd_scan
+from ..sparsity import kept_count
 from .capture import (
     ModuleRecord,
     PruneResult,
@@ -151,16 +152,18 @@ def _prune_ssm(
         keep = head_mask(scores, cfg)
         model.set_head_transition_mask(layer, keep)
         h = mixer.nheads
+        target = cfg.sparsity if cfg.nm is not None else 1.0 - kept_count(h, cfg.sparsity) / h
         record = ModuleRecord(
-            name, layer, kind, [h], h, int((~keep).sum()), cfg.sparsity, cfg.method, cfg.pattern,
+            name, layer, kind, [h], h, int((~keep).sum()), target, cfg.method, cfg.pattern,
             {"pruned_heads": "zero_transition"},
         )  # fmt: skip
     else:
         keep = state_mask(scores, cfg)
         model.set_state_mask(layer, keep, pruned_states="remove")
         g, n = keep.shape
+        target = cfg.sparsity if cfg.nm is not None else 1.0 - kept_count(n, cfg.sparsity) / n
         record = ModuleRecord(
-            name, layer, kind, [g, n], g * n, int((~keep).sum()), cfg.sparsity, cfg.method, cfg.pattern,
+            name, layer, kind, [g, n], g * n, int((~keep).sum()), target, cfg.method, cfg.pattern,
             {"pruned_states": "remove", "kept_per_group": [int(k) for k in keep.sum(1)]},
         )  # fmt: skip
     if cfg.method == "sparsessm":
