@@ -501,3 +501,26 @@ def test_non_integer_expand_config() -> None:
     for d_inner, d_model in ((1408, 768), (1152, 768), (1536, 768), (7, 3), (2560 - 64, 2560)):
         e = expand_for(d_inner, d_model)
         assert int(e * d_model) == d_inner == round(e * d_model)
+
+
+def test_cli_refuses_head_export_transformers_cannot_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _model(vocab_size=256).save_pretrained(tmp_path / "src")
+    corpus = _corpus(tmp_path / "train.txt")
+    argv = ["prune", str(tmp_path / "src"), "--calib", str(corpus), "--save", str(tmp_path / "out")]
+    argv += [
+        "--targets",
+        "headdim",
+        "--method",
+        "flap",
+        "--sparsity",
+        "0.25",
+        "--export-stock",
+        str(tmp_path / "s"),
+    ]
+    assert cli.main(argv) == 2
+    assert (
+        "--export-stock: --targets headdim at sparsity 0.25 leaves 48 SSM channels" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "out").exists()
