@@ -317,7 +317,7 @@ def _add_model_args(parser: argparse.ArgumentParser, dest: str, metavar: str, wh
 def _configure_prune(parser: argparse.ArgumentParser) -> None:
     from .prune.config import AGGREGATIONS, METHODS, SCORES, TARGETS, TIME_WEIGHTS
 
-    _add_model_args(parser, "model_dir", "MODEL_DIR", "Mamba-1 checkpoint")
+    _add_model_args(parser, "model_dir", "MODEL_DIR", "Mamba-1 or Mamba-2 checkpoint")
     parser.add_argument(
         "--save", metavar="OUT_DIR", required=True, help="output model directory (HF layout + masks)"
     )
@@ -337,13 +337,15 @@ def _configure_prune(parser: argparse.ArgumentParser) -> None:
         "--targets",
         choices=TARGETS,
         default="ssm",
-        help="ssm: A_log; ffn: in_proj, x_proj, dt_proj, out_proj (+conv1d with --conv1d); all: both",
+        help="ssm: A_log (per head on Mamba-2); states: Mamba-2 B/C state columns per group; heads / "
+        "headdim: Mamba-2 heads / head channels removed (methods flap, magnitude, random); ffn: in_proj, "
+        "x_proj, dt_proj, out_proj (Mamba-2: in_proj, out_proj; +conv1d with --conv1d); all: ssm and ffn",
     )
     parser.add_argument(
         "--pattern",
         default="unstructured",
-        help="unstructured, N:M such as 2:4 or 4:8 (states for A_log, inputs for projections), or column "
-        "(A_log only: states removed)",
+        help="unstructured, N:M such as 2:4 or 4:8 (states for A_log, heads for Mamba-2 A_log, the states of "
+        "a group for --targets states, inputs for projections), or column (A_log / states: states removed)",
     )
     parser.add_argument(
         "--sparsity",
@@ -714,7 +716,8 @@ COMMANDS: list[Command] = [
     ),
     Command(
         "prune",
-        "prune a Mamba-1 model (SparseSSM for A_log, SparseGPT / Wanda / magnitude for projections)",
+        "prune a Mamba-1 or Mamba-2 model (SparseSSM for A_log, SSD saliency for Mamba-2 states, "
+        "SparseGPT / Wanda / magnitude / SNIP for projections)",
         _configure_prune,
         _run_prune,
     ),

@@ -903,9 +903,19 @@ def test_cli_eval_convert_and_prune_refusal(tmp_path: Path, capsys: pytest.Captu
         tokens = load_tokens(str(corpus), load_tokenizer(tmp_path / "masked", vocab), "test")
     assert p["ppl"] == pytest.approx(evaluate_perplexity(model, tokens, 16, max_windows=2)["ppl"], rel=1e-5)
 
-    # prune refuses Mamba-2 before any work
+    # prune refuses a method Mamba-2's A_log does not have, before any work
     out = tmp_path / "pruned"
-    argv = ["prune", str(src), "--calib", str(corpus), "--save", str(out), "--no-progress"]
+    argv = [
+        "prune",
+        str(src),
+        "--calib",
+        str(corpus),
+        "--save",
+        str(out),
+        "--no-progress",
+        "--method",
+        "wanda",
+    ]
     assert cli.main(argv) == 2
-    assert "is a Mamba-2 model; sparsessm prune prunes Mamba-1 models only" in capsys.readouterr().err
+    assert "method: 'wanda' is not defined for Mamba-2 A_log" in capsys.readouterr().err
     assert not out.exists()

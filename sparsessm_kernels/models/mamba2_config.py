@@ -39,7 +39,10 @@ class Mamba2LMConfig:
         headdim: ``p``, channels per head; ``nheads = d_inner / headdim``.
         ngroups: ``g``, groups of ``B`` / ``C`` (``nheads % ngroups == 0``).
         d_conv: depthwise causal convolution width (over the ``x | B | C`` channels).
-        expand: ``d_inner = expand * d_model``.
+        expand: ``d_inner = expand * d_model``; an integer, except after heads or head channels
+            were removed (``sparsessm prune --targets heads / headdim``): then any number with
+            ``expand * d_model`` an integer (mamba_ssm's ``Mamba2`` takes ``int(expand * d_model)``;
+            transformers' config only integers, see :attr:`hf_unsupported`).
         conv_bias: the convolution has a bias. bias: ``in_proj`` / ``out_proj`` have biases.
         norm_type: the block and final norms: ``"rms_norm"`` (HF and default mamba_ssm) or
             ``"layer_norm"`` (mamba_ssm ``rms_norm=False``).
@@ -66,7 +69,7 @@ class Mamba2LMConfig:
     headdim: int = 64
     ngroups: int = 1
     d_conv: int = 4
-    expand: int = 2
+    expand: int | float = 2
     conv_bias: bool = True
     bias: bool = False
     norm_type: str = "rms_norm"
@@ -89,12 +92,26 @@ class Mamba2LMConfig:
             "headdim",
             "ngroups",
             "d_conv",
-            "expand",
             "chunk_size",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CheckpointFormatError(f"config: {name} must be a positive integer, got {value!r}")
+        expand = self.expand
+        if (
+            isinstance(expand, bool)
+            or not isinstance(expand, (int, float))
+            or not math.isfinite(expand)
+            or expand <= 0
+            or abs(expand * self.d_model - round(expand * self.d_model)) > 1e-6
+            or round(expand * self.d_model) < 1
+        ):
+            raise CheckpointFormatError(
+                f"config: expand must be a positive number with expand * d_model an integer, got {expand!r} "
+                f"(d_model={self.d_model})"
+            )
+        if isinstance(expand, float) and expand.is_integer():
+            self.expand = int(expand)
         if self.norm_type not in NORM_TYPES:
             raise CheckpointFormatError(
                 f"config: norm_type must be one of {NORM_TYPES}, got {self.norm_type!r}"
@@ -125,7 +142,7 @@ class Mamba2LMConfig:
     @property
     def d_inner(self) -> int:
         """Channels of the SSM: ``expand * d_model`` = ``nheads * headdim``."""
-        return self.expand * self.d_model
+        return round(self.expand * self.d_model)
 
     @property
     def nheads(self) -> int:
@@ -154,6 +171,8 @@ class Mamba2LMConfig:
             out.append("norm_before_gate=True")
         if self.D_has_hdim:
             out.append("D with one entry per channel (D_has_hdim=True)")
+        if not isinstance(self.expand, int):
+            out.append(f"a non-integer expand={self.expand:g} (heads or head channels removed)")
         return out
 
     def describe(self) -> str:
@@ -249,6 +268,18 @@ class Mamba2LMConfig:
         }
 
 
+def expand_for(d_inner: int, d_model: int) -> int | float:
+    """The ``expand`` that gives ``d_inner`` channels: an ``int`` when ``d_model`` divides it, else
+    the float ``d_inner / d_model``, nudged up where needed so that mamba_ssm's truncating
+    ``int(expand * d_model)`` is exactly ``d_inner`` too."""
+    if d_inner % d_model == 0:
+        return d_inner // d_model
+    expand = d_inner / d_model
+    while int(expand * d_model) != d_inner:
+        expand = math.nextafter(expand, math.inf)
+    return expand
+
+
 # ---------------------------------------------------------------------- parsing
 def _float(value: Any, key: str, source: str) -> float:
     """A number, ``Infinity`` / ``-Infinity`` (JSON literal or string), or transformers' encoding of
@@ -260,6 +291,13 @@ def _float(value: Any, key: str, source: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise CheckpointFormatError(f"{source}: field {key!r} must hold numbers, got {value!r}")
     return float(value)
+
+
+def _number(value: Any, key: str, source: str) -> int | float:
+    """An integer, or a float (an integral float becomes an ``int``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckpointFormatError(f"{source}: field {key!r} must be a number, got {value!r}")
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _dt_limit(value: Any, key: str, source: str) -> tuple[float, float]:
@@ -372,9 +410,9 @@ def config_from_mamba_ssm_mamba2_dict(cfg: dict[str, Any], source: str = "config
         raise CheckpointFormatError(
             f"{source}: unsupported ssm_cfg fields {sorted(unknown)} for a Mamba2 layer"
         )
-    expand = _int(ssm_cfg.get("expand", 2), "ssm_cfg.expand", source)
+    expand = _number(ssm_cfg.get("expand", 2), "ssm_cfg.expand", source)
     d_ssm = ssm_cfg.get("d_ssm")
-    if d_ssm is not None and _int(d_ssm, "ssm_cfg.d_ssm", source) != expand * d_model:
+    if d_ssm is not None and _int(d_ssm, "ssm_cfg.d_ssm", source) != round(expand * d_model):
         raise CheckpointFormatError(
             f"{source}: ssm_cfg.d_ssm={d_ssm} (a gated-MLP part of the mixer beside the SSM) is not "
             f"supported; only d_ssm = expand * d_model = {expand * d_model} (or null)"

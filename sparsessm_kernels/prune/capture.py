@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from .._progress import progress as progress_bar
-from ..models import MambaBlock, MambaLM, MambaMixer
+from ..models import Mamba2LM, MambaBlock, MambaLM, MambaMixer
 from ..ops import selective_scan
 from ..sparsity import kept_count
 from .config import PruneConfig, PruneConfigError, module_name
 from .projections import ConvStatistics, LinearStatistics, allocate_sparsity, prune_conv1d, prune_linear
+from .snip import snip_saliency
 from .ssm import SSMStatistics, apply_ssm_mask, ssm_masks
 
 __all__ = [
@@ -40,7 +42,13 @@ __all__ = [
     "PruneResult",
     "capture_layer0_inputs",
     "mixer_intermediates",
+    "projection_allocation",
+    "projection_statistics",
     "prune_model",
+    "prune_projection",
+    "prune_projection_on_chunks",
+    "run_layers",
+    "snip_prepass",
 ]
 
 logger = logging.getLogger(__name__)
@@ -215,8 +223,12 @@ def _sensitivity_prepass(
     plan: dict[int, list[str]],
     device: torch.device,
     batch_size: int,
+    intermediates: Callable[..., dict[str, torch.Tensor]] = mixer_intermediates,
 ) -> dict[str, float]:
-    """Hessian traces ``trace(2 X X^T / N)`` of the selected in_proj / out_proj on the dense model."""
+    """Hessian traces ``trace(2 X X^T / N)`` of the selected in_proj / out_proj on the dense model.
+
+    ``intermediates(mixer, normed hidden, upto)`` gives the modules' inputs (the architecture's
+    :func:`mixer_intermediates`)."""
     wanted = {layer: [k for k in kinds if k in ("in_proj", "out_proj")] for layer, kinds in plan.items()}
     last = max((layer for layer, kinds in wanted.items() if kinds), default=-1)
     traces: dict[str, float] = {}
@@ -233,7 +245,7 @@ def _sensitivity_prepass(
         for i, h in enumerate(hidden):
             if kinds:
                 upto = "out_proj" if "out_proj" in kinds else "in_proj"
-                inter = mixer_intermediates(block.mixer, _normed(block, h), upto)
+                inter = intermediates(block.mixer, _normed(block, h), upto)
                 for k in kinds:
                     sums[k] += float(inter[k].float().square().sum())
                 ntok += h.shape[0] * h.shape[1]
@@ -247,7 +259,7 @@ def _sensitivity_prepass(
 
 # ---------------------------------------------------------------------- the pipeline
 def prune_model(
-    model: MambaLM,
+    model: MambaLM | Mamba2LM,
     calib_ids: torch.Tensor,
     cfg: PruneConfig,
     *,
@@ -255,6 +267,9 @@ def prune_model(
     progress: bool = True,
 ) -> PruneResult:
     """Prune ``model`` in place, layer by layer, on calibration windows ``calib_ids`` ``(N, l)``.
+
+    A :class:`~sparsessm_kernels.models.Mamba2LM` goes to
+    :func:`~.capture_mamba2.prune_mamba2_model` (same arguments and result).
 
     Args:
         model: the model (its weights stay where they are; each layer visits ``device`` in turn).
@@ -267,6 +282,10 @@ def prune_model(
         a :class:`PruneResult`. Unstructured / N:M ``A_log`` masks are set on the model
         (``zero_transition``); column pruning removes states (``model.config`` gets per-layer sizes).
     """
+    if isinstance(model, Mamba2LM):
+        from .capture_mamba2 import prune_mamba2_model  # it imports this module
+
+        return prune_mamba2_model(model, calib_ids, cfg, device=device, progress=progress)
     t_start = time.perf_counter()
     cfg = cfg.resolve()
     plan = cfg.check_model(model.config)
@@ -276,10 +295,7 @@ def prune_model(
                 f"layer {layer} already has a state mask; prune A_log of an unmasked model "
                 "(or exclude that layer)"
             )
-    if calib_ids.dim() != 2 or calib_ids.dtype.is_floating_point:
-        raise ValueError(
-            f"calib_ids: expected (nsamples, seqlen) integer tokens, got {tuple(calib_ids.shape)}"
-        )
+    check_calib_ids(calib_ids)
     device = torch.device(device) if device is not None else model.device
     nsamples, seqlen = calib_ids.shape
     result = PruneResult(config=cfg)
@@ -293,55 +309,15 @@ def prune_model(
         _sync(device)
         timings["capture"] = time.perf_counter() - t0
 
-        # sensitivity-aware allocation for in_proj / out_proj
-        alloc: dict[str, tuple[float, int]] = {}
-        if cfg.alpha and cfg.alpha > 0:
-            t0 = time.perf_counter()
-            traces = _sensitivity_prepass(model, calib_ids, plan, device, cfg.batch_size)
-            for kind in ("in_proj", "out_proj"):
-                group = [
-                    (name, _module(model.mixer(int(name.split(".")[2])), kind).weight.numel(), trace)
-                    for name, trace in traces.items()
-                    if name.endswith("." + kind)
-                ]
-                assert cfg.sparsity is not None
-                alloc.update(allocate_sparsity(group, cfg.sparsity, cfg.alpha))
-            for name, (frac, count) in alloc.items():
-                result.allocation[name] = {"sensitivity": traces[name], "sparsity": frac, "pruned": count}
-            _sync(device)
-            timings["sensitivity"] = time.perf_counter() - t0
-            logger.info("allocation: %s", {k: round(v[0], 4) for k, v in alloc.items()})
+        alloc = projection_allocation(model, calib_ids, plan, cfg, device, result, timings)
+        snip = snip_prepass(model, calib_ids, plan, cfg, device, timings)
 
-        layers = model.backbone.layers
-        for layer in progress_bar(range(len(layers)), desc="pruning layers", enabled=progress):
-            block = layers[layer]
-            home = block.norm.weight.device
-            block.to(device)
-            lt = {"layer": layer, "statistics": 0.0, "prune": 0.0, "forward": 0.0}
-            for kind in plan[layer]:
-                stat_s, prune_s = _prune_module(model, layer, kind, chunks, cfg, alloc, seqlen, result)
-                result.modules[-1].extra["seconds"] = {
-                    "statistics": round(stat_s, 4),
-                    "prune": round(prune_s, 4),
-                }
-                lt["statistics"] += stat_s
-                lt["prune"] += prune_s
-            t0 = time.perf_counter()
-            chunks = [block(h) for h in chunks]
-            _sync(device)
-            lt["forward"] = time.perf_counter() - t0
-            block.to(home)
-            for key in ("statistics", "prune", "forward"):
-                timings[key] += lt[key]
-            result.layer_timings.append(lt)
-            logger.info(
-                "layer %d: statistics %.2fs, prune %.2fs, forward %.2fs",
-                layer,
-                lt["statistics"],
-                lt["prune"],
-                lt["forward"],
-            )
-        del chunks
+        def prune_one(layer: int, kind: str, chunks: list[torch.Tensor]) -> tuple[float, float]:
+            if kind == "A_log":
+                return _prune_a_log(model, layer, chunks, cfg, seqlen, result)
+            return prune_projection_on_chunks(model, layer, kind, chunks, cfg, alloc, snip, result)
+
+        run_layers(model, chunks, plan, prune_one, result, timings, device, progress)
 
     result.d_state_after = [model.mixer(i).d_state for i in range(model.config.n_layer)]
     if result.d_state_after != result.d_state_before:
@@ -358,74 +334,179 @@ def prune_model(
     return result
 
 
-def _prune_module(
+def _prune_a_log(
     model: MambaLM,
     layer: int,
-    kind: str,
     chunks: list[torch.Tensor],
     cfg: PruneConfig,
-    alloc: dict[str, tuple[float, int]],
     seqlen: int,
     result: PruneResult,
 ) -> tuple[float, float]:
-    """Gather statistics for one module on the current (partly pruned) layer and prune it.
+    """Gather the ``A_log`` statistics of one layer (as pruned so far) and prune it.
 
     Returns ``(statistics seconds, prune seconds)``.
     """
     block = model.backbone.layers[layer]
     mixer = block.mixer
-    name = module_name(layer, kind)
+    name = module_name(layer, "A_log")
     device = mixer.A_log.device
     assert cfg.sparsity is not None
     t0 = time.perf_counter()
-    if kind == "A_log":
-        stats = SSMStatistics(mixer, cfg, seqlen)
-        if stats.needs_data:
-            for h in chunks:
-                inter = mixer_intermediates(mixer, _normed(block, h), "A_log")
-                stats.add_batch(inter["u"], inter["delta"], inter["B"])
-        _sync(device)
-        t1 = time.perf_counter()
-        keep, new_a_log = ssm_masks(stats)
-        d, n = mixer.A_log.shape
-        apply_ssm_mask(model, layer, keep, cfg.pattern, new_a_log)
-        _sync(device)
-        t2 = time.perf_counter()
-        if cfg.pattern == "column":
-            kept = int(keep.sum())
-            extra = {"kept_states": [int(i) for i in torch.nonzero(keep).flatten()], "d_state": kept}
-            pruned, target = d * (n - kept), 1.0 - kept_count(n, cfg.sparsity) / n
-            result.column_masks[layer] = keep.cpu()
-        else:
-            pruned = int((~keep).sum())
-            target = (d * n - kept_count(d * n, cfg.sparsity)) / (d * n) if cfg.nm is None else cfg.sparsity
-            extra = {"pruned_states": "zero_transition"}
-        record = ModuleRecord(
-            name, layer, kind, [d, n], d * n, pruned, target, cfg.method, cfg.pattern, extra
-        )
-        result.modules.append(record)
-        if cfg.method == "sparsessm":
-            record.extra.update(
-                {"score": cfg.score, "aggregation": cfg.aggregation, "time_weights": cfg.time_weights}
-            )
-        return t1 - t0, t2 - t1
-
-    module = _module(mixer, kind)
-    weight = module.weight
-    numel = weight.numel()
-    needs = cfg.method in ("sparsegpt", "sparsessm", "wanda")
-    full = cfg.method in ("sparsegpt", "sparsessm")
-    stats: LinearStatistics | ConvStatistics | None = None
-    if needs:
-        if kind == "conv1d":
-            stats = ConvStatistics(mixer.d_inner, mixer.d_conv, full=full, device=device)
-        else:
-            stats = LinearStatistics(weight.shape[1], full=full, device=device)
+    stats = SSMStatistics(mixer, cfg, seqlen)
+    if stats.needs_data:
         for h in chunks:
-            inter = mixer_intermediates(mixer, _normed(block, h), kind)
-            stats.add(inter[kind])
+            inter = mixer_intermediates(mixer, _normed(block, h), "A_log")
+            stats.add_batch(inter["u"], inter["delta"], inter["B"])
     _sync(device)
     t1 = time.perf_counter()
+    keep, new_a_log = ssm_masks(stats)
+    d, n = mixer.A_log.shape
+    apply_ssm_mask(model, layer, keep, cfg.pattern, new_a_log)
+    _sync(device)
+    t2 = time.perf_counter()
+    if cfg.pattern == "column":
+        kept = int(keep.sum())
+        extra = {"kept_states": [int(i) for i in torch.nonzero(keep).flatten()], "d_state": kept}
+        pruned, target = d * (n - kept), 1.0 - kept_count(n, cfg.sparsity) / n
+        result.column_masks[layer] = keep.cpu()
+    else:
+        pruned = int((~keep).sum())
+        target = (d * n - kept_count(d * n, cfg.sparsity)) / (d * n) if cfg.nm is None else cfg.sparsity
+        extra = {"pruned_states": "zero_transition"}
+    record = ModuleRecord(name, layer, "A_log", [d, n], d * n, pruned, target, cfg.method, cfg.pattern, extra)
+    result.modules.append(record)
+    if cfg.method == "sparsessm":
+        record.extra.update(
+            {"score": cfg.score, "aggregation": cfg.aggregation, "time_weights": cfg.time_weights}
+        )
+    return t1 - t0, t2 - t1
+
+
+def prune_projection_on_chunks(
+    model: torch.nn.Module,
+    layer: int,
+    kind: str,
+    chunks: list[torch.Tensor],
+    cfg: PruneConfig,
+    alloc: dict[str, tuple[float, int]],
+    snip: dict[str, torch.Tensor],
+    result: PruneResult,
+    intermediates: Callable[..., dict[str, torch.Tensor]] = mixer_intermediates,
+) -> tuple[float, float]:
+    """Gather one projection's input statistics on the layer as pruned so far (``intermediates``:
+    the architecture's :func:`mixer_intermediates`) and prune it.
+
+    Returns ``(statistics seconds, prune seconds)``.
+    """
+    block = model.backbone.layers[layer]
+    mixer = block.mixer
+    module = _module(mixer, kind)
+    device = module.weight.device
+    t0 = time.perf_counter()
+    conv = mixer.conv1d.weight.shape
+    stats = projection_statistics(cfg, kind, module.weight, conv[0], conv[-1], device)
+    if stats is not None:
+        for h in chunks:
+            stats.add(intermediates(mixer, _normed(block, h), kind)[kind])
+    _sync(device)
+    t1 = time.perf_counter()
+    result.modules.append(prune_projection(module, layer, kind, stats, cfg, alloc, snip))
+    _sync(device)
+    return t1 - t0, time.perf_counter() - t1
+
+
+# ---------------------------------------------------------------------- shared by both architectures
+def run_layers(
+    model: torch.nn.Module,
+    chunks: list[torch.Tensor],
+    plan: dict[int, list[str]],
+    prune_one: Callable[[int, str, list[torch.Tensor]], tuple[float, float]],
+    result: PruneResult,
+    timings: dict[str, float],
+    device: torch.device,
+    progress: bool,
+) -> None:
+    """The layer loop: each layer visits ``device``, ``prune_one(layer, kind, chunks)`` prunes its
+    selected modules in ``plan`` order (returning ``(statistics s, prune s)``, after appending its
+    :class:`ModuleRecord`), then the pruned layer's outputs become the next layer's inputs.
+
+    ``chunks`` (the layer-0 inputs, in batches) is consumed; timings are added to ``timings`` and
+    ``result.layer_timings``.
+    """
+    layers = model.backbone.layers
+    for layer in progress_bar(range(len(layers)), desc="pruning layers", enabled=progress):
+        block = layers[layer]
+        home = block.norm.weight.device
+        block.to(device)
+        lt = {"layer": layer, "statistics": 0.0, "prune": 0.0, "forward": 0.0}
+        for kind in plan[layer]:
+            stat_s, prune_s = prune_one(layer, kind, chunks)
+            result.modules[-1].extra["seconds"] = {"statistics": round(stat_s, 4), "prune": round(prune_s, 4)}
+            lt["statistics"] += stat_s
+            lt["prune"] += prune_s
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            chunks[:] = [block(h) for h in chunks]
+        _sync(device)
+        lt["forward"] = time.perf_counter() - t0
+        block.to(home)
+        for key in ("statistics", "prune", "forward"):
+            timings[key] += lt[key]
+        result.layer_timings.append(lt)
+        logger.info(
+            "layer %d: statistics %.2fs, prune %.2fs, forward %.2fs",
+            layer,
+            lt["statistics"],
+            lt["prune"],
+            lt["forward"],
+        )
+    chunks.clear()
+
+
+def check_calib_ids(calib_ids: torch.Tensor) -> None:
+    """``calib_ids`` must be ``(nsamples, seqlen)`` integer tokens."""
+    if not isinstance(calib_ids, torch.Tensor) or calib_ids.dim() != 2 or calib_ids.dtype.is_floating_point:
+        got = tuple(calib_ids.shape) if isinstance(calib_ids, torch.Tensor) else type(calib_ids).__name__
+        raise ValueError(f"calib_ids: expected (nsamples, seqlen) integer tokens, got {got}")
+
+
+def projection_statistics(
+    cfg: PruneConfig,
+    kind: str,
+    weight: torch.Tensor,
+    conv_channels: int,
+    d_conv: int,
+    device: torch.device,
+) -> LinearStatistics | ConvStatistics | None:
+    """Empty input statistics for one projection under ``cfg.method`` (``None``: the method needs none).
+
+    ``conv_channels``: channels of the depthwise conv (``kind == "conv1d"``)."""
+    if cfg.method not in ("sparsegpt", "sparsessm", "wanda"):
+        return None
+    full = cfg.method in ("sparsegpt", "sparsessm")
+    if kind == "conv1d":
+        return ConvStatistics(conv_channels, d_conv, full=full, device=device)
+    return LinearStatistics(weight.shape[1], full=full, device=device)
+
+
+def prune_projection(
+    module: torch.nn.Module,
+    layer: int,
+    kind: str,
+    stats: LinearStatistics | ConvStatistics | None,
+    cfg: PruneConfig,
+    alloc: dict[str, tuple[float, int]],
+    snip: dict[str, torch.Tensor],
+) -> ModuleRecord:
+    """Prune one projection (linear or depthwise conv) in place with its gathered statistics.
+
+    The pruned count: exact N:M, else the allocation's (``alpha > 0``), else the builders' rounding
+    of ``cfg.sparsity``. ``snip``: saliencies by module name (method ``snip``).
+    """
+    name = module_name(layer, kind)
+    weight = module.weight
+    numel = weight.numel()
+    assert cfg.sparsity is not None
     nm = cfg.nm
     if nm is not None:
         n_prune = None
@@ -441,10 +522,18 @@ def _prune_module(
         + 7919 * (layer + 1)
         + 101 * (1 + ("in_proj", "conv1d", "x_proj", "dt_proj", "out_proj").index(kind))
     )
+    saliency = snip.get(name)
     if kind == "conv1d":
         new, mask = prune_conv1d(
-            weight, stats, cfg.method, n_prune=n_prune, nm=nm, percdamp=cfg.percdamp, seed=seed
-        )  # type: ignore[arg-type]
+            weight,
+            stats,  # type: ignore[arg-type]
+            cfg.method,
+            n_prune=n_prune,
+            nm=nm,
+            percdamp=cfg.percdamp,
+            seed=seed,
+            saliency=saliency,
+        )
     else:
         new, mask = prune_linear(
             weight,
@@ -455,14 +544,70 @@ def _prune_module(
             blocksize=cfg.blocksize,
             percdamp=cfg.percdamp,
             seed=seed,
+            saliency=saliency,
         )
-    weight.copy_(new.to(weight.dtype))
-    _sync(device)
-    t2 = time.perf_counter()
+    with torch.no_grad():
+        weight.copy_(new.to(weight.dtype))
     method = "sparsegpt" if cfg.method == "sparsessm" else cfg.method
-    result.modules.append(
-        ModuleRecord(
-            name, layer, kind, list(weight.shape), numel, int(mask.sum()), float(target), method, cfg.pattern
-        )
+    return ModuleRecord(
+        name, layer, kind, list(weight.shape), numel, int(mask.sum()), float(target), method, cfg.pattern
     )
-    return t1 - t0, t2 - t1
+
+
+def projection_allocation(
+    model: torch.nn.Module,
+    calib_ids: torch.Tensor,
+    plan: dict[int, list[str]],
+    cfg: PruneConfig,
+    device: torch.device,
+    result: PruneResult,
+    timings: dict[str, float],
+    intermediates: Callable[..., dict[str, torch.Tensor]] = mixer_intermediates,
+) -> dict[str, tuple[float, int]]:
+    """Sensitivity-aware allocation of the selected in_proj / out_proj (``{}`` when ``alpha == 0``).
+
+    Fills ``result.allocation`` and ``timings["sensitivity"]``."""
+    alloc: dict[str, tuple[float, int]] = {}
+    if not (cfg.alpha and cfg.alpha > 0):
+        return alloc
+    t0 = time.perf_counter()
+    traces = _sensitivity_prepass(model, calib_ids, plan, device, cfg.batch_size, intermediates)
+    for kind in ("in_proj", "out_proj"):
+        group = [
+            (name, _module(model.mixer(int(name.split(".")[2])), kind).weight.numel(), trace)
+            for name, trace in traces.items()
+            if name.endswith("." + kind)
+        ]
+        assert cfg.sparsity is not None
+        alloc.update(allocate_sparsity(group, cfg.sparsity, cfg.alpha))
+    for name, (frac, count) in alloc.items():
+        result.allocation[name] = {"sensitivity": traces[name], "sparsity": frac, "pruned": count}
+    _sync(device)
+    timings["sensitivity"] = time.perf_counter() - t0
+    logger.info("allocation: %s", {k: round(v[0], 4) for k, v in alloc.items()})
+    return alloc
+
+
+def snip_prepass(
+    model: torch.nn.Module,
+    calib_ids: torch.Tensor,
+    plan: dict[int, list[str]],
+    cfg: PruneConfig,
+    device: torch.device,
+    timings: dict[str, float],
+) -> dict[str, torch.Tensor]:
+    """SNIP saliencies of every selected projection (``{}`` unless ``cfg.method == "snip"``), from
+    the dense model; the time goes to ``timings["sensitivity"]``."""
+    if cfg.method != "snip":
+        return {}
+    t0 = time.perf_counter()
+    params = {
+        module_name(layer, kind): _module(model.mixer(layer), kind).weight
+        for layer, kinds in plan.items()
+        for kind in kinds
+    }
+    with torch.enable_grad():
+        out = snip_saliency(model, calib_ids, params, device=device, batch_size=cfg.batch_size)
+    _sync(device)
+    timings["sensitivity"] = timings.get("sensitivity", 0.0) + time.perf_counter() - t0
+    return out

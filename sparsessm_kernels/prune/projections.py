@@ -12,6 +12,8 @@ Hessian, never as a dense matrix.
   ``w^2 / [H^-1]_jj^2``), and the OBS update of the not-yet-processed weights.
 * **Wanda** (Sun et al., 2023): ``|w_ij| * ||x_j||_2``, compared within each output row.
 * **magnitude**: ``|w|`` over the whole module. **random**: seeded uniform scores.
+* **SNIP** (Lee et al., 2019): ``|w * dL/dw|`` with ``L`` the calibration language-model loss of
+  the dense model (:mod:`.snip` computes it), compared over the whole module like magnitude.
 
 :func:`allocate_sparsity` implements the sensitivity-aware allocation (``--alpha``).
 """
@@ -343,11 +345,13 @@ def prune_linear(
     blocksize: int = 128,
     percdamp: float = 0.01,
     seed: int = 0,
+    saliency: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune a linear weight ``(out, in)`` along its inputs; returns ``(new weight float32, pruned mask)``.
 
     ``method``: ``sparsegpt`` (and ``sparsessm``, which uses SparseGPT for projections), ``wanda``,
-    ``magnitude``, ``random``. ``stats`` is required for sparsegpt (full) and wanda.
+    ``magnitude``, ``snip``, ``random``. ``stats`` is required for sparsegpt (full) and wanda,
+    ``saliency`` (the weight's shape, higher = kept) for snip.
     """
     W = weight.detach().float()
     if method in ("sparsegpt", "sparsessm"):
@@ -361,11 +365,25 @@ def prune_linear(
         mask = lowest_mask(scores, n_prune, nm=nm, per_row=True)
     elif method == "magnitude":
         mask = lowest_mask(W.abs(), n_prune, nm=nm)
+    elif method == "snip":
+        mask = lowest_mask(_checked_saliency(saliency, W), n_prune, nm=nm)
     elif method == "random":
         mask = lowest_mask(_random_scores(tuple(W.shape), seed, W.device), n_prune, nm=nm)
     else:
         raise ValueError(f"method: unknown projection pruning method {method!r}")
     return W.masked_fill(mask, 0.0), mask
+
+
+def _checked_saliency(saliency: torch.Tensor | None, W: torch.Tensor) -> torch.Tensor:
+    """``saliency`` as float32 in ``W``'s 2-D shape (the weight's own shape is accepted)."""
+    if saliency is None:
+        raise ValueError("saliency: method snip needs the |w * grad| saliency of the weight, got None")
+    if saliency.numel() != W.numel():
+        raise ValueError(
+            f"saliency: expected {W.numel()} entries (weight shape {tuple(W.shape)}), "
+            f"got {tuple(saliency.shape)}"
+        )
+    return saliency.detach().float().reshape(W.shape).to(W.device)
 
 
 @torch.no_grad()
@@ -378,9 +396,10 @@ def prune_conv1d(
     nm: tuple[int, int] | None,
     percdamp: float = 0.01,
     seed: int = 0,
+    saliency: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune the depthwise conv weight ``(d, 1, k)`` per channel; returns ``(new weight, pruned mask)``
-    in the weight's shape (float32)."""
+    in the weight's shape (float32). ``saliency`` as for :func:`prune_linear` (snip)."""
     d, _, k = weight.shape
     W = weight.detach().float().reshape(d, k)
     if method in ("sparsegpt", "sparsessm"):
@@ -392,6 +411,8 @@ def prune_conv1d(
         mask = lowest_mask(W.abs() * stats.col_sq().sqrt(), n_prune, nm=nm, per_row=True)
     elif method == "magnitude":
         mask = lowest_mask(W.abs(), n_prune, nm=nm)
+    elif method == "snip":
+        mask = lowest_mask(_checked_saliency(saliency, W), n_prune, nm=nm)
     elif method == "random":
         mask = lowest_mask(_random_scores((d, k), seed, W.device), n_prune, nm=nm)
     else:

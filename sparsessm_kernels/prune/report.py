@@ -56,9 +56,15 @@ PHASES = (
 
 
 def _summary(result: PruneResult) -> dict[str, dict[str, Any]]:
-    groups: dict[str, list[int]] = {"ssm": [0, 0], "ffn": [0, 0], "total": [0, 0]}
+    groups: dict[str, list[int]] = {"ssm": [0, 0], "ffn": [0, 0], "heads": [0, 0], "total": [0, 0]}
     for rec in result.modules:
-        key = "ssm" if rec.kind == "A_log" else "ffn"
+        key = (
+            "ssm"
+            if rec.kind in ("A_log", "ssm_state")
+            else "heads"
+            if rec.kind in ("heads", "headdim")
+            else "ffn"
+        )
         for g in (key, "total"):
             groups[g][0] += rec.params
             groups[g][1] += rec.pruned

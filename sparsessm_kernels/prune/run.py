@@ -1,4 +1,4 @@
-"""End-to-end jobs behind ``sparsessm prune`` (Mamba-1) and ``sparsessm eval`` (Mamba-1 and Mamba-2).
+"""End-to-end jobs behind ``sparsessm prune`` and ``sparsessm eval`` (Mamba-1 and Mamba-2).
 
 :class:`PruneJob` / :class:`EvalJob` hold a run's inputs; ``validate()`` checks everything that can
 be checked without loading weights or text (missing directories, settings, shapes from
@@ -20,7 +20,7 @@ import torch
 
 from .._io import atomic_directory, check_output_dir
 from .._progress import progress_interval
-from ..models import Mamba2LMConfig, MambaLM, MambaLMConfig, load_model, read_model_config
+from ..models import Mamba2LM, Mamba2LMConfig, MambaLM, MambaLMConfig, load_model, read_model_config
 from ..models.checkpoint import CONFIG_NAME, resolve_checkpoint_dir
 from ..models.hub import resolve_local_or_hub
 from ..sparsity import kept_count
@@ -102,7 +102,7 @@ def _check_tokenizer(tokenizer_dir: Path, config: MambaLMConfig | Mamba2LMConfig
         )
 
 
-def _model_info(model: MambaLM) -> dict[str, Any]:
+def _model_info(model: MambaLM | Mamba2LM) -> dict[str, Any]:
     c = model.config
     return {
         "n_layer": c.n_layer,
@@ -165,15 +165,9 @@ class PruneJob:
                 "(neither inside the other)"
             )
 
-    def validate(self) -> tuple[PruneConfig, MambaLMConfig, torch.device]:
+    def validate(self) -> tuple[PruneConfig, MambaLMConfig | Mamba2LMConfig, torch.device]:
         """Every check that needs no weights or text; raises before any work starts."""
         config = read_model_config(self.model_dir, self.revision)
-        if isinstance(config, Mamba2LMConfig):
-            raise PruneConfigError(
-                f"{self.model_dir} is a Mamba-2 model; sparsessm prune prunes Mamba-1 models only for now "
-                "(Mamba-2 models work with sparsessm eval / convert, and take masks through "
-                "Mamba2LM.set_state_mask / set_head_transition_mask)"
-            )
         cfg = self.cfg.resolve()
         cfg.check_model(config)
         for name, value, low in (("nsamples", self.nsamples, 1), ("seqlen", self.seqlen, 2)):
@@ -185,7 +179,28 @@ class PruneJob:
             raise PruneConfigError(f"dtype: expected one of {tuple(DTYPES)}, got {self.dtype!r}")
         device = resolve_device(self.device)
         self._check_outputs()
-        if self.export_stock is not None:
+        if self.export_stock is not None and isinstance(config, Mamba2LMConfig):
+            if config.hf_unsupported:
+                raise PruneConfigError(
+                    f"--export-stock: transformers' Mamba2ForCausalLM cannot express "
+                    f"{', '.join(config.hf_unsupported)}"
+                )
+            if cfg.targets in ("heads", "headdim"):
+                assert cfg.sparsity is not None
+                g, h, p = config.ngroups, config.nheads, config.headdim
+                inner = (
+                    g * kept_count(h // g, cfg.sparsity) * p
+                    if cfg.targets == "heads"
+                    else h * kept_count(p, cfg.sparsity)
+                )
+                if inner % config.d_model:
+                    raise PruneConfigError(
+                        f"--export-stock: --targets {cfg.targets} at sparsity {cfg.sparsity:g} leaves "
+                        f"{inner} SSM channels, not a multiple of d_model={config.d_model}, and "
+                        "transformers' Mamba2Config needs an integer expand; the --save model (mamba_ssm "
+                        "layout) runs it"
+                    )
+        elif self.export_stock is not None:
             if config.norm_type != "rms_norm":
                 raise PruneConfigError(
                     "--export-stock: this model uses LayerNorm, which transformers' MambaForCausalLM "
@@ -221,7 +236,7 @@ def run_prune(job: PruneJob) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    model = MambaLM.from_pretrained(job.model_dir, dtype=DTYPES[job.dtype], revision=job.revision)
+    model = load_model(job.model_dir, dtype=DTYPES[job.dtype], revision=job.revision)
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
