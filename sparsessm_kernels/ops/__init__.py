@@ -23,6 +23,6 @@ from .ssd import SSDStateLayout, ssd_scan, ssd_scan_ref, ssd_state_update, ssd_s
 __all__ += ["SSDStateLayout", "ssd_scan", "ssd_scan_ref", "ssd_state_update", "ssd_state_update_ref"]
 
 # The Mamba-1 mixer forward in stages (models, pruning capture, integrations, compat): ops/mixer.py
-from .mixer import MIXER_STAGES, MixerConstants, SSMParams, mixer_forward, mixer_step  # noqa: E402
+from .mixer import MIXER_STAGES, MixerConstants, SSMParams, mixer_forward, mixer_step, split_x_dbl  # noqa: E402
 
-__all__ += ["MIXER_STAGES", "MixerConstants", "SSMParams", "mixer_forward", "mixer_step"]
+__all__ += ["MIXER_STAGES", "MixerConstants", "SSMParams", "mixer_forward", "mixer_step", "split_x_dbl"]

@@ -46,16 +46,18 @@ class SSMParams(NamedTuple):
 
     Attributes:
         A: ``(d, n)`` float32 (``-exp(A_log)``). D, dt_bias: ``(d,)`` or None.
-        layout: the layer's state mask (``None`` = dense). pruned_states: its semantics.
-        backend: passed to the ops.
+        layout: the layer's state mask (``None`` = dense; a prebuilt :class:`StateLayout`, or a raw mask
+            as the ops take it). pruned_states: its semantics. backend: passed to the ops.
+        dt_softplus: softplus on ``delta + dt_bias`` (Mamba always; ``compat.mamba_inner_fn`` may say no).
     """
 
     A: torch.Tensor
     D: torch.Tensor | None
     dt_bias: torch.Tensor | None
-    layout: StateLayout | None = None
+    layout: StateLayout | torch.Tensor | None = None
     pruned_states: str = "zero_transition"
     backend: str = "auto"
+    dt_softplus: bool = True
 
 
 def _key(t: torch.Tensor | None) -> tuple[Any, ...] | None:
@@ -143,6 +145,7 @@ def mixer_forward(
     d_state: int,
     xz: torch.Tensor | None = None,
     split: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+    dt_proj: Projection | None = None,
     ssm_state: torch.Tensor | None = None,
     return_last_state: bool = False,
     record: dict[str, torch.Tensor] | None = None,
@@ -159,8 +162,10 @@ def mixer_forward(
             (b, l, d_model)``.
         ssm: the scan's per-layer inputs. dt_rank, d_state: split sizes of the ``x_proj`` output.
         xz: the ``in_proj`` output ``(b, 2 d, l)`` when already computed (then ``in_proj`` is not called).
-        split: ``x_dbl -> (dt (b, l, r), B, C)``, each of B / C ``(b, l, n)`` or time-invariant ``(d, n)``;
-            default :func:`split_x_dbl`.
+        split: ``x_dbl -> (dt (b, l, r), B, C)``, each of B / C ``(b, l, n)``, grouped ``(b, g, l, n)`` or
+            time-invariant ``(d, n)``; default :func:`split_x_dbl`.
+        dt_proj: ``dt (b, l, r) -> delta (b, d, l)`` without the bias, for a ``dt_proj`` whose weight is
+            no plain tensor (a quantized module); default ``dt_proj_weight @ dt``.
         ssm_state: continue from this cached state ``(b, d, n or k)`` (updated in place) one token at a
             time with the decode step, instead of scanning from zero.
         return_last_state: also return the scan's final state ``(b, d, n)`` float32.
@@ -190,11 +195,11 @@ def mixer_forward(
         return None
     x_dbl = x_proj(u_t)
     dt, B, C = split_x_dbl(x_dbl, dt_rank, d_state) if split is None else split(x_dbl)
-    B = B if B.dim() == 2 else B.transpose(1, 2)  # (b, n, l) views, or time-invariant (d, n)
-    C = C if C.dim() == 2 else C.transpose(1, 2)
+    B = B if B.dim() == 2 else B.transpose(-1, -2)  # (b, [g,] n, l) views, or time-invariant (d, n)
+    C = C if C.dim() == 2 else C.transpose(-1, -2)
     if _stop(record, upto, "dt_proj", dt_proj=dt, B=B, C=C):
         return None
-    delta = dt_proj_weight @ dt.transpose(1, 2)  # (b, d, l)
+    delta = dt_proj_weight @ dt.transpose(1, 2) if dt_proj is None else dt_proj(dt)  # (b, d, l)
     if _stop(record, upto, "A_log", delta=delta):
         return None
     if ssm_state is not None:
@@ -228,7 +233,7 @@ def _scan(
         ssm.D,
         z,
         ssm.dt_bias,
-        True,
+        ssm.dt_softplus,
         return_last_state,
         state_mask=ssm.layout,
         pruned_states=ssm.pruned_states,
@@ -273,7 +278,7 @@ def _step_op(
         ssm.D,
         z,
         ssm.dt_bias,
-        True,
+        ssm.dt_softplus,
         state_mask=ssm.layout,
         pruned_states=ssm.pruned_states,
         backend=ssm.backend,
