@@ -95,6 +95,9 @@ class MambaMixer(nn.Module):
         layout: the layer's :class:`StateLayout` (``None`` = dense), built once by
             :meth:`MambaLM.set_state_mask`.
         pruned_states: ``"zero_transition"`` or ``"remove"`` for the masked states.
+        constants: float32 ``A = -exp(A_log)``, ``D``, ``dt`` bias, built once
+            (:class:`~sparsessm_kernels.ops.MixerConstants`; call ``constants.clear()`` after writing a
+            parameter through ``.data``).
     """
 
     def __init__(
@@ -120,7 +123,7 @@ class MambaMixer(nn.Module):
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
         self.layout: StateLayout | None = None
         self.pruned_states: str = "zero_transition"
-        self._constants = MixerConstants()
+        self.constants = MixerConstants()
 
     # -------------------------------------------------------------- helpers
     def _layout_on(self, device: torch.device) -> StateLayout | None:
@@ -140,7 +143,7 @@ class MambaMixer(nn.Module):
     def _ssm(self, device: torch.device) -> SSMParams:
         """The scan's per-layer inputs: float32 ``A``, ``D``, ``dt`` bias (built once, see
         :class:`~sparsessm_kernels.ops.MixerConstants`) and the state mask on ``device``."""
-        A, D, dt_bias = self._constants.get(self.A_log, self.D, self.dt_proj.bias)
+        A, D, dt_bias = self.constants.get(self.A_log, self.D, self.dt_proj.bias)
         return SSMParams(A, D, dt_bias, self._layout_on(device), self.pruned_states)
 
     # -------------------------------------------------------------- full sequence / prefill
