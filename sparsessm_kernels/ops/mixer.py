@@ -68,6 +68,13 @@ def _as_float(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.float()
 
 
+def _capturing(t: torch.Tensor) -> bool:
+    """Whether a CUDA graph is being captured on ``t``'s device: a captured graph must recompute the
+    constants from the parameters' memory at every replay (and a value made during capture is no value
+    until a replay), so nothing is cached or reused then."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 class MixerConstants:
     """``A = -exp(A_log)``, ``D`` and the ``dt`` bias of one layer in float32, built once.
 
@@ -76,8 +83,10 @@ class MixerConstants:
     ``load_state_dict``), device and dtype, and holds the source tensors so that their memory cannot be
     reused by another tensor under the same address. Writes through ``param.data`` bypass the version
     counter: call :meth:`clear` after them. Nothing is cached while autograd records the parameters
-    (grad mode on and one of them requires grad) or under ``torch.compile`` tracing: those calls compute
-    the values afresh, so gradients reach ``A_log``, ``D`` and the bias.
+    (grad mode on and one of them requires grad), under ``torch.compile`` tracing or during a CUDA
+    graph capture: those calls compute the values afresh, so gradients reach ``A_log``, ``D`` and the
+    bias, and a traced or captured graph reads the parameters themselves (later in-place updates
+    reach it).
     """
 
     __slots__ = ("_cached",)
@@ -104,7 +113,7 @@ class MixerConstants:
         """``(A, D, dt_bias)``: ``-exp(A_log.float())`` ``(d, n)``, ``D.float()``, ``dt_bias.float()``."""
         sources = (A_log, D, dt_bias)
         recording = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources)
-        if recording or torch.compiler.is_compiling() or A_log.is_inference():
+        if recording or torch.compiler.is_compiling() or A_log.is_inference() or _capturing(A_log):
             return -torch.exp(A_log.float()), _as_float(D), _as_float(dt_bias)
         key = tuple(_key(t) for t in sources)
         cached = self._cached
