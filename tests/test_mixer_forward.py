@@ -284,3 +284,19 @@ def test_mixer_step_matches_the_forward_token_by_token() -> None:
         model(ids[:, :3], cache=cache)
         steps = model(ids[:, 3:], cache=cache)
     torch.testing.assert_close(steps, full[:, 3:], rtol=1e-5, atol=1e-5)
+
+
+def test_mixer_compiles_without_graph_breaks() -> None:
+    """torch.compile(fullgraph=True) traces the shared forward and step (constants computed in the graph)."""
+    model = _model()
+    m = model.mixer(0)
+    hidden = torch.randn(2, 5, D_MODEL, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = m(hidden)
+        got = torch.compile(lambda h: m(h), fullgraph=True, backend="aot_eager")(hidden)
+        torch.testing.assert_close(got, want)
+        caches = [model.allocate_cache(2).layers[0] for _ in range(2)]
+        want = m.step(hidden[:, 0], caches[0])
+        got = torch.compile(lambda h: m.step(h, caches[1]), fullgraph=True, backend="aot_eager")(hidden[:, 0])
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(caches[1].ssm_state, caches[0].ssm_state)
