@@ -39,6 +39,8 @@ Layering: imports only :mod:`sparsessm_kernels.ops`.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 import torch.nn.functional as F
 
@@ -267,17 +269,18 @@ def mamba_inner_fn(
         out = delta_proj_weight @ dt.transpose(1, 2)
         return _rms_norm(out.transpose(1, 2), dt_rms_weight, b_c_dt_rms_eps).transpose(1, 2)
 
-    return mixer_forward(
-        None,
+    projections = SimpleNamespace(
         in_proj=None,
+        x_proj=lambda u: F.linear(u, x_proj_weight),
+        dt_proj=SimpleNamespace(weight=delta_proj_weight),
+        out_proj=lambda y: F.linear(y, out_proj_weight, out_proj_bias),
+    )
+    return mixer_forward(
+        projections,
+        None,
         xz=xz,
         conv=conv,
-        x_proj=lambda u: F.linear(u, x_proj_weight),
-        dt_proj_weight=delta_proj_weight,
-        out_proj=lambda y: F.linear(y, out_proj_weight, out_proj_bias),
         ssm=SSMParams(A, D, delta_bias, state_mask, pruned_states, backend, bool(delta_softplus)),
-        dt_rank=delta_rank,
-        d_state=d_state,
         split=split,
         dt_proj=None if dt_rms_weight is None else delta,
     )

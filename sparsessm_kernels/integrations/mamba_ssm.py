@@ -43,12 +43,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import MixerConstants, SSMParams, mixer_forward, mixer_step
+from ..ops import mixer_forward, mixer_step
 from ..ops.dispatch import resolve_backend
 from ._common import (
     MODEL_ATTR,
     ApplyReport,
     LayerSpec,
+    Mamba1MixerPatch,
     ModelPatch,
     bind,
     densify_names,
@@ -146,17 +147,11 @@ def _check_mixer(mixer: nn.Module, i: int) -> None:
 
 
 # ------------------------------------------------------------------------------------- patch
-class _MixerPatch:
+class _MixerPatch(Mamba1MixerPatch):
     def __init__(self, spec: LayerSpec, backend: str, ssm_dtype: torch.dtype | None) -> None:
-        self.spec, self.backend, self.ssm_dtype = spec, backend, ssm_dtype
+        super().__init__(spec, backend)
+        self.ssm_dtype = ssm_dtype
         self.saved: list[tuple[str, Any]] = []
-        self.constants = MixerConstants()
-
-    def ssm(self, mixer: nn.Module) -> SSMParams:
-        """The scan's per-layer inputs of ``mixer`` (float32 ``A``, ``D``, ``dt`` bias built once)."""
-        A, D, dt_bias = self.constants.get(mixer.A_log, mixer.D, mixer.dt_proj.bias)
-        layout = None if self.spec.layout is None else self.spec.layout.to(mixer.A_log.device)
-        return SSMParams(A, D, dt_bias, layout, self.spec.pruned_states, self.backend)
 
     def ssm_width(self, d_state: int) -> int:
         return self.spec.layout.n_kept if self.spec.compact and self.spec.layout is not None else d_state
@@ -230,16 +225,7 @@ def _forward(
         return self.act(self.conv1d(x)[..., :seqlen])
 
     result = mixer_forward(
-        hidden_states,
-        in_proj=self.in_proj,
-        conv=conv,
-        x_proj=self.x_proj,
-        dt_proj_weight=self.dt_proj.weight,
-        out_proj=self.out_proj,
-        ssm=patch.ssm(self),
-        dt_rank=self.dt_rank,
-        d_state=self.d_state,
-        return_last_state=ssm_state is not None,
+        self, hidden_states, conv=conv, ssm=patch.ssm(self), return_last_state=ssm_state is not None
     )
     if ssm_state is None:
         return result
@@ -268,18 +254,7 @@ def _step(
 
     ssm = patch.ssm(self)
     outs = [
-        mixer_step(
-            hidden_states[:, t],
-            ssm_state,
-            in_proj=self.in_proj,
-            conv_step=conv_step,
-            x_proj=self.x_proj,
-            dt_proj_weight=self.dt_proj.weight,
-            out_proj=self.out_proj,
-            ssm=ssm,
-            dt_rank=self.dt_rank,
-            d_state=self.d_state,
-        )
+        mixer_step(self, hidden_states[:, t], ssm_state, conv_step=conv_step, ssm=ssm)
         for t in range(hidden_states.shape[1])
     ]
     return torch.stack(outs, dim=1), conv_state, ssm_state

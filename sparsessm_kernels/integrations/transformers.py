@@ -64,13 +64,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import MixerConstants, SSMParams, mixer_forward, split_x_dbl
+from ..ops import mixer_forward, split_x_dbl
 from ..ops.dispatch import resolve_backend
 from ..ops.ssd.dispatch import resolve_ssd_backend
 from ._common import (
     MODEL_ATTR,
     ApplyReport,
     LayerSpec,
+    Mamba1MixerPatch,
     ModelPatch,
     bind,
     densify_names,
@@ -378,15 +379,10 @@ def _patched_forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any, *
 
     with_state = cache_params is not None and recurrent_state is None
     result = mixer_forward(
+        self,
         hidden_states,
-        in_proj=self.in_proj,
         conv=conv,
-        x_proj=self.x_proj,
-        dt_proj_weight=self.dt_proj.weight,
-        out_proj=self.out_proj,
         ssm=patch.ssm(self),
-        dt_rank=self.time_step_rank,
-        d_state=self.ssm_state_size,
         split=split,
         dt_proj=delta,
         ssm_state=recurrent_state,
@@ -407,21 +403,15 @@ def _patched_forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any, *
     return out
 
 
-class _MixerPatch:
+class _MixerPatch(Mamba1MixerPatch):
     """Per-mixer state of the patch (kept in the instance ``__dict__``, not in ``state_dict``)."""
 
     def __init__(self, spec: LayerSpec, backend: str, falcon: bool, saved: tuple[str, Any]) -> None:
-        self.spec, self.backend, self.falcon, self.saved = spec, backend, falcon, saved
+        super().__init__(spec, backend)
+        self.falcon, self.saved = falcon, saved
         # Children whose weights the forward reads directly: fire their accelerate hooks, as
         # transformers' force_accelerate_hooks(["conv1d", "dt_proj"]) does.
         self.hooked = ("conv1d", "dt_proj")
-        self.constants = MixerConstants()
-
-    def ssm(self, mixer: nn.Module) -> SSMParams:
-        """The scan's per-layer inputs of ``mixer`` (float32 ``A``, ``D``, ``dt`` bias built once)."""
-        A, D, dt_bias = self.constants.get(mixer.A_log, mixer.D, mixer.dt_proj.bias)
-        layout = None if self.spec.layout is None else self.spec.layout.to(mixer.A_log.device)
-        return SSMParams(A, D, dt_bias, layout, self.spec.pruned_states, self.backend)
 
 
 # ------------------------------------------------------------------------------------- API

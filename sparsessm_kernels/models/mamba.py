@@ -187,15 +187,10 @@ class MambaMixer(nn.Module):
             return causal_conv_silu(x, self.conv1d)
 
         return mixer_forward(
+            self,
             hidden,
-            in_proj=self.in_proj,
             conv=conv,
-            x_proj=self.x_proj,
-            dt_proj_weight=self.dt_proj.weight,
-            out_proj=self.out_proj,
             ssm=self._ssm(hidden.device),
-            dt_rank=self.dt_rank,
-            d_state=self.d_state,
             return_last_state=cache is not None,
             record=record,
             upto=upto,
@@ -215,18 +210,8 @@ class MambaMixer(nn.Module):
         """
         self._check_cache(cache)
         conv_state, conv1d = cache.conv_state, self.conv1d
-        return mixer_step(
-            hidden,
-            cache.ssm_state,
-            in_proj=self.in_proj,
-            conv_step=lambda x: conv_silu_step(conv_state, x, conv1d),
-            x_proj=self.x_proj,
-            dt_proj_weight=self.dt_proj.weight,
-            out_proj=self.out_proj,
-            ssm=self._ssm(hidden.device),
-            dt_rank=self.dt_rank,
-            d_state=self.d_state,
-        )
+        conv_step = lambda x: conv_silu_step(conv_state, x, conv1d)  # noqa: E731
+        return mixer_step(self, hidden, cache.ssm_state, conv_step=conv_step, ssm=self._ssm(hidden.device))
 
 
 class MambaBlock(nn.Module):

@@ -24,7 +24,7 @@ once per layer and rebuilt when a parameter changes, never cached while autograd
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -32,13 +32,31 @@ import torch.nn.functional as F
 from . import selective_scan, selective_state_update
 from .layout import StateLayout
 
-__all__ = ["MIXER_STAGES", "MixerConstants", "SSMParams", "mixer_forward", "mixer_step", "split_x_dbl"]
+__all__ = [
+    "MIXER_STAGES",
+    "MixerConstants",
+    "MixerModules",
+    "SSMParams",
+    "mixer_forward",
+    "mixer_step",
+    "split_x_dbl",
+]
 
 MIXER_STAGES = ("in_proj", "conv1d", "x_proj", "dt_proj", "A_log", "out_proj", "out")
 """The stages of :func:`mixer_forward`, in data-flow order: each is named after the module whose input
 it produces (``"A_log"``: the scan inputs; ``"out"``: the mixer output)."""
 
 Projection = Callable[[torch.Tensor], torch.Tensor]
+
+
+class MixerModules(Protocol):
+    """The projections of a Mamba-1 mixer as every framework names them (transformers, mamba_ssm, this
+    package's ``MambaMixer``): callables on the last dimension, and ``dt_proj`` with its ``weight``."""
+
+    in_proj: Projection | None
+    x_proj: Projection
+    dt_proj: Any
+    out_proj: Projection
 
 
 class SSMParams(NamedTuple):
@@ -142,16 +160,11 @@ def _stop(
 
 
 def mixer_forward(
+    mixer: MixerModules,
     hidden: torch.Tensor | None,
     *,
-    in_proj: Projection | None,
     conv: Projection,
-    x_proj: Projection,
-    dt_proj_weight: torch.Tensor,
-    out_proj: Projection,
     ssm: SSMParams,
-    dt_rank: int,
-    d_state: int,
     xz: torch.Tensor | None = None,
     split: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
     dt_proj: Projection | None = None,
@@ -163,18 +176,19 @@ def mixer_forward(
     """The mixer over a whole sequence (or a prefill), stage by stage.
 
     Args:
+        mixer: the layer's projections (:class:`MixerModules`: ``in_proj`` ``(b, l, d_model) -> (b, l, 2 d)``,
+            ``x_proj`` ``(b, l, d) -> (b, l, dt_rank + 2 n)``, ``dt_proj.weight`` ``(d, dt_rank)`` --
+            ``delta = dt_proj.weight @ dt``, the bias goes into the scan -- and ``out_proj``
+            ``(b, l, d) -> (b, l, d_model)``).
         hidden: ``(b, l, d_model)`` input of ``in_proj`` (None when ``xz`` is given).
-        in_proj: ``(b, l, d_model) -> (b, l, 2 d)``. conv: the causal convolution + SiLU with the
-            caller's cache handling, ``x (b, d, l) -> u (b, d, l)`` (``x`` is a view of the ``in_proj``
-            output). x_proj: ``(b, l, d) -> (b, l, dt_rank + 2 n)``. dt_proj_weight: ``(d, dt_rank)``
-            (``delta = dt_proj_weight @ dt``, the bias goes into the scan). out_proj: ``(b, l, d) ->
-            (b, l, d_model)``.
-        ssm: the scan's per-layer inputs. dt_rank, d_state: split sizes of the ``x_proj`` output.
+        conv: the causal convolution + SiLU with the caller's cache handling, ``x (b, d, l) -> u (b, d, l)``
+            (``x`` is a view of the ``in_proj`` output).
+        ssm: the scan's per-layer inputs (``n`` is ``ssm.A.shape[-1]``).
         xz: the ``in_proj`` output ``(b, 2 d, l)`` when already computed (then ``in_proj`` is not called).
         split: ``x_dbl -> (dt (b, l, r), B, C)``, each of B / C ``(b, l, n)``, grouped ``(b, g, l, n)`` or
-            time-invariant ``(d, n)``; default :func:`split_x_dbl`.
+            time-invariant ``(d, n)``; default :func:`split_x_dbl` with ``r = dt_proj.weight.shape[1]``.
         dt_proj: ``dt (b, l, r) -> delta (b, d, l)`` without the bias, for a ``dt_proj`` whose weight is
-            no plain tensor (a quantized module); default ``dt_proj_weight @ dt``.
+            no plain tensor (a quantized module); default ``dt_proj.weight @ dt``.
         ssm_state: continue from this cached state ``(b, d, n or k)`` (updated in place) one token at a
             time with the decode step, instead of scanning from zero.
         return_last_state: also return the scan's final state ``(b, d, n)`` float32.
@@ -193,7 +207,7 @@ def mixer_forward(
     if _stop(record, upto, "in_proj", in_proj=hidden):
         return None
     if xz is None:
-        xz = in_proj(hidden).transpose(1, 2)  # (b, 2 d, l), a view
+        xz = mixer.in_proj(hidden).transpose(1, 2)  # (b, 2 d, l), a view
     dtype = xz.dtype if hidden is None else hidden.dtype
     x, z = xz.chunk(2, dim=1)  # (b, d, l) views
     if _stop(record, upto, "conv1d", conv1d=x, z=z):
@@ -202,70 +216,35 @@ def mixer_forward(
     u_t = u.transpose(1, 2)  # (b, l, d)
     if _stop(record, upto, "x_proj", u=u, x_proj=u_t):
         return None
-    x_dbl = x_proj(u_t)
-    dt, B, C = split_x_dbl(x_dbl, dt_rank, d_state) if split is None else split(x_dbl)
+    x_dbl = mixer.x_proj(u_t)
+    weight = mixer.dt_proj.weight if dt_proj is None or split is None else None
+    dt, B, C = split_x_dbl(x_dbl, weight.shape[1], ssm.A.shape[-1]) if split is None else split(x_dbl)
     B = B if B.dim() == 2 else B.transpose(-1, -2)  # (b, [g,] n, l) views, or time-invariant (d, n)
     C = C if C.dim() == 2 else C.transpose(-1, -2)
     if _stop(record, upto, "dt_proj", dt_proj=dt, B=B, C=C):
         return None
-    delta = dt_proj_weight @ dt.transpose(1, 2) if dt_proj is None else dt_proj(dt)  # (b, d, l)
+    delta = weight @ dt.transpose(1, 2) if dt_proj is None else dt_proj(dt)  # (b, d, l)
     if _stop(record, upto, "A_log", delta=delta):
         return None
-    if ssm_state is not None:
-        y = _continue(ssm_state, u, delta, B, C, z, ssm)
-        last_state = None
+    last_state = None
+    if ssm_state is not None:  # several tokens against a cached state: one decode step per token
+        steps = [
+            _step_op(ssm_state, u[..., t], delta[..., t], B[..., t], C[..., t], z[..., t], ssm)
+            for t in range(u.shape[-1])
+        ]
+        y = steps[0].unsqueeze(-1) if len(steps) == 1 else torch.stack(steps, dim=-1)
     else:
-        y, last_state = _scan(u, delta, B, C, z, ssm, return_last_state)
+        kwargs = {"state_mask": ssm.layout, "pruned_states": ssm.pruned_states, "backend": ssm.backend}
+        args = (u, delta, ssm.A, B, C, ssm.D, z, ssm.dt_bias, ssm.dt_softplus, return_last_state)
+        y = selective_scan(*args, **kwargs)
+        if return_last_state:
+            y, last_state = y
     y_t = y.transpose(1, 2).to(dtype)
     if _stop(record, upto, "out_proj", out_proj=y_t):
         return None
-    out = out_proj(y_t)
+    out = mixer.out_proj(y_t)
     _stop(record, upto, "out", out=out)
     return (out, last_state) if return_last_state else out
-
-
-def _scan(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    z: torch.Tensor,
-    ssm: SSMParams,
-    return_last_state: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    result = selective_scan(
-        u,
-        delta,
-        ssm.A,
-        B,
-        C,
-        ssm.D,
-        z,
-        ssm.dt_bias,
-        ssm.dt_softplus,
-        return_last_state,
-        state_mask=ssm.layout,
-        pruned_states=ssm.pruned_states,
-        backend=ssm.backend,
-    )
-    return result if return_last_state else (result, None)
-
-
-def _continue(
-    state: torch.Tensor,
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    z: torch.Tensor,
-    ssm: SSMParams,
-) -> torch.Tensor:
-    """Several tokens against a cached state: one decode step per token, ``(b, d, l)`` output."""
-    steps = [
-        _step_op(state, u[..., t], delta[..., t], B[..., t], C[..., t], z[..., t], ssm)
-        for t in range(u.shape[-1])
-    ]
-    return steps[0].unsqueeze(-1) if len(steps) == 1 else torch.stack(steps, dim=-1)
 
 
 def _step_op(
@@ -295,32 +274,28 @@ def _step_op(
 
 
 def mixer_step(
+    mixer: MixerModules,
     hidden: torch.Tensor,
     ssm_state: torch.Tensor,
     *,
-    in_proj: Projection,
     conv_step: Projection,
-    x_proj: Projection,
-    dt_proj_weight: torch.Tensor,
-    out_proj: Projection,
     ssm: SSMParams,
-    dt_rank: int,
-    d_state: int,
 ) -> torch.Tensor:
     """One decode step of the mixer; ``ssm_state`` (and the caller's conv cache) updated in place.
 
     Args:
+        mixer: the layer's projections, as in :func:`mixer_forward` (on ``(b, features)`` rows).
         hidden: ``(b, d_model)`` input of the new token.
         ssm_state: ``(b, d, n)``, or compact ``(b, d, k)`` for a uniform mask, float32.
-        in_proj, x_proj, out_proj: the projections on ``(b, features)`` rows. conv_step: pushes
-            ``x (b, d)`` into the caller's conv cache and returns ``silu(conv)`` ``(b, d)``.
-        dt_proj_weight, ssm, dt_rank, d_state: as in :func:`mixer_forward`.
+        conv_step: pushes ``x (b, d)`` into the caller's conv cache and returns ``silu(conv)`` ``(b, d)``.
+        ssm: the step's per-layer inputs.
 
     Returns:
         ``(b, d_model)``: ``out_proj`` of the gated step output cast to ``hidden.dtype``.
     """
-    x, z = in_proj(hidden).chunk(2, dim=-1)  # (b, d) views
+    x, z = mixer.in_proj(hidden).chunk(2, dim=-1)  # (b, d) views
     u = conv_step(x)
-    dt, B, C = split_x_dbl(x_proj(u), dt_rank, d_state)  # (b, r), (b, n), (b, n) views
-    y = _step_op(ssm_state, u, F.linear(dt, dt_proj_weight), B, C, z, ssm)
-    return out_proj(y.to(hidden.dtype))
+    weight = mixer.dt_proj.weight
+    dt, B, C = split_x_dbl(mixer.x_proj(u), weight.shape[1], ssm.A.shape[-1])  # (b, r), (b, n), (b, n) views
+    y = _step_op(ssm_state, u, F.linear(dt, weight), B, C, z, ssm)
+    return mixer.out_proj(y.to(hidden.dtype))
