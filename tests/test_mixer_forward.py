@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import sparsessm_kernels.ops.mixer as mixer_module
 from sparsessm_kernels import compat
@@ -300,3 +301,37 @@ def test_mixer_compiles_without_graph_breaks() -> None:
         got = torch.compile(lambda h: m.step(h, caches[1]), fullgraph=True, backend="aot_eager")(hidden[:, 0])
         torch.testing.assert_close(got, want)
         torch.testing.assert_close(caches[1].ssm_state, caches[0].ssm_state)
+
+
+@pytest.mark.parametrize("given", ["B (b, n, l)", "B (b, g, n, l)", "C (d, n)"])
+def test_compat_mamba_inner_fn_with_a_given_B_or_C(given: str) -> None:
+    """A given B / C (input-dependent, grouped or time-invariant) reaches the scan as given; the other one
+    is the x_proj rows, as a view."""
+    from sparsessm_kernels.ops import selective_scan_ref
+
+    g = torch.Generator().manual_seed(6)
+    b, l, d, n, r, width = 2, 7, 8, 4, 2, 4
+    xz = torch.randn(b, 2 * d, l, generator=g)
+    conv_w, conv_b = torch.randn(d, 1, width, generator=g), torch.randn(d, generator=g)
+    dt_w, out_w = torch.randn(d, r, generator=g) / 2, torch.randn(5, d, generator=g)
+    A, D, bias = (
+        -torch.rand(d, n, generator=g) - 0.5,
+        torch.randn(d, generator=g),
+        torch.randn(d, generator=g),
+    )
+    fixed = {
+        "B (b, n, l)": torch.randn(b, n, l, generator=g),
+        "B (b, g, n, l)": torch.randn(b, 2, n, l, generator=g),
+        "C (d, n)": torch.randn(d, n, generator=g),
+    }[given]
+    x_w = torch.randn(r + n, d, generator=g) / 2  # dt_rank rows + the one input-dependent B / C
+    B, C = (fixed, None) if given.startswith("B") else (None, fixed)
+    out = compat.mamba_inner_fn(xz, conv_w, conv_b, x_w, dt_w, out_w, None, A, B, C, D, bias)
+
+    x, z = xz.chunk(2, dim=1)
+    u = F.silu(F.conv1d(x, conv_w, conv_b, padding=width - 1, groups=d)[..., :l])
+    x_dbl = torch.einsum("rd,bdl->brl", x_w, u)
+    rows = x_dbl[:, r:]
+    want_B, want_C = (fixed, rows) if given.startswith("B") else (rows, fixed)
+    y = selective_scan_ref(u, dt_w @ x_dbl[:, :r], A, want_B, want_C, D, z, bias, True)
+    torch.testing.assert_close(out, torch.einsum("ed,bdl->ble", out_w, y), rtol=1e-4, atol=1e-4)
