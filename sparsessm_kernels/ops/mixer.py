@@ -79,7 +79,11 @@ class SSMParams(NamedTuple):
 
 
 def _key(t: torch.Tensor | None) -> tuple[Any, ...] | None:
-    return None if t is None else (t.data_ptr(), t._version, t.device, t.dtype)
+    return None if t is None else (id(t), t.data_ptr(), t._version)
+
+
+def _detached_float(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().float()
 
 
 def _as_float(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -96,15 +100,15 @@ def _capturing(t: torch.Tensor) -> bool:
 class MixerConstants:
     """``A = -exp(A_log)``, ``D`` and the ``dt`` bias of one layer in float32, built once.
 
-    The values are rebuilt when a parameter changes: the cache is keyed on each parameter's
-    ``data_ptr``, version counter (bumped by every in-place write: ``copy_``, optimizer steps,
-    ``load_state_dict``), device and dtype, and holds the source tensors so that their memory cannot be
-    reused by another tensor under the same address. Writes through ``param.data`` bypass the version
-    counter: call :meth:`clear` after them. Nothing is cached while autograd records the parameters
-    (grad mode on and one of them requires grad), under ``torch.compile`` tracing or during a CUDA
-    graph capture: those calls compute the values afresh, so gradients reach ``A_log``, ``D`` and the
-    bias, and a traced or captured graph reads the parameters themselves (later in-place updates
-    reach it).
+    The values are rebuilt when a parameter changes: the cache is keyed on each parameter object, its
+    ``data_ptr`` (new memory after ``.to()``, a new dtype or device) and its version counter (bumped by
+    every in-place write: ``copy_``, optimizer steps, ``load_state_dict``), and holds the source tensors
+    so that neither their memory nor their ``id`` can be reused by another tensor. Writes through
+    ``param.data`` bypass the version counter: call :meth:`clear` after them. Nothing is cached while
+    autograd records the parameters (grad mode on and one of them requires grad), under
+    ``torch.compile`` tracing or during a CUDA graph capture: those calls compute the values afresh,
+    so gradients reach ``A_log``, ``D`` and the bias, and a traced or captured graph reads the
+    parameters themselves (later in-place updates reach it).
     """
 
     __slots__ = ("_cached",)
@@ -129,17 +133,22 @@ class MixerConstants:
         self, A_log: torch.Tensor, D: torch.Tensor | None, dt_bias: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``(A, D, dt_bias)``: ``-exp(A_log.float())`` ``(d, n)``, ``D.float()``, ``dt_bias.float()``."""
-        sources = (A_log, D, dt_bias)
-        recording = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources)
+        recording = torch.is_grad_enabled() and (
+            A_log.requires_grad
+            or (D is not None and D.requires_grad)
+            or (dt_bias is not None and dt_bias.requires_grad)
+        )
         if recording or torch.compiler.is_compiling() or A_log.is_inference() or _capturing(A_log):
             return -torch.exp(A_log.float()), _as_float(D), _as_float(dt_bias)
-        key = tuple(_key(t) for t in sources)
+        # The held sources keep their objects and memory alive, so an id or address seen again is the
+        # same (host and device pointers share one address space); A's shape catches a parameter whose
+        # data was replaced by a view of its old memory.
+        key = (id(A_log), A_log.data_ptr(), A_log._version, A_log.shape, _key(D), _key(dt_bias))
         cached = self._cached
         if cached is not None and cached[0] == key:
             return cached[2]
-        values = (-torch.exp(A_log.float()), _as_float(D), _as_float(dt_bias))
-        values = tuple(None if v is None else v.detach() for v in values)
-        held = tuple(None if t is None else t.detach() for t in sources)
+        values = (-torch.exp(A_log.detach().float()), _detached_float(D), _detached_float(dt_bias))
+        held = tuple((t, t.detach()) for t in (A_log, D, dt_bias) if t is not None)  # objects and memory
         self._cached = (key, held, values)
         return values
 
