@@ -39,11 +39,13 @@ Layering: imports only :mod:`sparsessm_kernels.ops`.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 import torch.nn.functional as F
 
 from ._compat_ssd import mamba_chunk_scan_combined, multi_head_state_update
-from .ops import SSDStateLayout, StateLayout
+from .ops import SSDStateLayout, SSMParams, StateLayout, mixer_forward
 from .ops import selective_scan as _selective_scan
 from .ops import selective_state_update as _selective_state_update
 
@@ -237,49 +239,48 @@ def mamba_inner_fn(
     seqlen = xz.shape[-1]
     delta_rank = delta_proj_weight.shape[1]
     d_state = A.shape[-1]
-    x, z = xz.chunk(2, dim=1)
     width = conv1d_weight.shape[-1]
-    w = conv1d_weight.reshape(conv1d_weight.shape[0], 1, width)
-    conv = F.conv1d(
-        x.float(),
-        w.float(),
-        None if conv1d_bias is None else conv1d_bias.float(),
-        padding=width - 1,
-        groups=x.shape[1],
-    )[..., :seqlen]
-    x = F.silu(conv).to(xz.dtype)  # (b, d, l), like causal_conv1d (float32 math, input dtype out)
-    x_dbl = F.linear(x.transpose(1, 2).reshape(-1, x.shape[1]), x_proj_weight)  # (b*l, r + 2n)
-    delta = (delta_proj_weight @ x_dbl[:, :delta_rank].t()).reshape(-1, xz.shape[0], seqlen).transpose(0, 1)
-    batch = xz.shape[0]
+    w = conv1d_weight.reshape(conv1d_weight.shape[0], 1, width).float()
+    conv_bias = None if conv1d_bias is None else conv1d_bias.float()
 
-    def seq_param(given: torch.Tensor | None, cols: slice, bias: torch.Tensor | None) -> torch.Tensor:
+    def conv(x: torch.Tensor) -> torch.Tensor:  # like causal_conv1d: float32 math, input dtype out
+        out = F.conv1d(x.float(), w, conv_bias, padding=width - 1, groups=x.shape[1])[..., :seqlen]
+        return F.silu(out).to(xz.dtype)
+
+    def seq_param(
+        given: torch.Tensor | None, t: torch.Tensor, bias: torch.Tensor | None, rms: torch.Tensor | None
+    ) -> torch.Tensor:
+        """B or C: ``given``, or its ``(b, l, n)`` columns of ``x_dbl`` (a view unless biased / normed)."""
         if given is not None:
-            return given
-        t = x_dbl[:, cols]
+            return given.transpose(-1, -2) if given.dim() > 2 else given  # the producer's (..., l, n)
         if bias is not None:
             t = t + bias.to(t.dtype)
-        return t.reshape(batch, seqlen, d_state).transpose(1, 2).contiguous()  # (b, n, l)
+        return t if rms is None else _rms_norm(t, rms, b_c_dt_rms_eps)
 
-    B_ = seq_param(B, slice(delta_rank, delta_rank + d_state), B_proj_bias)
-    C_ = seq_param(C, slice(x_dbl.shape[1] - d_state, x_dbl.shape[1]), C_proj_bias)
-    if b_rms_weight is not None:  # over n at every (batch row, step): (..., n, l) -> (..., l, n)
-        B_ = _rms_norm(B_.transpose(-1, -2), b_rms_weight, b_c_dt_rms_eps).transpose(-1, -2).contiguous()
-    if c_rms_weight is not None:
-        C_ = _rms_norm(C_.transpose(-1, -2), c_rms_weight, b_c_dt_rms_eps).transpose(-1, -2).contiguous()
-    if dt_rms_weight is not None:
-        delta = _rms_norm(delta.transpose(1, 2), dt_rms_weight, b_c_dt_rms_eps).transpose(1, 2)
-    y = _selective_scan(
-        x,
-        delta.contiguous(),
-        A,
-        B_,
-        C_,
-        D,
-        z,
-        delta_bias,
-        delta_softplus,
-        state_mask=state_mask,
-        pruned_states=pruned_states,
-        backend=backend,
+    def split(x_dbl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``dt`` and the input-dependent B / C from the rows of ``x_proj`` (B first, C last)."""
+        cols = x_dbl.shape[-1]
+        dt = x_dbl[..., :delta_rank]
+        B_ = seq_param(B, x_dbl[..., delta_rank : delta_rank + d_state], B_proj_bias, b_rms_weight)
+        C_ = seq_param(C, x_dbl[..., cols - d_state :], C_proj_bias, c_rms_weight)
+        return dt, B_, C_
+
+    def delta(dt: torch.Tensor) -> torch.Tensor:  # (b, l, r) -> (b, d, l), then FalconMamba's dt norm
+        out = delta_proj_weight @ dt.transpose(1, 2)
+        return _rms_norm(out.transpose(1, 2), dt_rms_weight, b_c_dt_rms_eps).transpose(1, 2)
+
+    projections = SimpleNamespace(
+        in_proj=None,
+        x_proj=lambda u: F.linear(u, x_proj_weight),
+        dt_proj=SimpleNamespace(weight=delta_proj_weight),
+        out_proj=lambda y: F.linear(y, out_proj_weight, out_proj_bias),
     )
-    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+    return mixer_forward(
+        projections,
+        None,
+        xz=xz,
+        conv=conv,
+        ssm=SSMParams(A, D, delta_bias, state_mask, pruned_states, backend, bool(delta_softplus)),
+        split=split,
+        dt_proj=None if dt_rms_weight is None else delta,
+    )

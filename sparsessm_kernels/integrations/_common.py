@@ -18,7 +18,7 @@ from torch import nn
 from ..models.hub import HubLookupError, needs_hub_lookup, resolve_local_or_hub
 from ..nn import SparsifyReport, sparsify_
 from ..nn.semi_structured import SemiStructuredLinear
-from ..ops import StateLayout
+from ..ops import MixerConstants, SSMParams, StateLayout
 from ..sparsity import load_sparsities
 
 logger = logging.getLogger("sparsessm_kernels")
@@ -249,6 +249,22 @@ def layer_specs(
     return specs
 
 
+class Mamba1MixerPatch:
+    """Per-mixer state of a Mamba-1 patch (kept in the instance ``__dict__``, not in ``state_dict``):
+    the layer's :class:`LayerSpec`, the ops backend and the float32 constants of the shared mixer
+    forward (:func:`sparsessm_kernels.ops.mixer_forward`)."""
+
+    def __init__(self, spec: LayerSpec, backend: str) -> None:
+        self.spec, self.backend = spec, backend
+        self.constants = MixerConstants()
+
+    def ssm(self, mixer: nn.Module) -> SSMParams:
+        """The scan's per-layer inputs of ``mixer`` (float32 ``A``, ``D``, ``dt`` bias built once)."""
+        A, D, dt_bias = self.constants.get(mixer.A_log, mixer.D, mixer.dt_proj.bias)
+        layout = None if self.spec.layout is None else self.spec.layout.to(mixer.A_log.device)
+        return SSMParams(A, D, dt_bias, layout, self.spec.pruned_states, self.backend)
+
+
 # ---------------------------------------------------------------------------------- patching
 def bind(module: nn.Module, attr: str, fn: Callable) -> Any:
     """Set ``module.<attr>`` to ``fn`` bound to ``module``; return what the instance held before.
@@ -335,6 +351,7 @@ __all__ = [
     "PROJECTIONS",
     "ApplyReport",
     "LayerSpec",
+    "Mamba1MixerPatch",
     "bind",
     "check_pruned_states_arg",
     "densify_names",

@@ -43,12 +43,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
+from ..ops import mixer_forward, mixer_step
 from ..ops.dispatch import resolve_backend
 from ._common import (
     MODEL_ATTR,
     ApplyReport,
     LayerSpec,
+    Mamba1MixerPatch,
     ModelPatch,
     bind,
     densify_names,
@@ -146,13 +147,11 @@ def _check_mixer(mixer: nn.Module, i: int) -> None:
 
 
 # ------------------------------------------------------------------------------------- patch
-class _MixerPatch:
+class _MixerPatch(Mamba1MixerPatch):
     def __init__(self, spec: LayerSpec, backend: str, ssm_dtype: torch.dtype | None) -> None:
-        self.spec, self.backend, self.ssm_dtype = spec, backend, ssm_dtype
+        super().__init__(spec, backend)
+        self.ssm_dtype = ssm_dtype
         self.saved: list[tuple[str, Any]] = []
-
-    def layout(self, device: torch.device):
-        return None if self.spec.layout is None else self.spec.layout.to(device)
 
     def ssm_width(self, d_state: int) -> int:
         return self.spec.layout.n_kept if self.spec.compact and self.spec.layout is not None else d_state
@@ -219,41 +218,22 @@ def _forward(
         if inference_params.seqlen_offset > 0:
             out, _, _ = self.step(hidden_states, conv_state, ssm_state)
             return out
-    xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2 * d_inner, l)
-    A = -torch.exp(self.A_log.float())
-    x, z = xz.chunk(2, dim=1)
-    if conv_state is not None:
-        conv_state.copy_(F.pad(x, (self.d_conv - x.shape[-1], 0)))
-    x = self.act(self.conv1d(x)[..., :seqlen])
-    x_dbl = self.x_proj(x.transpose(1, 2).reshape(batch * seqlen, self.d_inner))
-    dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-    dt = (self.dt_proj.weight @ dt.t()).reshape(self.d_inner, batch, seqlen).transpose(0, 1)
-    B = B.reshape(batch, seqlen, self.d_state).transpose(1, 2).contiguous()
-    C = C.reshape(batch, seqlen, self.d_state).transpose(1, 2).contiguous()
-    layout = patch.layout(x.device)
-    result = ops.selective_scan(
-        x,
-        dt,
-        A,
-        B,
-        C,
-        self.D.float(),
-        z=z,
-        delta_bias=self.dt_proj.bias.float(),
-        delta_softplus=True,
-        return_last_state=ssm_state is not None,
-        state_mask=layout,
-        pruned_states=patch.spec.pruned_states,
-        backend=patch.backend,
+
+    def conv(x: torch.Tensor) -> torch.Tensor:  # mamba_ssm's conv path without causal_conv1d
+        if conv_state is not None:
+            conv_state.copy_(F.pad(x, (self.d_conv - x.shape[-1], 0)))
+        return self.act(self.conv1d(x)[..., :seqlen])
+
+    result = mixer_forward(
+        self, hidden_states, conv=conv, ssm=patch.ssm(self), return_last_state=ssm_state is not None
     )
-    if ssm_state is not None:
-        y, last_state = result
-        if ssm_state.shape[-1] != last_state.shape[-1]:
-            last_state = layout.compact_state(last_state)
-        ssm_state.copy_(last_state)
-    else:
-        y = result
-    return self.out_proj(y.transpose(1, 2))
+    if ssm_state is None:
+        return result
+    out, last_state = result
+    if ssm_state.shape[-1] != last_state.shape[-1]:
+        last_state = patch.spec.layout.to(last_state.device).compact_state(last_state)
+    ssm_state.copy_(last_state)
+    return out
 
 
 def _step(
@@ -263,35 +243,20 @@ def _step(
     patch = _patch_of(self)
     dtype = hidden_states.dtype
     weight = self.conv1d.weight[:, 0, :]  # (d_inner, d_conv)
-    A = -torch.exp(self.A_log.float())
-    layout = patch.layout(hidden_states.device)
-    outs = []
-    for t in range(hidden_states.shape[1]):
-        x, z = self.in_proj(hidden_states[:, t]).chunk(2, dim=-1)  # (b, d_inner) each
+
+    def conv_step(x: torch.Tensor) -> torch.Tensor:  # mamba_ssm's step convolution
         conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
         conv_state[:, :, -1] = x
         x = torch.sum(conv_state * weight, dim=-1)
         if self.conv1d.bias is not None:
             x = x + self.conv1d.bias
-        x = self.act(x).to(dtype=dtype)
-        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight)
-        y = ops.selective_state_update(
-            ssm_state,
-            x,
-            dt,
-            A,
-            B.contiguous(),
-            C.contiguous(),
-            self.D,
-            z=z,
-            dt_bias=self.dt_proj.bias,
-            dt_softplus=True,
-            state_mask=layout,
-            pruned_states=patch.spec.pruned_states,
-            backend=patch.backend,
-        )
-        outs.append(self.out_proj(y))
+        return self.act(x).to(dtype=dtype)
+
+    ssm = patch.ssm(self)
+    outs = [
+        mixer_step(self, hidden_states[:, t], ssm_state, conv_step=conv_step, ssm=ssm)
+        for t in range(hidden_states.shape[1])
+    ]
     return torch.stack(outs, dim=1), conv_state, ssm_state
 
 

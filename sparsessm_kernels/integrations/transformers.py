@@ -64,13 +64,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
+from ..ops import mixer_forward, split_x_dbl
 from ..ops.dispatch import resolve_backend
 from ..ops.ssd.dispatch import resolve_ssd_backend
 from ._common import (
     MODEL_ATTR,
     ApplyReport,
     LayerSpec,
+    Mamba1MixerPatch,
     ModelPatch,
     bind,
     densify_names,
@@ -339,103 +340,62 @@ def _patched_forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any, *
     """
     cache_params, attention_mask = _forward_args(args, kwargs)
     patch: _MixerPatch = self.__dict__[_STATE_ATTR]
-    spec, backend = patch.spec, patch.backend
+    spec = patch.spec
     for child in patch.hooked:
         hook = getattr(getattr(self, child), "_hf_hook", None)
         if hook is not None:
             hook.pre_forward(getattr(self, child))
     seq_len = hidden_states.shape[1]
-    dtype = hidden_states.dtype
     if cache_params is not None:
         conv_state, recurrent_state, recording = _cache_states(cache_params, self.layer_idx)
     else:
         conv_state, recurrent_state, recording = None, None, False
 
-    # 1. input projection
     hidden_states = _mask_padding(hidden_states, attention_mask)
-    projected = self.in_proj(hidden_states).transpose(1, 2)
-    A = -torch.exp(self.A_log.float())
-    x, gate = projected.chunk(2, dim=1)
 
-    # 2. causal convolution (with its cache)
-    weight = self.conv1d.weight.squeeze(1)
-    if conv_state is not None and seq_len == 1 and not recording:
-        x = _conv_update(x, conv_state, weight, self.conv1d.bias, self.act)
-    else:
-        if cache_params is not None:
-            x = cache_params.update_conv_state(x, self.layer_idx, conv_kernel_size=self.conv_kernel_size)
-        x = _conv_fn(x, weight, self.conv1d.bias, self.act)
-        if cache_params is not None:
-            x = x[:, :, -seq_len:]
+    def conv(x: torch.Tensor) -> torch.Tensor:  # (b, d, l) -> (b, d, l), with the cache and padding mask
+        weight = self.conv1d.weight.squeeze(1)
+        if conv_state is not None and seq_len == 1 and not recording:
+            x = _conv_update(x, conv_state, weight, self.conv1d.bias, self.act)
+        else:
+            if cache_params is not None:
+                x = cache_params.update_conv_state(x, self.layer_idx, conv_kernel_size=self.conv_kernel_size)
+            x = _conv_fn(x, weight, self.conv1d.bias, self.act)
+            if cache_params is not None:
+                x = x[:, :, -seq_len:]
+        return _mask_padding(x.transpose(1, 2), attention_mask).transpose(1, 2)
 
-    # 3. input-dependent SSM parameters
-    x = _mask_padding(x.transpose(1, 2), attention_mask)  # (b, l, d)
-    time_step, B, C = torch.split(
-        self.x_proj(x), [self.time_step_rank, self.ssm_state_size, self.ssm_state_size], dim=-1
-    )
+    split = delta = None
     if patch.falcon:
-        time_step = self.dt_layernorm(time_step)
-        B = self.b_layernorm(B)
-        C = self.c_layernorm(C)
-        if hasattr(self.config, "_is_quantized"):
-            time_step = (self.dt_proj(time_step) - self.dt_proj.bias).transpose(1, 2)
-        else:
-            time_step = self.dt_proj.weight @ time_step.transpose(1, 2)
-    else:
-        time_step = self.dt_proj.weight @ time_step.transpose(1, 2)  # (b, d, l)
-    dt_bias = self.dt_proj.bias.float() if self.dt_proj.bias is not None else None
-    layout = None if spec.layout is None else spec.layout.to(x.device)
 
-    # 4. the selective SSM
-    if recurrent_state is not None:
-        steps = []
-        for t in range(seq_len):
-            steps.append(
-                ops.selective_state_update(
-                    recurrent_state,
-                    x[:, t],
-                    time_step[..., t],
-                    A,
-                    B[:, t].contiguous(),
-                    C[:, t].contiguous(),
-                    self.D,
-                    z=gate[..., t],
-                    dt_bias=dt_bias,
-                    dt_softplus=True,
-                    state_mask=layout,
-                    pruned_states=spec.pruned_states,
-                    backend=backend,
-                )
-            )
-        scan_output = steps[0].unsqueeze(-1) if seq_len == 1 else torch.stack(steps, dim=-1)
-    else:
-        with_state = cache_params is not None
-        result = ops.selective_scan(
-            x.transpose(1, 2),
-            time_step,
-            A,
-            B.transpose(1, 2).contiguous(),
-            C.transpose(1, 2).contiguous(),
-            D=self.D.float(),
-            z=gate,
-            delta_bias=dt_bias,
-            delta_softplus=True,
-            return_last_state=with_state,
-            state_mask=layout,
-            pruned_states=spec.pruned_states,
-            backend=backend,
-        )
-        if with_state:
-            scan_output, final_state = result
-            compacted = None
-            if spec.compact and spec.layout is not None:
-                compacted = spec.layout.to(final_state.device).compact_state(final_state)
-            _store_final_state(cache_params, self.layer_idx, final_state, compacted)
-        else:
-            scan_output = result
+        def split(x_dbl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            dt, B, C = split_x_dbl(x_dbl, self.time_step_rank, self.ssm_state_size)
+            return self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
 
-    # 5. output projection
-    out = self.out_proj(scan_output.transpose(1, 2).to(dtype))
+        if hasattr(self.config, "_is_quantized"):  # transformers' FalconMamba branch for quantized dt_proj
+
+            def delta(dt: torch.Tensor) -> torch.Tensor:
+                return (self.dt_proj(dt) - self.dt_proj.bias).transpose(1, 2)
+
+    with_state = cache_params is not None and recurrent_state is None
+    result = mixer_forward(
+        self,
+        hidden_states,
+        conv=conv,
+        ssm=patch.ssm(self),
+        split=split,
+        dt_proj=delta,
+        ssm_state=recurrent_state,
+        return_last_state=with_state,
+    )
+    if with_state:
+        out, final_state = result
+        compacted = None
+        if spec.compact and spec.layout is not None:
+            compacted = spec.layout.to(final_state.device).compact_state(final_state)
+        _store_final_state(cache_params, self.layer_idx, final_state, compacted)
+    else:
+        out = result
     for child in reversed(patch.hooked):
         hook = getattr(getattr(self, child), "_hf_hook", None)
         if hook is not None:
@@ -443,11 +403,12 @@ def _patched_forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any, *
     return out
 
 
-class _MixerPatch:
+class _MixerPatch(Mamba1MixerPatch):
     """Per-mixer state of the patch (kept in the instance ``__dict__``, not in ``state_dict``)."""
 
     def __init__(self, spec: LayerSpec, backend: str, falcon: bool, saved: tuple[str, Any]) -> None:
-        self.spec, self.backend, self.falcon, self.saved = spec, backend, falcon, saved
+        super().__init__(spec, backend)
+        self.falcon, self.saved = falcon, saved
         # Children whose weights the forward reads directly: fire their accelerate hooks, as
         # transformers' force_accelerate_hooks(["conv1d", "dt_proj"]) does.
         self.hooked = ("conv1d", "dt_proj")

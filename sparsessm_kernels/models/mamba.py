@@ -6,23 +6,23 @@ Module and parameter names are those of transformers' ``MambaForCausalLM``
 transformers' eager path (RMSNorm in float32, residual in float32 when ``residual_in_fp32``,
 depthwise causal conv + SiLU, ``x_proj`` split into ``dt, B, C``, ``dt_proj`` weight then
 ``delta_bias = dt_proj.bias`` with softplus inside the scan, ``A = -exp(A_log)``, ``D``, SiLU(z)
-gate); only the scan is :func:`sparsessm_kernels.ops.selective_scan` (prefill / full sequence)
-and :func:`sparsessm_kernels.ops.selective_state_update` (decode), which honour a per-layer state
-mask.
+gate), computed by the mixer forward shared with the pruning capture and the integrations
+(:func:`sparsessm_kernels.ops.mixer_forward` / :func:`~sparsessm_kernels.ops.mixer_step`); the scan
+is :func:`sparsessm_kernels.ops.selective_scan` (prefill / full sequence) and
+:func:`sparsessm_kernels.ops.selective_state_update` (decode), which honour a per-layer state mask.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops as _ops
-from ..ops import StateLayout
+from ..ops import MixerConstants, SSMParams, StateLayout, mixer_forward, mixer_step
 from .cache import LayerCache, MambaCache
 from .causal_lm import SSMCausalLM, initial_dt_bias
 from .config import MambaLMConfig
@@ -95,6 +95,9 @@ class MambaMixer(nn.Module):
         layout: the layer's :class:`StateLayout` (``None`` = dense), built once by
             :meth:`MambaLM.set_state_mask`.
         pruned_states: ``"zero_transition"`` or ``"remove"`` for the masked states.
+        constants: float32 ``A = -exp(A_log)``, ``D``, ``dt`` bias, built once
+            (:class:`~sparsessm_kernels.ops.MixerConstants`; call ``constants.clear()`` after writing a
+            parameter through ``.data``).
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class MambaMixer(nn.Module):
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
         self.layout: StateLayout | None = None
         self.pruned_states: str = "zero_transition"
+        self.constants = MixerConstants()
 
     # -------------------------------------------------------------- helpers
     def _layout_on(self, device: torch.device) -> StateLayout | None:
@@ -136,9 +140,15 @@ class MambaMixer(nn.Module):
                 "allocate a new cache with model.allocate_cache()"
             )
 
+    def _ssm(self, device: torch.device) -> SSMParams:
+        """The scan's per-layer inputs: float32 ``A``, ``D``, ``dt`` bias (built once, see
+        :class:`~sparsessm_kernels.ops.MixerConstants`) and the state mask on ``device``."""
+        A, D, dt_bias = self.constants.get(self.A_log, self.D, self.dt_proj.bias)
+        return SSMParams(A, D, dt_bias, self._layout_on(device), self.pruned_states)
+
     # -------------------------------------------------------------- full sequence / prefill
     def forward(self, hidden: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
-        """Mix a whole sequence.
+        """Mix a whole sequence (:func:`sparsessm_kernels.ops.mixer_forward`).
 
         Args:
             hidden: ``(b, l, d_model)`` normalised input.
@@ -148,42 +158,47 @@ class MambaMixer(nn.Module):
         Returns:
             ``(b, l, d_model)`` in ``hidden.dtype``.
         """
-        dtype = hidden.dtype
-        xz = self.in_proj(hidden).transpose(1, 2)  # (b, 2*d_inner, l)
-        x, z = xz.chunk(2, dim=1)  # (b, d_inner, l) each
         if cache is not None:
             self._check_cache(cache)
-            fill_conv_state(cache.conv_state, x)
-        x = causal_conv_silu(x, self.conv1d)  # (b, d_inner, l)
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (b, l, dt_rank + 2n)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = self.dt_proj.weight @ dt.transpose(1, 2)  # (b, d_inner, l)
-        result = _ops.selective_scan(
-            x,
-            dt,
-            self._A(),
-            B.transpose(1, 2).contiguous(),  # (b, n, l)
-            C.transpose(1, 2).contiguous(),
-            D=self.D.float(),
-            z=z,
-            delta_bias=self.dt_proj.bias.float(),
-            delta_softplus=True,
+        result = self.staged_forward(hidden, cache)
+        if cache is None:
+            return result
+        out, last_state = result  # last_state: (b, d_inner, n) float32, pruned entries 0
+        if cache.compact:
+            last_state = cache.layout.to(last_state.device).compact_state(last_state)
+        cache.ssm_state.copy_(last_state)
+        return out
+
+    def staged_forward(
+        self,
+        hidden: torch.Tensor,
+        cache: LayerCache | None = None,
+        *,
+        record: dict[str, torch.Tensor] | None = None,
+        upto: str | None = None,
+    ) -> Any:
+        """:func:`~sparsessm_kernels.ops.mixer_forward` on this layer's modules: the output (with
+        ``cache``: ``(output, final ssm state)``, the conv state filled), or the intermediates up to
+        stage ``upto`` in ``record`` (the pruning capture)."""
+
+        def conv(x: torch.Tensor) -> torch.Tensor:
+            if cache is not None:
+                fill_conv_state(cache.conv_state, x)
+            return causal_conv_silu(x, self.conv1d)
+
+        return mixer_forward(
+            self,
+            hidden,
+            conv=conv,
+            ssm=self._ssm(hidden.device),
             return_last_state=cache is not None,
-            state_mask=self._layout_on(x.device),
-            pruned_states=self.pruned_states,
+            record=record,
+            upto=upto,
         )
-        if cache is not None:
-            y, last_state = result  # last_state: (b, d_inner, n) float32, pruned entries 0
-            if cache.compact:
-                last_state = cache.layout.to(last_state.device).compact_state(last_state)
-            cache.ssm_state.copy_(last_state)
-        else:
-            y = result
-        return self.out_proj(y.transpose(1, 2).to(dtype))
 
     # -------------------------------------------------------------- decode
     def step(self, hidden: torch.Tensor, cache: LayerCache) -> torch.Tensor:
-        """One decode step; ``cache`` is updated in place.
+        """One decode step (:func:`sparsessm_kernels.ops.mixer_step`); ``cache`` is updated in place.
 
         Args:
             hidden: ``(b, d_model)`` normalised input of the new token.
@@ -194,26 +209,9 @@ class MambaMixer(nn.Module):
             ``(b, d_model)`` in ``hidden.dtype``.
         """
         self._check_cache(cache)
-        dtype = hidden.dtype
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (b, d_inner) each
-        x = conv_silu_step(cache.conv_state, x, self.conv1d)  # (b, d_inner)
-        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight)  # (b, d_inner)
-        y = _ops.selective_state_update(
-            cache.ssm_state,
-            x,
-            dt,
-            self._A(),
-            B.contiguous(),
-            C.contiguous(),
-            D=self.D.float(),
-            z=z,
-            dt_bias=self.dt_proj.bias.float(),
-            dt_softplus=True,
-            state_mask=self._layout_on(x.device),
-            pruned_states=self.pruned_states,
-        )
-        return self.out_proj(y.to(dtype))
+        conv_state, conv1d = cache.conv_state, self.conv1d
+        conv_step = lambda x: conv_silu_step(conv_state, x, conv1d)  # noqa: E731
+        return mixer_step(self, hidden, cache.ssm_state, conv_step=conv_step, ssm=self._ssm(hidden.device))
 
 
 class MambaBlock(nn.Module):

@@ -21,3 +21,8 @@ __all__ = [
 from .ssd import SSDStateLayout, ssd_scan, ssd_scan_ref, ssd_state_update, ssd_state_update_ref
 
 __all__ += ["SSDStateLayout", "ssd_scan", "ssd_scan_ref", "ssd_state_update", "ssd_state_update_ref"]
+
+# The Mamba-1 mixer forward in stages (models, pruning capture, integrations, compat): ops/mixer.py
+from .mixer import MIXER_STAGES, MixerConstants, SSMParams, mixer_forward, mixer_step, split_x_dbl  # noqa: E402
+
+__all__ += ["MIXER_STAGES", "MixerConstants", "SSMParams", "mixer_forward", "mixer_step", "split_x_dbl"]

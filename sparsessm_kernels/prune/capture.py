@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .._progress import progress as progress_bar
 from ..models import Mamba2LM, MambaBlock, MambaLM, MambaMixer
-from ..ops import selective_scan
+from ..ops import MIXER_STAGES
 from ..sparsity import kept_count
 from .config import PruneConfig, PruneConfigError, module_name
 from .projections import ConvStatistics, LinearStatistics, allocate_sparsity, prune_conv1d, prune_linear
@@ -53,7 +52,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-INTERMEDIATE_STAGES = ("in_proj", "conv1d", "x_proj", "dt_proj", "A_log", "out_proj", "out")
+INTERMEDIATE_STAGES = MIXER_STAGES
 
 
 # ---------------------------------------------------------------------- intermediates
@@ -61,7 +60,8 @@ INTERMEDIATE_STAGES = ("in_proj", "conv1d", "x_proj", "dt_proj", "A_log", "out_p
 def mixer_intermediates(
     mixer: MambaMixer, hidden: torch.Tensor, upto: str = "out"
 ) -> dict[str, torch.Tensor]:
-    """The inputs of every module of a mixer, computed exactly as ``MambaMixer.forward`` does.
+    """The inputs of every module of a mixer, from the mixer's own staged forward
+    (:meth:`MambaMixer.staged_forward`, i.e. :func:`sparsessm_kernels.ops.mixer_forward`).
 
     Args:
         mixer: the layer's mixer (current weights and state mask).
@@ -73,53 +73,13 @@ def mixer_intermediates(
         (pre-conv x), ``x_proj`` ``(b, l, d_inner)``, ``u`` ``(b, d_inner, l)``, ``dt_proj``
         ``(b, l, dt_rank)``, ``delta`` ``(b, d_inner, l)`` (before bias and softplus), ``B``, ``C``
         ``(b, n, l)``, ``z`` ``(b, d_inner, l)``, ``out_proj`` ``(b, l, d_inner)`` (gated scan
-        output) and ``out`` ``(b, l, d_model)`` (= ``mixer(hidden)``).
+        output) and ``out`` ``(b, l, d_model)`` (= ``mixer(hidden)``). ``z``, ``B`` and ``C`` are views
+        of the ``in_proj`` / ``x_proj`` outputs, as the scan gets them.
     """
-    level = INTERMEDIATE_STAGES.index(upto)
-    out: dict[str, torch.Tensor] = {"in_proj": hidden}
-    if level == 0:
-        return out
-    dtype = hidden.dtype
-    seqlen = hidden.shape[1]
-    xz = mixer.in_proj(hidden).transpose(1, 2)
-    x, z = xz.chunk(2, dim=1)
-    out["conv1d"], out["z"] = x, z
-    if level == 1:
-        return out
-    w = mixer.conv1d.weight
-    x = F.conv1d(x.to(w.dtype), w, mixer.conv1d.bias, padding=mixer.d_conv - 1, groups=mixer.d_inner)
-    x = F.silu(x[:, :, :seqlen]).to(dtype)
-    out["u"] = x
-    out["x_proj"] = x.transpose(1, 2)
-    if level == 2:
-        return out
-    x_dbl = mixer.x_proj(x.transpose(1, 2))
-    dt, B, C = torch.split(x_dbl, [mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
-    out["dt_proj"] = dt
-    out["B"] = B.transpose(1, 2).contiguous()
-    out["C"] = C.transpose(1, 2).contiguous()
-    if level == 3:
-        return out
-    out["delta"] = mixer.dt_proj.weight @ dt.transpose(1, 2)
-    if level == 4:
-        return out
-    y = selective_scan(
-        x,
-        out["delta"],
-        -torch.exp(mixer.A_log.float()),
-        out["B"],
-        out["C"],
-        D=mixer.D.float(),
-        z=z,
-        delta_bias=mixer.dt_proj.bias.float(),
-        delta_softplus=True,
-        state_mask=None if mixer.layout is None else mixer.layout.to(x.device),
-        pruned_states=mixer.pruned_states,
-    )
-    out["out_proj"] = y.transpose(1, 2).to(dtype)
-    if level == 5:
-        return out
-    out["out"] = mixer.out_proj(out["out_proj"])
+    if upto not in INTERMEDIATE_STAGES:
+        raise ValueError(f"upto: expected one of {INTERMEDIATE_STAGES}, got {upto!r}")
+    out: dict[str, torch.Tensor] = {}
+    mixer.staged_forward(hidden, record=out, upto=upto)
     return out
 
 
