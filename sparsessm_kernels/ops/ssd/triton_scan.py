@@ -23,8 +23,10 @@ run on ``k`` columns. Under ``"zero_transition"`` the pruned columns' feed-throu
 no incoming state and a chunk state equal to the last step's drive. ``seq_idx`` masks ``L`` and
 the incoming state where the sequence changes, as in the reference.
 
-Matrix products run on ``tl.dot`` with float32 accumulation: 16-bit operands as they are (exact
-products), float32 operands at ``tf32x3`` precision (about float32's), float64 in float64.
+Matrix products run on ``tl.dot`` with float32 accumulation: ``C_i . B_j`` on 16-bit ``B`` / ``C``
+as they are (exact products); the products with float32 operands (decayed ``dt x``, states) at
+``tf32x3`` (about float32's precision) for float32 inputs and ``tf32`` for 16-bit inputs (finer than
+their output's rounding); float64 in float64; exact under the interpreter.
 Block sizes: :func:`ssd_scan_config`. :func:`plan_ssd_scan` lists the launches without running
 them (for the ahead-of-time compile report).
 """
@@ -209,7 +211,7 @@ def _ssd_chunk_scan_kernel(
     s_stb, s_stc, s_sth, s_stp, s_ob, s_ol, s_oh, s_op,
     MASKED: tl.constexpr, HAS_HTRANS: tl.constexpr, HAS_SEQ: tl.constexpr, ZT_FEED: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, Q: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr,
-    KB: tl.constexpr, NB: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
+    KB: tl.constexpr, NB: tl.constexpr, PREC: tl.constexpr, CB_DT: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     pid_mp = tl.program_id(0)
     c = tl.program_id(1)
@@ -237,7 +239,8 @@ def _ssd_chunk_scan_kernel(
     B_row = B_ptr + bi * sB_b + grp * sB_g
     C_row = C_ptr + bi * sC_b + grp * sC_g
     x_row = x_ptr + bi * s_xb + hi * s_xh
-    Ci = _gather_tile(C_row, ti, im, sC_l, cols, col_ok, sC_n, ACC)  # (BM, KB)
+    Ci_cb = _gather_tile(C_row, ti, im, sC_l, cols, col_ok, sC_n, CB_DT)  # (BM, KB)
+    Ci = Ci_cb.to(ACC)
     if HAS_SEQ:
         sq_i = tl.load(seq_ptr + bi * s_qb + ti * s_ql, mask=im, other=0)
 
@@ -265,8 +268,8 @@ def _ssd_chunk_scan_kernel(
         j = j0 + tl.arange(0, BM)
         jm = j < chunk_len
         tj = c * Q + j
-        Bj = _gather_tile(B_row, tj, jm, sB_l, cols, col_ok, sB_n, ACC)  # (BM, KB)
-        cb = _mm(Ci, tl.trans(Bj), PREC, ACC)  # (BM_i, BM_j)
+        Bj = _gather_tile(B_row, tj, jm, sB_l, cols, col_ok, sB_n, CB_DT)  # (BM, KB)
+        cb = _mm(Ci_cb, tl.trans(Bj), PREC, ACC)  # (BM_i, BM_j); 16-bit operands: exact products
         cs_j = tl.load(cs_ptr + cs_base + j, mask=jm, other=0.0).to(ACC)
         dt_j = tl.load(dtd_ptr + cs_base + j, mask=jm, other=0.0).to(ACC)
         below = (j[None, :] <= i[:, None]) & jm[None, :]
@@ -309,12 +312,12 @@ class SSDScanConfig:
     num_warps: int
 
 
-SSD_CONFIG_TABLE: list[tuple[str, int, int, SSDScanConfig]] = [
-    # (shape class, largest kept width KB, largest head-dimension block, config)
-    ("k <= 32", 32, 64, SSDScanConfig(chunk=256, block_m=64, block_p=64, num_warps=4)),
-    ("k <= 64", 64, 64, SSDScanConfig(chunk=256, block_m=64, block_p=64, num_warps=4)),
-    ("k <= 128", 128, 64, SSDScanConfig(chunk=256, block_m=64, block_p=64, num_warps=8)),
-    ("k <= 256", 256, 64, SSDScanConfig(chunk=256, block_m=32, block_p=64, num_warps=8)),
+SSD_CONFIG_TABLE: list[tuple[str, int, SSDScanConfig]] = [
+    # (shape class, largest kept width KB, config)
+    ("k <= 32", 32, SSDScanConfig(chunk=256, block_m=64, block_p=64, num_warps=8)),
+    ("k <= 64", 64, SSDScanConfig(chunk=256, block_m=64, block_p=64, num_warps=8)),
+    ("k <= 128", 128, SSDScanConfig(chunk=256, block_m=64, block_p=64, num_warps=8)),
+    ("k <= 256", 256, SSDScanConfig(chunk=256, block_m=32, block_p=64, num_warps=8)),
 ]
 """Block sizes per shape class (the kept width ``KB = next_pow2(k)`` decides register pressure of
 the ``(block_m, KB)`` tiles of ``C`` / ``B``); float64 inputs halve ``block_m``."""
@@ -323,17 +326,30 @@ the ``(block_m, KB)`` tiles of ``C`` / ``B``); float64 inputs halve ``block_m``.
 def ssd_scan_config(kb: int, headdim: int, chunk_size: int | None, float64: bool) -> SSDScanConfig:
     """The block sizes for kept width ``kb`` (a power of two), ``headdim`` and the requested
     ``chunk_size`` (None: the table's; else rounded up to a power of two in ``[16, 256]``)."""
-    entry = next(cfg for _, width, _, cfg in SSD_CONFIG_TABLE if kb <= width)
+    entry = next(cfg for _, width, cfg in SSD_CONFIG_TABLE if kb <= width)
     chunk = entry.chunk if chunk_size is None else min(256, max(16, next_pow2(chunk_size)))
     block_m = min(entry.block_m // (2 if float64 else 1), chunk)
     block_p = max(16, min(entry.block_p, next_pow2(headdim)))
     return SSDScanConfig(chunk=chunk, block_m=block_m, block_p=block_p, num_warps=entry.num_warps)
 
 
-def _dot_precision(acc: torch.dtype) -> str:
+_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+def _dot_precision(acc: torch.dtype, x: torch.Tensor) -> str:
+    """``tl.dot``'s precision for float32 operands: float64 and the interpreter exact, 16-bit inputs
+    ``tf32`` (10 mantissa bits, finer than the 8 of the bf16 output), float32 inputs ``tf32x3``."""
     if INTERPRETED or acc == torch.float64:
         return "ieee"
-    return "tf32x3"
+    return "tf32" if x.dtype in _TL_DTYPES else "tf32x3"
+
+
+def _cb_dtype(B: torch.Tensor, C: torch.Tensor, acc_tl: tl.dtype) -> tl.dtype:
+    """Operand type of ``C_i . B_j``: 16-bit ``B`` / ``C`` of one dtype as they are (exact products,
+    float32 sums; not under the interpreter, whose 16-bit ``tl.dot`` is unreliable), else ``acc``."""
+    if INTERPRETED or B.dtype != C.dtype or B.dtype not in _TL_DTYPES:
+        return acc_tl
+    return _TL_DTYPES[B.dtype]
 
 
 def plan_ssd_scan(
@@ -393,7 +409,7 @@ def plan_ssd_scan(
     D_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else tuple(D.stride()))
     z_strides = tuple(z.stride()) if z is not None else (0, 0, 0, 0)
     st_strides = states.stride()[:4]
-    prec = _dot_precision(acc_t)
+    prec = _dot_precision(acc_t, x)
     common = dict(MASKED=masked, ACC=acc_tl)
     heads_kw = dict(HAS_HTRANS=head_transition_mask is not None, HAS_SEQ=seq_idx is not None)
 
@@ -456,7 +472,7 @@ def plan_ssd_scan(
             dict(
                 **common, **heads_kw, ZT_FEED=zt_feed, HAS_D=D is not None, HAS_Z=z is not None, Q=Q,
                 BM=cfg.block_m, BP=cfg.block_p, KB=kb, NB=next_pow2(n) if zt_feed else 1, PREC=prec,
-                num_warps=cfg.num_warps,
+                CB_DT=_cb_dtype(B, C, acc_tl), num_warps=cfg.num_warps,
             ),
         )
     )  # fmt: skip
