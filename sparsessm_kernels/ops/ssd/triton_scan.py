@@ -314,22 +314,25 @@ class SSDScanConfig:
 
 SSD_CONFIG_TABLE: list[tuple[str, int, SSDScanConfig]] = [
     # (shape class, largest kept width KB, config)
-    ("k <= 32", 32, SSDScanConfig(chunk=256, block_m=64, block_p=64, num_warps=8)),
-    ("k <= 64", 64, SSDScanConfig(chunk=256, block_m=64, block_p=64, num_warps=8)),
-    ("k <= 128", 128, SSDScanConfig(chunk=256, block_m=64, block_p=64, num_warps=8)),
-    ("k <= 256", 256, SSDScanConfig(chunk=256, block_m=32, block_p=64, num_warps=8)),
+    ("k <= 64", 64, SSDScanConfig(chunk=256, block_m=32, block_p=64, num_warps=4)),
+    ("k <= 128", 128, SSDScanConfig(chunk=256, block_m=32, block_p=64, num_warps=4)),
+    ("k <= 256", 256, SSDScanConfig(chunk=256, block_m=32, block_p=32, num_warps=4)),
 ]
-"""Block sizes per shape class (the kept width ``KB = next_pow2(k)`` decides register pressure of
-the ``(block_m, KB)`` tiles of ``C`` / ``B``); float64 inputs halve ``block_m``."""
+"""Block sizes of 16-bit inputs per shape class: the kept width ``KB = next_pow2(k)`` sets the size of
+the ``(block_m, KB)`` tiles of ``C`` / ``B`` and so the register pressure. Chosen from the sm_90
+compile report (``benchmarks/results/triton_kernels_sm90_compile.json``, ``ssd_launches``): no
+spill, 2 to 6 programs per SM. Float32 and float64 inputs (``tf32x3`` / float64 products) take
+``block_m = 16``, ``block_p <= 32`` (:func:`ssd_scan_config`)."""
 
 
-def ssd_scan_config(kb: int, headdim: int, chunk_size: int | None, float64: bool) -> SSDScanConfig:
-    """The block sizes for kept width ``kb`` (a power of two), ``headdim`` and the requested
-    ``chunk_size`` (None: the table's; else rounded up to a power of two in ``[16, 256]``)."""
+def ssd_scan_config(kb: int, headdim: int, chunk_size: int | None, wide: bool) -> SSDScanConfig:
+    """The block sizes for kept width ``kb`` (a power of two), ``headdim``, the requested
+    ``chunk_size`` (None: the table's; else rounded up to a power of two in ``[16, 256]``) and
+    ``wide`` (float32 or float64 inputs)."""
     entry = next(cfg for _, width, cfg in SSD_CONFIG_TABLE if kb <= width)
     chunk = entry.chunk if chunk_size is None else min(256, max(16, next_pow2(chunk_size)))
-    block_m = min(entry.block_m // (2 if float64 else 1), chunk)
-    block_p = max(16, min(entry.block_p, next_pow2(headdim)))
+    block_m = min(16 if wide else entry.block_m, chunk)
+    block_p = max(16, min(32 if wide else entry.block_p, next_pow2(headdim)))
     return SSDScanConfig(chunk=chunk, block_m=block_m, block_p=block_p, num_warps=entry.num_warps)
 
 
@@ -387,7 +390,7 @@ def plan_ssd_scan(
     masked = head_mask is not None
     K = int(kept_idx.shape[-1]) if masked else n
     kb = max(16, next_pow2(max(K, 1)))
-    cfg = config or ssd_scan_config(kb, p, chunk_size, acc_t == torch.float64)
+    cfg = config or ssd_scan_config(kb, p, chunk_size, x.dtype not in _TL_DTYPES)
     Q = cfg.chunk
     nchunks = triton.cdiv(l, Q)
     out = torch.empty((b, l, h, p), dtype=x.dtype, device=dev)
