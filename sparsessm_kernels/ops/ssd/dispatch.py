@@ -4,8 +4,9 @@ Backends with SSD kernels: ``"torch"`` (:mod:`.torch_backend`, any device, diffe
 ``"triton"`` (:mod:`.triton_scan`, :mod:`.triton_step`: forward-only kernels for CUDA tensors, or
 CPU tensors under Triton's interpreter, ``TRITON_INTERPRET=1``, for testing). ``"auto"`` (the
 default; ``SPARSESSM_BACKEND`` overrides it as for the Mamba-1 ops) picks triton for CUDA tensors
-when it is usable and no gradient is needed, else torch -- saying once through the
-``sparsessm_kernels`` logger when the slow PyTorch path runs on CUDA tensors. ``"cuda"`` raises
+when it is usable and no gradient is needed (and not while ``torch.compile`` traces), else torch
+-- saying once through the ``sparsessm_kernels`` logger when the slow PyTorch path runs on CUDA
+tensors. ``"cuda"`` raises
 :class:`~sparsessm_kernels.ops.dispatch.BackendUnavailableError`: the CUDA extension has no SSD
 kernel. Semantics: ``docs/semantics.md``, section "Mamba-2 (SSD)".
 """
@@ -53,7 +54,7 @@ def resolve_ssd_backend(backend: str, device: torch.device, op: str, grad: bool 
             f"backend='cuda'{source} is not usable for {op}: the CUDA extension has no Mamba-2 (SSD) "
             f"kernel; the backends with SSD kernels are {SSD_BACKENDS} ('auto' picks between them)"
         )
-    if backend == "torch":
+    if backend == "torch" or (backend == "auto" and device.type != "cuda"):
         return "torch"
     usable, reason = _statuses()["triton"]
     if backend == "triton":
@@ -67,15 +68,16 @@ def resolve_ssd_backend(backend: str, device: torch.device, op: str, grad: bool 
                 "record this call (an input requires grad); use backend='torch' or torch.no_grad()"
             )
         return "triton"
-    if device.type == "cuda" and not torch.compiler.is_compiling():
-        if usable and not grad:
-            return "triton"
-        why = "an input requires grad (the Triton kernels are forward-only)" if usable else reason
-        _warn_once(
-            f"ssd-auto-torch-on-cuda-{'grad' if usable else 'no-triton'}",
-            f"sparsessm_kernels: running the pure PyTorch backend of the Mamba-2 (SSD) ops on CUDA "
-            f"tensors (slow path): {why}",
-        )
+    if torch.compiler.is_compiling():  # traced code keeps the plain PyTorch ops
+        return "torch"
+    if usable and not grad:
+        return "triton"
+    why = "an input requires grad (the Triton kernels are forward-only)" if usable else reason
+    _warn_once(
+        f"ssd-auto-torch-on-cuda-{'grad' if usable else 'no-triton'}",
+        f"sparsessm_kernels: running the pure PyTorch backend of the Mamba-2 (SSD) ops on CUDA "
+        f"tensors (slow path): {why}",
+    )
     return "torch"
 
 
