@@ -86,8 +86,8 @@ def _tables(layout: SSDStateLayout | None, device: torch.device):
     or three Nones without a mask."""
     if layout is None:
         return None, None, None
-    heads = layout.heads.to(device)
-    return layout.head_mask.to(device), heads.kept_idx, heads.kept_count
+    heads = layout.heads.to(device)  # cached per device: no copy per call (CUDA-graph capturable)
+    return heads.mask, heads.kept_idx, heads.kept_count
 
 
 def _contiguous(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
