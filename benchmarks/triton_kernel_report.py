@@ -7,7 +7,9 @@ Run from the repository root (no GPU needed; ``TRITON_INTERPRET`` must not be se
 
 Compiles, ahead of time, the launches of representative calls (every configuration the prefill
 scan's table and rule pick, each mask kind and ``pruned_states`` mode, time-invariant and grouped
-B / C, float16 / bfloat16 / float32 / float64 inputs, the decode step's modes) with the argument
+B / C, float16 / bfloat16 / float32 / float64 inputs, the decode step's modes; and, under
+``ssd_launches``, the Mamba-2 (SSD) scan's four kernels for every row of its configuration table
+``ssd_config_table`` and the SSD decode step's modes) with the argument
 specialisation a real call gets (``sparsessm_kernels.ops.triton.aot``), and records per launch:
 registers per thread, spills (local loads / stores in the SASS), stack, the shared memory Triton
 allocates, SASS size (the longest loop body: for the scan, one chunk), barriers, and how many
@@ -38,10 +40,14 @@ def build_report(arch: int) -> tuple[dict[str, Any], list[str]]:
     """The report as a JSON-ready dict, and the compile failures (``"call [kernel]: error"``)."""
     import triton
 
+    from sparsessm_kernels.ops.ssd.aot_calls import ssd_representative_calls
+    from sparsessm_kernels.ops.ssd.triton_scan import SSD_CONFIG_TABLE
     from sparsessm_kernels.ops.triton import aot
     from sparsessm_kernels.ops.triton.selective_scan import CONFIG_TABLE, REFERENCE_SMS
 
     rows, failures = aot.compile_report(arch)
+    ssd_rows, ssd_failures = aot.compile_report(arch, ssd_representative_calls())
+    failures = failures + ssd_failures
     table = [
         {"d": d, "l": l, "k": k, "dtype": str(dtype).replace("torch.", ""), **vars(cfg)}
         for (d, l, k, dtype), cfg in CONFIG_TABLE.items()
@@ -56,6 +62,10 @@ def build_report(arch: int) -> tuple[dict[str, Any], list[str]]:
         "occupancy_limits": aot.SM90,
         "config_table": table,
         "launches": rows,
+        "ssd_config_table": [
+            {"shape_class": cls, "max_kept_width": width, **vars(cfg)} for cls, width, cfg in SSD_CONFIG_TABLE
+        ],
+        "ssd_launches": ssd_rows,
         "failures": failures,
     }
     return report, failures
@@ -84,14 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         ("programs_per_sm", "programs/SM"),
         ("loop_instructions", "loop instr"),
     ]
-    print(common.format_table(report["launches"], columns))
+    print(common.format_table(report["launches"] + report["ssd_launches"], columns))
     for failure in failures:
         print(f"FAIL {failure}")
     path = common.write_json_atomic(args.out, report)
-    spilled = sum(row["spills"] for row in report["launches"])
-    common.log(
-        f"{len(report['launches'])} launches compiled, {spilled} spill, {len(failures)} failed: {path}"
-    )
+    launches = report["launches"] + report["ssd_launches"]
+    spilled = sum(row["spills"] for row in launches)
+    common.log(f"{len(launches)} launches compiled, {spilled} spill, {len(failures)} failed: {path}")
     return 1 if failures else 0
 
 

@@ -324,3 +324,20 @@ def test_layout_errors() -> None:
         uniform.compact_state(torch.zeros(1, 3, 8, 16))
     with pytest.raises(ValueError, match=r"state: expected a compact state .* k=1, got \(1, 4, 8, 2\)"):
         uniform.expand_state(torch.zeros(1, 4, 8, 2))
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"out": torch.zeros(2, 4, 7)}, ValueError, r"out: expected shape \(b, nheads, headdim\) like x = "),
+        ({"out": torch.zeros(2, 4, 8, dtype=torch.float64)}, TypeError, r"out: expected dtype torch.float32"),
+        ({"out": [0.0]}, TypeError, r"out: expected a torch.Tensor, got list"),
+        ({"pad_slot_id": 1.0}, TypeError, r"pad_slot_id: expected None or an int, got 1.0"),
+        ({"pad_slot_id": True}, TypeError, r"pad_slot_id: expected None or an int, got True"),
+    ],
+)
+def test_step_bad_out_and_pad_slot_leave_the_state_alone(inputs: dict, change: dict, error, message) -> None:
+    state = torch.ones(2, 4, 8, 16)
+    with pytest.raises(error, match=message):
+        ssk.ssd_state_update(state, **step_inputs(inputs, 0), **change)
+    assert torch.equal(state, torch.ones(2, 4, 8, 16))

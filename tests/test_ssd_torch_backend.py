@@ -161,29 +161,49 @@ def test_gradients_match_the_reference() -> None:
         torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"d{name}: {m}")
 
 
-def test_auto_picks_torch_and_warns_once_on_cuda(caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_picks_triton_on_cuda_else_torch_and_warns_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from sparsessm_kernels.ops import dispatch
+    from sparsessm_kernels.ops.ssd import dispatch as ssd_dispatch
 
-    dispatch._warned.discard("ssd-auto-torch-on-cuda")
-    assert resolve_ssd_backend("auto", torch.device("cpu"), "ssd_scan") == "torch"
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    statuses = {"torch": (True, ""), "triton": (True, "ok"), "cuda": (False, "not built")}
+    monkeypatch.setattr(ssd_dispatch, "_statuses", lambda: statuses)
+    assert resolve_ssd_backend("auto", cpu, "ssd_scan") == "torch"
+    assert resolve_ssd_backend("auto", cuda, "ssd_scan") == "triton"
+    for key in [k for k in dispatch._warned if k.startswith("ssd-auto")]:
+        dispatch._warned.discard(key)
     with caplog.at_level(logging.WARNING, logger="sparsessm_kernels"):
-        assert resolve_ssd_backend("auto", torch.device("cuda"), "ssd_scan") == "torch"
-        assert resolve_ssd_backend("auto", torch.device("cuda"), "ssd_state_update") == "torch"
-    assert sum("slow path" in r.message for r in caplog.records) == 1
-    assert resolve_ssd_backend("torch", torch.device("cuda"), "ssd_scan") == "torch"
+        assert resolve_ssd_backend("auto", cuda, "ssd_scan", grad=True) == "torch"
+        assert resolve_ssd_backend("auto", cuda, "ssd_state_update", grad=True) == "torch"
+        statuses["triton"] = (False, "triton does not import")
+        assert resolve_ssd_backend("auto", cuda, "ssd_scan") == "torch"
+        assert resolve_ssd_backend("auto", cuda, "ssd_state_update") == "torch"
+    messages = [r.message for r in caplog.records if "slow path" in r.message]
+    assert len(messages) == 2 and "requires grad" in messages[0] and "does not import" in messages[1]
+    assert resolve_ssd_backend("torch", cuda, "ssd_scan") == "torch"
+    with pytest.raises(
+        BackendUnavailableError, match="backend='triton' is not usable for ssd_scan: triton does"
+    ):
+        resolve_ssd_backend("triton", cuda, "ssd_scan")
+    statuses["triton"] = (True, "ok")
+    with pytest.raises(ValueError, match="forward-only"):
+        resolve_ssd_backend("triton", cuda, "ssd_scan", grad=True)
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
-def test_kernel_backends_say_there_is_no_kernel_yet(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cuda_backend_says_it_has_no_ssd_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     inputs = make_inputs(SSDCase("no_kernel", seqlen=3))
     with pytest.raises(
-        BackendUnavailableError, match=f"backend='{backend}' is not usable for ssd_scan: there is no"
+        BackendUnavailableError,
+        match=r"backend='cuda' is not usable for ssd_scan: the CUDA extension has no Mamba-2 \(SSD\) kernel.*"
+        r"'torch', 'triton'",
     ):
-        ssk.ssd_scan(**inputs, backend=backend)
+        ssk.ssd_scan(**inputs, backend="cuda")
     step = step_inputs(inputs, 0)
-    with pytest.raises(BackendUnavailableError, match=r"ssd_state_update.*no .* kernel for the Mamba-2"):
-        ssk.ssd_state_update(torch.zeros(2, 4, 8, 16), **step, backend=backend)
-    monkeypatch.setenv("SPARSESSM_BACKEND", backend)
+    with pytest.raises(BackendUnavailableError, match=r"ssd_state_update: the CUDA extension has no"):
+        ssk.ssd_state_update(torch.zeros(2, 4, 8, 16), **step, backend="cuda")
+    monkeypatch.setenv("SPARSESSM_BACKEND", "cuda")
     with pytest.raises(BackendUnavailableError, match="from SPARSESSM_BACKEND"):
         ssk.ssd_scan(**inputs)
     monkeypatch.setenv("SPARSESSM_BACKEND", "torch")

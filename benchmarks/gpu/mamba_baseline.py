@@ -14,7 +14,9 @@ of ``selective_scan_fwd_kernel.cuh`` instantiated for real float32 / float16 / b
 with the compiler flags of mamba's setup.py; the backward and complex entry points are compiled
 as stubs that raise. The package exposes ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``
 (forward only, the argument handling of mamba_ssm's) and mamba's own
-``mamba_ssm.ops.triton.selective_state_update`` (copied from the checkout).
+``mamba_ssm.ops.triton.selective_state_update`` (copied from the checkout), and the pure-Triton
+Mamba-2 (SSD) sources behind ``mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined``
+(copied when present; ``benchmarks/bench_ssd.py``'s baseline).
 """
 
 from __future__ import annotations
@@ -199,7 +201,31 @@ def build(src: Path, out: Path, archs: str, verbose: bool, revision: str | None 
     (pkg / "ops" / "selective_scan_interface.py").write_text(INTERFACE, encoding="utf-8")
     for name in ("selective_state_update.py", "softplus.py"):
         shutil.copy2(src / "mamba_ssm" / "ops" / "triton" / name, pkg / "ops" / "triton" / name)
+    copy_ssd_sources(src, pkg)
     print(f"wrote {out}: put it on PYTHONPATH for the mamba_ssm baseline")
+
+
+_SSD_TRITON = ("ssd_bmm", "ssd_chunk_state", "ssd_state_passing", "ssd_chunk_scan", "ssd_combined")
+SSD_SOURCES = (
+    *(f"ops/triton/{name}.py" for name in (*_SSD_TRITON, "layernorm_gated", "k_activations")),
+    "utils/torch.py",
+    "utils/determinism.py",
+)
+"""mamba_ssm's pure-Triton Mamba-2 (SSD) sources ``mamba_chunk_scan_combined`` imports (plus
+``einops`` and ``packaging``, which the GPU machine must have)."""
+
+
+def copy_ssd_sources(src: Path, pkg: Path) -> None:
+    """Copy :data:`SSD_SOURCES` (the Mamba-2 baseline of ``bench_ssd.py``) when the checkout has
+    them all; otherwise say which are missing and leave the SSD baseline out."""
+    missing = [name for name in SSD_SOURCES if not (src / "mamba_ssm" / name).is_file()]
+    if missing:
+        print(f"no Mamba-2 (SSD) baseline: the checkout lacks mamba_ssm/{', mamba_ssm/'.join(missing)}")
+        return
+    (pkg / "utils").mkdir(exist_ok=True)
+    (pkg / "utils" / "__init__.py").write_text("")
+    for name in SSD_SOURCES:
+        shutil.copy2(src / "mamba_ssm" / name, pkg / name)
 
 
 def main(argv: list[str] | None = None) -> int:

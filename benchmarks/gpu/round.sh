@@ -16,6 +16,7 @@
 #   e2e        bench_e2e.py (whole-model tokens/s; extra options in E2E_ARGS)
 #   segsweep   the cuda scan on the GPU grid at time segments 0 (auto), 4, 16, 32, 64 and 128
 #   decodegraph  the GPU decode grid timed as CUDA-graph replays (kernel time, no launch cost)
+#   ssd        bench_ssd.py: the Mamba-2 (SSD) Triton kernels against mamba_ssm's (after `mamba`)
 #   mamba      build mamba_ssm's forward scan from the checkout in $MAMBA_SRC (benchmarks/gpu/
 #              mamba_baseline.py) and put it on PYTHONPATH: later steps time it as the baseline
 #
@@ -96,6 +97,9 @@ for step in "$@"; do
     decodegraph)
       run_step decodegraph "$(limit_of decodegraph 200)" $PY benchmarks/bench_scan.py --preset gpu-grid \
         --no-scan --timer graph --out "$OUT/scan_h100_decode_graph.json"
+      ;;
+    ssd)
+      run_step ssd "$(limit_of ssd 400)" $PY benchmarks/bench_ssd.py --out "$OUT/ssd_gpu.json"
       ;;
     segsweep)
       for P in 0 4 16 32 64 128; do

@@ -4,7 +4,7 @@ The other tests run the kernels through the interpreter, which does not type-che
 compiler does. Here, in subprocesses without ``TRITON_INTERPRET``, ``benchmarks/triton_kernel_report.py``
 compiles ahead of time the launches of every configuration the prefill scan picks and of each
 decode-step mode, with the specialisation a real call gets, and none may spill registers inside a
-loop;
+loop (the Mamba-2 SSD kernels of every configuration-table row: nowhere);
 ``_aot_compile.py`` compiles the calibration kernel. Skipped when this Triton has no
 ahead-of-time API or NVIDIA backend.
 """
@@ -64,3 +64,12 @@ def test_kernels_compile_for_the_gpu(tmp_path: Path) -> None:
     table = {(e["block_d"], e["chunk"], e["num_warps"]) for e in report["config_table"]}
     assert table <= picked and {(2, 256, 2), (4, 128, 4), (4, 32, 4)} <= picked
     assert all(row["programs_per_sm"] >= 1 for row in launches)
+
+    # the Mamba-2 (SSD) kernels: every row of their table, no spill at all
+    ssd = report["ssd_launches"]
+    scan_kernels = ("cumsum", "chunk_state", "state_passing", "chunk_scan", "step")
+    assert {row["kernel"] for row in ssd} == {f"_ssd_{name}_kernel" for name in scan_kernels}
+    assert not [f"{r['call']} [{r['kernel']}]" for r in ssd if r["spills"]]
+    assert all(row["programs_per_sm"] >= 1 for row in ssd)
+    widths = {r["constants"]["KB"] for r in ssd if r["kernel"] == "_ssd_chunk_scan_kernel"}
+    assert {e["max_kept_width"] for e in report["ssd_config_table"]} <= widths

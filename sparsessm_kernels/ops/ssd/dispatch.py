@@ -1,10 +1,14 @@
 """Public Mamba-2 (SSD) ops: validate, pick a backend, run it.
 
-Backends: only ``"torch"`` (:mod:`.torch_backend`, any device) has SSD kernels. ``"auto"`` (the
-default; ``SPARSESSM_BACKEND`` overrides it as for the Mamba-1 ops) picks it and, for CUDA
-tensors, says once through the ``sparsessm_kernels`` logger that the slow PyTorch path runs;
-``"triton"`` and ``"cuda"`` raise :class:`~sparsessm_kernels.ops.dispatch.BackendUnavailableError`.
-Semantics: ``docs/semantics.md``, section "Mamba-2 (SSD)".
+Backends with SSD kernels: ``"torch"`` (:mod:`.torch_backend`, any device, differentiable) and
+``"triton"`` (:mod:`.triton_scan`, :mod:`.triton_step`: forward-only kernels for CUDA tensors, or
+CPU tensors under Triton's interpreter, ``TRITON_INTERPRET=1``, for testing). ``"auto"`` (the
+default; ``SPARSESSM_BACKEND`` overrides it as for the Mamba-1 ops) picks triton for CUDA tensors
+when it is usable and no gradient is needed (and not while ``torch.compile`` traces), else torch
+-- saying once through the ``sparsessm_kernels`` logger when the slow PyTorch path runs on CUDA
+tensors. ``"cuda"`` raises
+:class:`~sparsessm_kernels.ops.dispatch.BackendUnavailableError`: the CUDA extension has no SSD
+kernel. Semantics: ``docs/semantics.md``, section "Mamba-2 (SSD)".
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ import os
 
 import torch
 
-from ..dispatch import BACKENDS, BackendUnavailableError, _warn_once
+from ..autograd import needs_grad
+from ..dispatch import BACKENDS, BackendUnavailableError, _statuses, _triton_probe, _warn_once
 from ..layout import check_pruned_states
 from .checks import (
     check_chunk_size,
     check_dt_limit,
+    check_pad_slot_id,
+    check_ssd_out,
     check_ssd_scan_inputs,
     check_ssd_state,
     check_ssd_step_inputs,
@@ -27,30 +34,64 @@ from .torch_backend import ssd_scan_torch, ssd_state_update_torch
 
 INF = float("inf")
 DEFAULT_CHUNK_SIZE = 64
-"""Timesteps per chunk of the torch backend's scan (results do not depend on it beyond rounding)."""
+"""Timesteps per chunk of the chunked scan (results do not depend on it beyond rounding)."""
+
+SSD_BACKENDS = ("torch", "triton")
+"""The backends that have SSD kernels."""
 
 
-def resolve_ssd_backend(backend: str, device: torch.device, op: str) -> str:
-    """The backend that runs the SSD op ``op`` for tensors on ``device`` (always ``"torch"`` today)."""
+def resolve_ssd_backend(backend: str, device: torch.device, op: str, grad: bool = False) -> str:
+    """The backend (``"torch"`` or ``"triton"``) that runs the SSD op ``op`` for tensors on
+    ``device``; ``grad``: autograd will record the call (only the torch backend differentiates)."""
     from_env = backend == "auto"
     if from_env:
         backend = os.environ.get("SPARSESSM_BACKEND", "auto") or "auto"
+    source = " (from SPARSESSM_BACKEND)" if from_env else ""
     if backend not in (*BACKENDS, "auto"):
-        source = " (from SPARSESSM_BACKEND)" if from_env else ""
         raise ValueError(f"backend: expected one of {('auto', *BACKENDS)}, got {backend!r}{source}")
-    if backend in ("triton", "cuda"):
-        source = " (from SPARSESSM_BACKEND)" if from_env else ""
+    if backend == "cuda":
         raise BackendUnavailableError(
-            f"backend={backend!r}{source} is not usable for {op}: there is no {backend} kernel for the "
-            "Mamba-2 (SSD) ops yet; use backend='torch' (or 'auto', which picks it)"
+            f"backend='cuda'{source} is not usable for {op}: the CUDA extension has no Mamba-2 (SSD) "
+            f"kernel; the backends with SSD kernels are {SSD_BACKENDS} ('auto' picks between them)"
         )
-    if backend == "auto" and device.type == "cuda" and not torch.compiler.is_compiling():
-        _warn_once(
-            "ssd-auto-torch-on-cuda",
-            "sparsessm_kernels: the Mamba-2 (SSD) ops have no Triton or CUDA kernel yet; running the pure "
-            "PyTorch backend on CUDA tensors (slow path)",
-        )
+    if backend == "torch" or (backend == "auto" and device.type != "cuda"):
+        return "torch"
+    usable, reason = _statuses()["triton"]
+    if backend == "triton":
+        if not usable:
+            raise BackendUnavailableError(f"backend='triton'{source} is not usable for {op}: {reason}")
+        if device.type != "cuda" and not _triton_probe()[2]:
+            raise ValueError(f"backend='triton'{source} needs CUDA tensors for {op}, got tensors on {device}")
+        if grad:
+            raise ValueError(
+                f"backend='triton'{source}: the Triton {op} kernels are forward-only, but autograd would "
+                "record this call (an input requires grad); use backend='torch' or torch.no_grad()"
+            )
+        return "triton"
+    if torch.compiler.is_compiling():  # traced code keeps the plain PyTorch ops
+        return "torch"
+    if usable and not grad:
+        return "triton"
+    why = "an input requires grad (the Triton kernels are forward-only)" if usable else reason
+    _warn_once(
+        f"ssd-auto-torch-on-cuda-{'grad' if usable else 'no-triton'}",
+        f"sparsessm_kernels: running the pure PyTorch backend of the Mamba-2 (SSD) ops on CUDA "
+        f"tensors (slow path): {why}",
+    )
     return "torch"
+
+
+def _tables(layout: SSDStateLayout | None, device: torch.device):
+    """``(head_mask (h, n) bool, kept_idx (h, k_max) int32, kept_count (h,) int32)`` on ``device``,
+    or three Nones without a mask."""
+    if layout is None:
+        return None, None, None
+    heads = layout.heads.to(device)  # cached per device: no copy per call (CUDA-graph capturable)
+    return heads.mask, heads.kept_idx, heads.kept_count
+
+
+def _contiguous(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    return [None if t is None else t.contiguous() for t in tensors]
 
 
 def ssd_scan(
@@ -102,8 +143,9 @@ def ssd_scan(
             feed-through ``C * dt * B * x`` stays).
         head_transition_mask: None or bool ``(nheads,)``; False zeroes the head's transition
             ``exp(dt * A)`` (SparseSSM's ``A_log`` pruning on Mamba-2): ``h_t = dt_t B_t x_t``.
-        chunk_size: timesteps per chunk of the chunked backend (speed only).
-        backend: ``"auto"`` or ``"torch"`` (``"triton"`` / ``"cuda"`` have no SSD kernel yet).
+        chunk_size: timesteps per chunk (speed and rounding only); the Triton backend rounds it up
+            to a power of two in ``[16, 256]``.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"`` (``"cuda"`` has no SSD kernel).
 
     Returns:
         ``out`` ``(b, l, nheads, headdim)`` in ``x.dtype``; with ``return_final_states``
@@ -119,11 +161,21 @@ def ssd_scan(
         "initial_states", initial_states, shape.batch, shape, compact_width(layout), x, optional=True
     )
     heads_kept = check_head_transition_mask(head_transition_mask, shape.nheads, x.device)
-    resolve_ssd_backend(backend, x.device, "ssd_scan")
-    out, final = ssd_scan_torch(
-        x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus), limits, initial_states, bool(return_final_states),
-        seq_idx, layout, heads_kept, pruned_states, chunk_size,
-    )  # fmt: skip
+    grad = needs_grad(x, dt, A, B, C, D, z, dt_bias, initial_states)
+    if resolve_ssd_backend(backend, x.device, "ssd_scan", grad) == "triton":
+        from .triton_scan import ssd_scan_triton
+
+        A, D, dt_bias = _contiguous(A, D, dt_bias)
+        out, final = ssd_scan_triton(
+            x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus), limits, initial_states,
+            bool(return_final_states), seq_idx, *_tables(layout, x.device), heads_kept, pruned_states,
+            chunk_size,
+        )  # fmt: skip
+    else:
+        out, final = ssd_scan_torch(
+            x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus), limits, initial_states,
+            bool(return_final_states), seq_idx, layout, heads_kept, pruned_states, chunk_size,
+        )  # fmt: skip
     return (out, final) if return_final_states else out
 
 
@@ -145,6 +197,8 @@ def ssd_state_update(
     head_transition_mask: torch.Tensor | None = None,
     backend: str = "auto",
     state_batch_indices: torch.Tensor | None = None,
+    pad_slot_id: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One Mamba-2 decode step, like mamba_ssm's multi-head ``selective_state_update`` with tied
     head dims; ``state`` is updated in place.
@@ -163,6 +217,10 @@ def ssd_state_update(
             ``state[state_batch_indices[i]]`` of a state pool with any number ``S`` of rows; an index
             outside ``[0, S)`` (a pad such as -1) gives output 0 and changes no state. Valid indices
             must be distinct.
+        pad_slot_id: optional int: rows whose ``state_batch_indices`` entry equals it are skipped
+            like out-of-range ones (vLLM's pad slot), even when it is a valid row of the pool.
+        out: optional preallocated ``(b, nheads, headdim)`` output in ``x.dtype`` (written and
+            returned; skipped rows get 0).
 
     Returns:
         ``out`` ``(b, nheads, headdim)`` in ``x.dtype``.
@@ -174,8 +232,21 @@ def ssd_state_update(
     rows = None if state_batch_indices is not None else shape.batch
     check_ssd_state("state", state, rows, shape, compact_width(layout), x)
     heads_kept = check_head_transition_mask(head_transition_mask, shape.nheads, x.device)
-    resolve_ssd_backend(backend, x.device, "ssd_state_update")
-    return ssd_state_update_torch(
+    pad = check_pad_slot_id(pad_slot_id)
+    check_ssd_out(out, x)
+    grad = needs_grad(state, x, dt, A, B, C, D, z, dt_bias)
+    if resolve_ssd_backend(backend, x.device, "ssd_state_update", grad) == "triton":
+        from .triton_step import ssd_state_update_triton
+
+        A, D, dt_bias = _contiguous(A, D, dt_bias)
+        return ssd_state_update_triton(
+            state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus), limits, *_tables(layout, x.device),
+            heads_kept, pruned_states, state_batch_indices, pad, out,
+        )  # fmt: skip
+    if pad is not None and state_batch_indices is not None:
+        state_batch_indices = torch.where(state_batch_indices == pad, -1, state_batch_indices)
+    result = ssd_state_update_torch(
         state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus), limits, layout, heads_kept, pruned_states,
         state_batch_indices,
     )  # fmt: skip
+    return result if out is None else out.copy_(result)

@@ -145,6 +145,7 @@ def ssd_state_update_ref(
     pruned_states: str = "remove",
     head_transition_mask: torch.Tensor | None = None,
     state_batch_indices: torch.Tensor | None = None,
+    pad_slot_id: int | None = None,
 ) -> torch.Tensor:
     """One SSD decode step; ``state`` is updated in place (arguments as
     :func:`sparsessm_kernels.ssd_state_update`).
@@ -159,6 +160,7 @@ def ssd_state_update_ref(
         state_batch_indices: optional ``(b,)`` int: row ``i`` updates ``state[state_batch_indices[i]]``
             of a state with any number ``S`` of rows; an index outside ``[0, S)`` skips the row
             (output 0, no state change). Valid indices must be distinct.
+        pad_slot_id: optional int; rows whose index equals it are skipped too.
 
     Returns:
         ``out`` ``(b, nheads, headdim)`` in ``x.dtype``, computed from the updated state in the
@@ -175,7 +177,7 @@ def ssd_state_update_ref(
     if state_batch_indices is not None:  # one batch row at a time, each on its own state row
         out = torch.zeros_like(x)
         for i, row in enumerate(state_batch_indices.tolist()):
-            if not 0 <= row < state.shape[0]:
+            if not 0 <= row < state.shape[0] or row == pad_slot_id:
                 continue
             one = slice(i, i + 1)
             out[one] = ssd_state_update_ref(

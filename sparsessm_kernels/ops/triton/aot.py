@@ -287,13 +287,15 @@ def representative_calls() -> list[tuple[str, list[Any]]]:
     return calls
 
 
-def compile_report(arch: int = 90) -> tuple[list[dict[str, Any]], list[str]]:
-    """Compile every launch of :func:`representative_calls` for ``sm_<arch>``: one row per
-    launch (kernel, grid, compile-time constants, resources, SASS summary, programs per SM) and
-    the failures as ``"name: error"`` lines."""
+def compile_report(
+    arch: int = 90, calls: list[tuple[str, list[Any]]] | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Compile every launch of ``calls`` (default: :func:`representative_calls`) for
+    ``sm_<arch>``: one row per launch (kernel, grid, compile-time constants, resources, SASS
+    summary, programs per SM) and the failures as ``"name: error"`` lines."""
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
-    for name, launches in representative_calls():
+    for name, launches in representative_calls() if calls is None else calls:
         for launch in launches:
             kernel = launch.kernel.__name__
             try:
