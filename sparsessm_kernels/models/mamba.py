@@ -120,6 +120,7 @@ class MambaMixer(nn.Module):
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
         self.layout: StateLayout | None = None
         self.pruned_states: str = "zero_transition"
+        self.frozen_constants: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # -------------------------------------------------------------- helpers
     def _layout_on(self, device: torch.device) -> StateLayout | None:
@@ -128,6 +129,16 @@ class MambaMixer(nn.Module):
     def _A(self) -> torch.Tensor:
         """``A = -exp(A_log)`` ``(d_inner, n)`` float32."""
         return -torch.exp(self.A_log.float())
+
+    def fp32_constants(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(A (d_inner, n), D (d_inner,), dt_bias (d_inner,))`` float32 as the decode step takes them.
+
+        :attr:`frozen_constants` when set (a :class:`~.decode.StaticDecoder` precomputes them once
+        and sets them while it decodes), else computed from the parameters.
+        """
+        if self.frozen_constants is not None:
+            return self.frozen_constants
+        return self._A(), self.D.float(), self.dt_proj.bias.float()
 
     def _check_cache(self, lc: LayerCache) -> None:
         if lc.layout is not self.layout:
@@ -199,16 +210,17 @@ class MambaMixer(nn.Module):
         x = conv_silu_step(cache.conv_state, x, self.conv1d)  # (b, d_inner)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, d_inner)
+        A, D, dt_bias = self.fp32_constants()
         y = _ops.selective_state_update(
             cache.ssm_state,
             x,
             dt,
-            self._A(),
+            A,
             B.contiguous(),
             C.contiguous(),
-            D=self.D.float(),
+            D=D,
             z=z,
-            dt_bias=self.dt_proj.bias.float(),
+            dt_bias=dt_bias,
             dt_softplus=True,
             state_mask=self._layout_on(x.device),
             pruned_states=self.pruned_states,
