@@ -285,6 +285,20 @@ def test_gpu_graphs_are_dropped_on_weight_change() -> None:
     assert model.static_decoder().captures == 2
 
 
+@pytest.mark.gpu
+def test_gpu_graph_decode_with_2to4_projections() -> None:
+    from sparsessm_kernels.nn import prune_2to4_, sparsify_
+
+    model = _mamba().to(device="cuda", dtype=torch.bfloat16)
+    for blk in model.backbone.layers:
+        for name in ("in_proj", "out_proj"):
+            prune_2to4_(getattr(blk.mixer, name))
+    report = sparsify_(model, lambda name, _m: name.endswith(("in_proj", "out_proj")), select="sparse")
+    ids = _ids(2, 6).cuda()
+    want = model.generate(ids, 8)
+    assert torch.equal(model.generate(ids, 8, cg=True), want), report
+
+
 def test_static_decoder_is_not_part_of_the_model() -> None:
     import copy
 

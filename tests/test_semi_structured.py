@@ -394,3 +394,29 @@ def test_gpu_status_and_fp32_fallback() -> None:
     assert module.path == "masked_dense"  # float32 weights
     x = torch.randn(4, 64, device="cuda")
     assert torch.equal(module(x), F.linear(x, lin.weight, lin.bias))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("fan_in", "fan_out"), [(768, 3072), (1536, 768), (1536, 80)])
+def test_gpu_direct_cusparselt_matches_dense_and_captures(fan_in: int, fan_out: int) -> None:
+    if not _cuda_sm80() or not torch.backends.cusparselt.is_available():
+        pytest.skip("needs sm80+ and cuSPARSELt")
+    lin = _linear(fan_in, fan_out).to(device="cuda", dtype=torch.bfloat16)
+    module = SemiStructuredLinear.from_linear(lin, name="proj", path="cusparselt", select="sparse")
+    assert module.path == "cusparselt" and type(module.packed) is torch.Tensor
+    for lead in ((1,), (7,), (3, 129), (4096,)):
+        x = torch.randn(*lead, fan_in, device="cuda", dtype=torch.bfloat16)
+        got, want = module(x).float(), lin(x).float()
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
+    x = torch.randn(64, fan_in, device="cuda", dtype=torch.bfloat16)
+    module(x)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # the per-call plan set-up runs at capture only
+        out = module(x)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, module(x))
+    timed = SemiStructuredLinear.from_linear(lin, name="proj", path="cusparselt")  # select="timed"
+    assert len(timed.plan) == len(DEFAULT_M_BUCKETS)
+    assert all(c.sparse == (c.sparse_ms < c.dense_ms) for c in timed.plan)
