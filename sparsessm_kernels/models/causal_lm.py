@@ -17,6 +17,7 @@ Generation (:meth:`SSMCausalLM.generate`) runs eagerly or, with ``cg=True``, thr
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -269,35 +270,26 @@ class SSMCausalLM(nn.Module):
             return logits.argmax(dim=-1)
 
         b = input_ids.shape[0]
-        if not cg:
+        if cg:
+            decoder = self.static_decoder()
+            cache = decoder.prepare(self, b, compact=compact_cache)
+            context: contextlib.AbstractContextManager = decoder.constants_frozen(self)
+
+            def step(nxt: torch.Tensor) -> torch.Tensor:
+                return decoder.step(self, nxt, cache)
+
+        else:
+            decoder, context = None, contextlib.nullcontext()
             cache = self.allocate_cache(b, compact=compact_cache)
+
+            def step(nxt: torch.Tensor) -> torch.Tensor:
+                return self(nxt[:, None], cache=cache)[:, -1]
+
+        with context:
+            if decoder is not None:  # before the prefill: the capture's warm-up steps change the states
+                decoder.capture_if_needed(self, cache)
             logits = self(input_ids, cache=cache, last_logits_only=True)[:, -1]
-            new = generate_tokens(
-                logits,
-                lambda nxt: self(nxt[:, None], cache=cache)[:, -1],
-                pick,
-                max_new_tokens,
-                eos,
-                eos_check_interval,
-            )
-            return torch.cat([input_ids.long(), new], dim=1)
-        decoder = self.static_decoder()
-        cache = decoder.prepare(self, b, compact=compact_cache)
-        with decoder.constants_frozen(self):
-            if decoder.use_graphs and self.device.type == "cuda" and b not in decoder.graph_batch_sizes():
-                decoder.step(self, torch.zeros(b, dtype=torch.long, device=self.device), cache)  # capture now
-                cache = decoder.view(
-                    b
-                )  # the capture's warm-up steps changed the states: prefill rewrites them
-            logits = self(input_ids, cache=cache, last_logits_only=True)[:, -1]
-            new = generate_tokens(
-                logits,
-                lambda nxt: decoder.step(self, nxt, cache),
-                pick,
-                max_new_tokens,
-                eos,
-                eos_check_interval,
-            )
+            new = generate_tokens(logits, step, pick, max_new_tokens, eos, eos_check_interval)
         return torch.cat([input_ids.long(), new], dim=1)
 
     # -------------------------------------------------------------- static decoding

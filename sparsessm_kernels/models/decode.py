@@ -165,6 +165,13 @@ class StaticDecoder:
         graph.replay()
         return logits_out
 
+    def capture_if_needed(self, model: nn.Module, cache: MambaCache) -> None:
+        """Capture the graph of ``cache.batch_size`` now when :meth:`step` would use one and none exists
+        (CUDA, :attr:`use_graphs`). Its warm-up steps change the states: call it before the prefill."""
+        device = cache.layers[0].ssm_state.device
+        if self.use_graphs and device.type == "cuda" and cache.batch_size not in self._graphs:
+            self._graphs[cache.batch_size] = self._capture(model, cache)
+
     def _capture(
         self, model: nn.Module, cache: MambaCache
     ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
