@@ -17,6 +17,10 @@
 #   segsweep   the cuda scan on the GPU grid at time segments 0 (auto), 4, 16, 32, 64 and 128
 #   decodegraph  the GPU decode grid timed as CUDA-graph replays (kernel time, no launch cost)
 #   ssd        bench_ssd.py: the Mamba-2 (SSD) Triton kernels against mamba_ssm's (after `mamba`)
+#   cgtest     the GPU tests of static decoding and the direct 2:4 projections (graph capture/replay
+#              equality under torch.cuda.set_sync_debug_mode("error"), cuSPARSELt path vs dense)
+#   decode     bench_decode.py: eager vs static (CUDA-graph) decode per token, kernel-time floor
+#   projections  bench_projections.py: 2:4 in_proj / out_proj vs dense F.linear, 1..16384 tokens
 #   mamba      build mamba_ssm's forward scan from the checkout in $MAMBA_SRC (benchmarks/gpu/
 #              mamba_baseline.py) and put it on PYTHONPATH: later steps time it as the baseline
 #
@@ -93,6 +97,17 @@ for step in "$@"; do
           echo "== mamba: no baseline built (see $OUT/mamba.log)"
         fi
       fi
+      ;;
+    cgtest)
+      run_step cgtest "$(limit_of cgtest 180)" $PY -m pytest -q -m gpu -p no:cacheprovider -rfE \
+        tests/test_decode.py tests/test_semi_structured.py --junitxml="$OUT/junit_cgtest.xml"
+      ;;
+    decode)
+      run_step decode "$(limit_of decode 240)" $PY benchmarks/bench_decode.py --out "$OUT/decode_gpu.json"
+      ;;
+    projections)
+      run_step projections "$(limit_of projections 180)" $PY benchmarks/bench_projections.py \
+        --out "$OUT/projections_gpu.json"
       ;;
     decodegraph)
       run_step decodegraph "$(limit_of decodegraph 200)" $PY benchmarks/bench_scan.py --preset gpu-grid \

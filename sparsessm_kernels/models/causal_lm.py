@@ -10,10 +10,14 @@
 * ``_init_weights()``, the random initialisation of :meth:`SSMCausalLM.from_config`;
 * ``allocate_cache(batch_size, *, compact=True, device=None)`` returning a
   :class:`~.cache.MambaCache` with one :class:`~.cache.LayerCache` per layer.
+
+Generation (:meth:`SSMCausalLM.generate`) runs eagerly or, with ``cg=True``, through the model's
+:class:`~.decode.StaticDecoder` (persistent cache, precomputed constants, CUDA graphs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -21,7 +25,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .cache import MambaCache
+from .cache import LayerCache, MambaCache
+from .decode import StaticDecoder, generate_tokens, static_decoder_of
 
 _LM = TypeVar("_LM", bound="SSMCausalLM")
 
@@ -181,10 +186,20 @@ class SSMCausalLM(nn.Module):
 
     def _step(self, token: torch.Tensor, cache: MambaCache) -> torch.Tensor:
         """``(b,)`` token ids -> ``(b, vocab)`` float32 logits, advancing ``cache`` by one token."""
-        hidden = self.backbone.embeddings(token)
-        for i, blk in enumerate(self.backbone.layers):
-            hidden = blk.step(hidden, cache.layers[i])
+        logits = self.decode_body(token, cache.layers)
         cache.seqlen_offset += 1
+        return logits
+
+    def decode_body(self, token: torch.Tensor, layers: list[LayerCache]) -> torch.Tensor:
+        """One decode step: ``(b,)`` token ids -> ``(b, vocab)`` float32 logits; ``layers`` (the
+        :class:`~.cache.LayerCache` of every layer) are updated in place.
+
+        No Python-int state (the position is not needed) and no host synchronisation, so
+        ``torch.compile(fullgraph=True)`` traces it as one graph and a CUDA graph replays it.
+        """
+        hidden = self.backbone.embeddings(token)
+        for blk, lc in zip(self.backbone.layers, layers):
+            hidden = blk.step(hidden, lc)
         return self._logits(hidden)
 
     # -------------------------------------------------------------- generation
@@ -201,6 +216,8 @@ class SSMCausalLM(nn.Module):
         generator: torch.Generator | None = None,
         *,
         compact_cache: bool = True,
+        cg: bool = False,
+        eos_check_interval: int | None = None,
     ) -> torch.Tensor:
         """Autoregressive generation with the prefill + decode cache.
 
@@ -213,6 +230,13 @@ class SSMCausalLM(nn.Module):
                 is finished (so the result may be shorter than ``l + max_new_tokens``).
             generator: RNG for sampling.
             compact_cache: use compact SSM states for uniform masks (see :meth:`allocate_cache`).
+            cg: static decoding through :meth:`static_decoder`: one persistent cache reused by every
+                call, per-layer constants computed once, and on CUDA the decode step captured in a
+                CUDA graph per batch size and replayed (see :mod:`~sparsessm_kernels.models.decode`).
+                The tokens equal those of ``cg=False``. Off by default (not yet measured on a GPU).
+            eos_check_interval: with ``eos_token_id``, check whether every sequence has finished
+                (one host synchronisation) only every this many tokens; the result is the same.
+                Default: 1 on the CPU, 16 on other devices.
 
         Returns:
             ``(b, l + generated)`` int64 tokens, prompt included.
@@ -225,29 +249,60 @@ class SSMCausalLM(nn.Module):
             raise ValueError(f"top_k: expected None or an integer >= 1, got {top_k!r}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p: expected None or a float in (0, 1], got {top_p!r}")
+        if eos_check_interval is not None and (
+            isinstance(eos_check_interval, bool)
+            or not isinstance(eos_check_interval, int)
+            or eos_check_interval < 1
+        ):
+            raise ValueError(
+                f"eos_check_interval: expected None or an integer >= 1, got {eos_check_interval!r}"
+            )
         eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
         input_ids = input_ids.to(self.device)
         if max_new_tokens == 0:
             return input_ids.clone()
-        b = input_ids.shape[0]
-        cache = self.allocate_cache(b, compact=compact_cache)
-        logits = self(input_ids, cache=cache, last_logits_only=True)[:, -1]
-        eos_t = torch.tensor(eos, dtype=torch.long, device=self.device)
-        finished = torch.zeros(b, dtype=torch.bool, device=self.device)
-        out = [input_ids.long()]
-        for i in range(max_new_tokens):
+        if eos_check_interval is None:
+            eos_check_interval = 1 if self.device.type == "cpu" else 16
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:
             if do_sample:
-                nxt = _sample(logits, temperature, top_k, top_p, generator)
-            else:
-                nxt = logits.argmax(dim=-1)
-            if eos:
-                nxt = torch.where(finished, eos_t[0], nxt)
-                finished = finished | torch.isin(nxt, eos_t)
-            out.append(nxt[:, None])
-            if (eos and bool(finished.all())) or i == max_new_tokens - 1:
-                break
-            logits = self(nxt[:, None], cache=cache)[:, -1]
-        return torch.cat(out, dim=1)
+                return _sample(logits, temperature, top_k, top_p, generator)
+            return logits.argmax(dim=-1)
+
+        b = input_ids.shape[0]
+        if cg:
+            decoder = self.static_decoder()
+            cache = decoder.prepare(self, b, compact=compact_cache)
+            context: contextlib.AbstractContextManager = decoder.constants_frozen(self)
+
+            def step(nxt: torch.Tensor) -> torch.Tensor:
+                return decoder.step(self, nxt, cache)
+
+        else:
+            decoder, context = None, contextlib.nullcontext()
+            cache = self.allocate_cache(b, compact=compact_cache)
+
+            def step(nxt: torch.Tensor) -> torch.Tensor:
+                return self(nxt[:, None], cache=cache)[:, -1]
+
+        with context:
+            if decoder is not None:  # before the prefill: the capture's warm-up steps change the states
+                decoder.capture_if_needed(self, cache)
+            logits = self(input_ids, cache=cache, last_logits_only=True)[:, -1]
+            new = generate_tokens(logits, step, pick, max_new_tokens, eos, eos_check_interval)
+        return torch.cat([input_ids.long(), new], dim=1)
+
+    # -------------------------------------------------------------- static decoding
+    def static_decoder(self) -> StaticDecoder:
+        """This model's :class:`~.decode.StaticDecoder` (what ``generate(cg=True)`` uses; created once)."""
+        return static_decoder_of(self)
+
+    def prepare_static_decode(self, max_batch_size: int, *, compact_cache: bool = True) -> StaticDecoder:
+        """Allocate the static cache of ``generate(cg=True)`` for batches up to ``max_batch_size`` now
+        (otherwise it grows to the largest batch seen, dropping captured graphs when it does)."""
+        decoder = self.static_decoder()
+        decoder.prepare(self, max_batch_size, compact=compact_cache)
+        return decoder
 
 
 def initial_dt_bias(

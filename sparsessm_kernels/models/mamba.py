@@ -124,6 +124,7 @@ class MambaMixer(nn.Module):
         self.layout: StateLayout | None = None
         self.pruned_states: str = "zero_transition"
         self.constants = MixerConstants()
+        self.frozen_constants: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # -------------------------------------------------------------- helpers
     def _layout_on(self, device: torch.device) -> StateLayout | None:
@@ -132,6 +133,16 @@ class MambaMixer(nn.Module):
     def _A(self) -> torch.Tensor:
         """``A = -exp(A_log)`` ``(d_inner, n)`` float32."""
         return -torch.exp(self.A_log.float())
+
+    def fp32_constants(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(A (d_inner, n), D (d_inner,), dt_bias (d_inner,))`` float32 as the decode step takes them.
+
+        :attr:`frozen_constants` when set (a :class:`~.decode.StaticDecoder` precomputes them once
+        and sets them while it decodes), else :attr:`constants` (built once per parameter version).
+        """
+        if self.frozen_constants is not None:
+            return self.frozen_constants
+        return self.constants.get(self.A_log, self.D, self.dt_proj.bias)
 
     def _check_cache(self, lc: LayerCache) -> None:
         if lc.layout is not self.layout:
@@ -143,7 +154,7 @@ class MambaMixer(nn.Module):
     def _ssm(self, device: torch.device) -> SSMParams:
         """The scan's per-layer inputs: float32 ``A``, ``D``, ``dt`` bias (built once, see
         :class:`~sparsessm_kernels.ops.MixerConstants`) and the state mask on ``device``."""
-        A, D, dt_bias = self.constants.get(self.A_log, self.D, self.dt_proj.bias)
+        A, D, dt_bias = self.fp32_constants()
         return SSMParams(A, D, dt_bias, self._layout_on(device), self.pruned_states)
 
     # -------------------------------------------------------------- full sequence / prefill

@@ -7,8 +7,13 @@ A weight is **2:4 along the input dimension** when every group of 4 consecutive 
 
 :class:`SemiStructuredLinear` runs one of three paths (``SemiStructuredLinear.path``):
 
-* ``"cusparselt"``: ``torch.sparse.SparseSemiStructuredTensorCUSPARSELT`` (CUDA sm80+, float16 /
-  bfloat16 weights, cuSPARSELt available in this torch build);
+* ``"cusparselt"``: cuSPARSELt called directly (CUDA sm80+, float16 / bfloat16 weights, cuSPARSELt
+  available in this torch build). The weight is compressed once, at conversion, into a plain
+  buffer (``torch._cslt_compress``); each forward is one ``torch._cslt_sparse_mm(packed, x.t(), bias,
+  transpose_result=True, alg_id=...)`` -- no tensor subclass, no transposed copy. The algorithm is
+  searched once per M bucket (``torch._cslt_sparse_mm_search``), and per M bucket the layer runs
+  2:4 only where timing at conversion showed it faster than the masked dense ``F.linear`` (see
+  :class:`BucketChoice`);
 * ``"cutlass"``: ``torch.sparse.SparseSemiStructuredTensorCUTLASS`` (CUDA sm80+, float16 /
   bfloat16, when cuSPARSELt is missing or does not work here);
 * ``"masked_dense"``: the dense weight, whose pruned entries are exactly zero, in a plain
@@ -35,11 +40,16 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "DEFAULT_M_BUCKETS",
     "PATHS",
+    "BucketChoice",
     "NotSemiStructuredError",
     "SemiStructuredLinear",
     "SparsifyReport",
+    "Timer",
+    "bucket_of",
     "check_2to4",
+    "cuda_event_timer",
     "densify_",
     "is_2to4",
     "prune_2to4_",
@@ -56,6 +66,60 @@ SPARSE_DTYPES = (torch.float16, torch.bfloat16)
 """Weight dtypes the semi-structured kernels run (others use the masked dense path)."""
 
 _MIN_CC = (8, 0)
+
+DEFAULT_M_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384)
+"""Token-count buckets of the ``cusparselt`` path: a forward with ``M`` tokens (all leading dims
+flattened) uses the choice of the smallest bucket ``>= M`` (the largest bucket above that)."""
+
+SELECT_CHOICES = ("timed", "sparse")
+"""``select`` of :meth:`SemiStructuredLinear.from_linear`: time 2:4 against masked dense per bucket
+and keep the faster, or run 2:4 in every bucket."""
+
+_CSLT_DENSE_MULTIPLE = 8
+"""cuSPARSELt (half precision) needs the dense operand's dimensions to be multiples of 8; the token
+count of an input is padded up to one (torch's own subclass does the same)."""
+
+Timer = Callable[[str, int, Callable[[], object]], float]
+"""``timer(kind, m, fn) -> milliseconds per call`` of ``fn`` (``kind`` is ``"sparse"`` or
+``"dense"``, ``m`` the bucket's token count): how :meth:`SemiStructuredLinear.from_linear` times
+the two candidates of a bucket. Tests inject fixed timings through it."""
+
+
+@dataclass(frozen=True)
+class BucketChoice:
+    """What a ``cusparselt`` layer runs for inputs of up to ``bucket`` tokens.
+
+    Attributes:
+        bucket: the largest token count ``M`` of the bucket (the timed size).
+        sparse: run ``torch._cslt_sparse_mm`` (else the masked dense ``F.linear``).
+        alg_id: the cuSPARSELt algorithm found by ``torch._cslt_sparse_mm_search`` at ``M = bucket``.
+        sparse_ms, dense_ms: the timings the choice rests on (``None`` when not timed).
+    """
+
+    bucket: int
+    sparse: bool
+    alg_id: int = 0
+    sparse_ms: float | None = None
+    dense_ms: float | None = None
+
+
+def bucket_of(m: int, buckets: tuple[int, ...]) -> int:
+    """Index of the smallest bucket ``>= m`` in ascending ``buckets`` (the last one above them)."""
+    for i, b in enumerate(buckets):
+        if m <= b:
+            return i
+    return len(buckets) - 1
+
+
+def _check_buckets(buckets: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    out = tuple(buckets)
+    if (
+        not out
+        or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in out)
+        or list(out) != sorted(set(out))
+    ):
+        raise ValueError(f"buckets: expected strictly ascending positive integers, got {buckets!r}")
+    return out
 
 
 class NotSemiStructuredError(ValueError):
@@ -166,8 +230,10 @@ def _probe(path: str, device_index: int, dtype: torch.dtype) -> tuple[bool, str]
         prune_2to4_(w)
         w = w.to(device=device, dtype=dtype)
         x = torch.randn(8, cols, generator=gen).to(device=device, dtype=dtype)
-        sparse = _sparse_class(path).from_dense(w)
-        got = F.linear(x, sparse).float()
+        if path == "cusparselt":
+            got = _cslt_linear(torch._cslt_compress(w), x, None, 0).float()
+        else:
+            got = F.linear(x, _sparse_class(path).from_dense(w)).float()
         want = F.linear(x, w).float()
         err = float((got - want).abs().max())
         scale = float(want.abs().max()) + 1.0
@@ -249,6 +315,57 @@ def semi_structured_status(
         return "masked_dense", f"could not determine ({type(exc).__name__}: {exc})"
 
 
+# ------------------------------------------------------------------------------ direct cuSPARSELt
+def _cslt_linear(
+    packed: torch.Tensor, x2: torch.Tensor, bias: torch.Tensor | None, alg_id: int
+) -> torch.Tensor:
+    """``x2 @ W.T + bias`` with the compressed ``W``: one ``torch._cslt_sparse_mm`` call.
+
+    Args:
+        packed: ``torch._cslt_compress(W)`` of the (padded) ``(out, in)`` weight, a plain tensor.
+        x2: ``(M, in)`` contiguous, ``M`` a multiple of :data:`_CSLT_DENSE_MULTIPLE`.
+        bias: ``(out,)`` in the weight dtype, or ``None``.
+
+    Returns:
+        ``(M, out)``: ``transpose_result=True`` makes cuSPARSELt write the product row-major, so
+        no transposed copy follows. Only the keywords shared by every torch since 2.1 are passed
+        (the split-k arguments changed between releases).
+    """
+    return torch._cslt_sparse_mm(packed, x2.t(), bias, transpose_result=True, alg_id=alg_id)
+
+
+def _pad_tokens(x2: torch.Tensor, in_padded: int) -> torch.Tensor:
+    """``(M, in)`` -> ``(M', in_padded)``, zero-padded; ``M'`` the next multiple of 8 (no copy when
+    nothing is padded)."""
+    pad_m = (-x2.shape[0]) % _CSLT_DENSE_MULTIPLE
+    pad_k = in_padded - x2.shape[1]
+    if pad_m or pad_k:
+        x2 = F.pad(x2, (0, pad_k, 0, pad_m))
+    return x2.contiguous()
+
+
+def cuda_event_timer(warmup: int = 3, repeats: int = 10) -> Timer:
+    """A :data:`Timer` timing ``fn`` eagerly with CUDA events: ``warmup`` calls, then the median of
+    ``repeats`` single calls (ms). Eager timing includes the host cost per call (cuSPARSELt's plan
+    set-up in released torch), which is what an eager forward pays."""
+
+    def timer(kind: str, m: int, fn: Callable[[], object]) -> float:
+        for _ in range(warmup):
+            fn()
+        samples = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        samples.sort()
+        return samples[len(samples) // 2]
+
+    return timer
+
+
 # ------------------------------------------------------------------------------ the module
 class SemiStructuredLinear(nn.Module):
     """A linear layer whose weight is 2:4 sparse along the input dimension.
@@ -260,12 +377,18 @@ class SemiStructuredLinear(nn.Module):
         path: ``"cusparselt"``, ``"cutlass"`` or ``"masked_dense"`` (see the module docstring).
         reason: why that path was chosen.
         name: the module's name (for messages).
-        weight: ``masked_dense``: the original dense ``Parameter`` (shared, not copied);
-            sparse paths: the compressed ``SparseSemiStructuredTensor`` (padded shape).
+        weight: ``masked_dense`` and ``cusparselt``: the original dense ``Parameter`` (shared, not
+            copied; ``cusparselt`` runs it in the buckets where dense won); ``cutlass``: the
+            compressed ``SparseSemiStructuredTensor`` (padded shape).
         bias: the original bias ``Parameter`` (or ``None``).
+        buckets: ``cusparselt``: the ascending token-count buckets; ``plan``: one
+            :class:`BucketChoice` per bucket (empty on the other paths).
 
-    The compressed weight cannot be moved between devices or saved as a regular tensor:
-    move the model first, and :func:`densify_` before ``save_pretrained`` / ``state_dict``.
+    ``cusparselt`` keeps its compressed weight in the non-persistent buffer ``packed`` (compressed
+    once, in the weight dtype): ``state_dict`` holds only the dense weight, but the model must not
+    be cast to another dtype afterwards (the forward refuses). The ``cutlass`` weight cannot be
+    moved between devices or saved as a regular tensor: move the model first, and :func:`densify_`
+    before ``save_pretrained`` / ``state_dict``.
     """
 
     def __init__(
@@ -280,6 +403,7 @@ class SemiStructuredLinear(nn.Module):
         name: str = "linear",
         padded: tuple[int, int] | None = None,
         weight_requires_grad: bool = False,
+        packed: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
@@ -299,11 +423,23 @@ class SemiStructuredLinear(nn.Module):
             if self.padded_out > self.out_features:
                 sparse_bias = F.pad(sparse_bias, (0, self.padded_out - self.out_features))
         self.register_buffer("_sparse_bias", sparse_bias, persistent=False)
+        self.register_buffer("packed", packed, persistent=False)
+        self._packed_dtype = None if packed is None else packed.dtype
+        self.buckets: tuple[int, ...] = ()
+        self.plan: tuple[BucketChoice, ...] = ()
 
     # -------------------------------------------------------------- conversion
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, *, name: str | None = None, path: str = "auto"
+        cls,
+        linear: nn.Linear,
+        *,
+        name: str | None = None,
+        path: str = "auto",
+        buckets: tuple[int, ...] | list[int] = DEFAULT_M_BUCKETS,
+        select: str = "timed",
+        timer: Timer | None = None,
+        _timings: dict | None = None,
     ) -> SemiStructuredLinear:
         """Wrap ``linear`` (its weight must already be 2:4 along the input dimension).
 
@@ -312,6 +448,10 @@ class SemiStructuredLinear(nn.Module):
             name: used in error messages (default: ``"linear"``).
             path: ``"auto"`` (best available, see :func:`semi_structured_status`) or one of
                 :data:`PATHS` to force it (a sparse path that cannot run here raises ``ValueError``).
+            buckets: ``cusparselt``: token-count buckets (:data:`DEFAULT_M_BUCKETS`).
+            select: ``cusparselt``: ``"timed"`` (per bucket, 2:4 only where it times faster than
+                the masked dense matmul) or ``"sparse"`` (2:4 in every bucket).
+            timer: a :data:`Timer` for ``select="timed"`` (default :func:`cuda_event_timer`).
 
         Raises:
             NotSemiStructuredError: the weight is not 2:4; the message names the module, the row
@@ -320,6 +460,9 @@ class SemiStructuredLinear(nn.Module):
         name = name or "linear"
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"{name}: expected an nn.Linear, got {type(linear).__name__}")
+        buckets = _check_buckets(buckets)
+        if select not in SELECT_CHOICES:
+            raise ValueError(f"select: expected one of {SELECT_CHOICES}, got {select!r}")
         weight = linear.weight
         check_2to4(weight, name)
         chosen, reason = _resolve(weight.device, weight.dtype, path)
@@ -330,30 +473,84 @@ class SemiStructuredLinear(nn.Module):
         pad_out, pad_in = (-out_f) % min_rows, (-in_f) % min_cols
         with torch.no_grad():
             dense = F.pad(weight.detach(), (0, pad_in, 0, pad_out)).contiguous()
-            compressed = _sparse_class(chosen).from_dense(dense)
-        return cls(
+            if chosen == "cusparselt":
+                stored, packed = weight, torch._cslt_compress(dense)
+            else:
+                stored, packed = _sparse_class(chosen).from_dense(dense), None
+        module = cls(
             in_f,
             out_f,
-            compressed,
+            stored,
             linear.bias,
             path=chosen,
             reason=reason,
             name=name,
             padded=(out_f + pad_out, in_f + pad_in),
             weight_requires_grad=weight.requires_grad,
+            packed=packed,
         )
+        if chosen == "cusparselt":
+            module._plan_buckets(buckets, select, timer, {} if _timings is None else _timings)
+        return module
+
+    @torch.no_grad()
+    def _plan_buckets(
+        self, buckets: tuple[int, ...], select: str, timer: Timer | None, timings: dict
+    ) -> None:
+        """Fill :attr:`plan`: per bucket, search the cuSPARSELt algorithm once and (``"timed"``) time
+        this module's own 2:4 and dense forwards on random inputs of ``bucket`` tokens; 2:4 is kept
+        only where strictly faster. ``timings`` caches the measurements per (shape, dtype, device,
+        bias, bucket), so layers of one shape are timed once per conversion call."""
+        if select == "timed" and timer is None:
+            if self.weight.device.type != "cuda":
+                raise ValueError(f"{self.name}: select='timed' needs a CUDA weight or an explicit timer")
+            timer = cuda_event_timer()
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        w = self.weight
+        self.buckets = buckets
+        plan = []
+        for bucket in buckets:
+            key = (tuple(w.shape), w.dtype, w.device, self.bias is not None, bucket)
+            if key in timings:
+                plan.append(timings[key])
+                continue
+            x = torch.randn(bucket, self.in_features, generator=gen).to(w.device, w.dtype)
+            try:
+                xp = _pad_tokens(x, self.padded_in)
+                alg_id = int(
+                    torch._cslt_sparse_mm_search(
+                        self.packed, xp.t(), self._sparse_bias, transpose_result=True
+                    )
+                )
+            except (RuntimeError, AttributeError) as exc:  # a torch without a working search
+                logger.info(
+                    "%s: cuSPARSELt algorithm search failed at M=%d (%s); alg_id=0", self.name, bucket, exc
+                )
+                alg_id = 0
+            if select == "sparse":
+                choice = BucketChoice(bucket, True, alg_id)
+            else:
+                assert timer is not None
+                sparse_ms = float(timer("sparse", bucket, lambda x=x, a=alg_id: self._sparse_forward(x, a)))
+                dense_ms = float(timer("dense", bucket, lambda x=x: F.linear(x, w, self.bias)))
+                choice = BucketChoice(bucket, sparse_ms < dense_ms, alg_id, sparse_ms, dense_ms)
+            timings[key] = choice
+            plan.append(choice)
+        self.plan = tuple(plan)
+        n_sparse = sum(c.sparse for c in plan)
+        self.reason += f"; 2:4 in {n_sparse} of {len(plan)} token buckets ({select})"
 
     def dense_weight(self) -> torch.Tensor:
-        """The dense ``(out_features, in_features)`` weight (a new tensor on the sparse paths)."""
-        if self.path == "masked_dense":
+        """The dense ``(out_features, in_features)`` weight (a new tensor on the ``cutlass`` path)."""
+        if self.path != "cutlass":
             return self.weight
         with torch.no_grad():
             return self.weight.to_dense()[: self.out_features, : self.in_features].contiguous()
 
     def to_linear(self) -> nn.Linear:
-        """The equivalent ``nn.Linear``; on ``masked_dense`` it reuses the original parameters."""
+        """The equivalent ``nn.Linear``; ``masked_dense`` / ``cusparselt`` reuse the original parameters."""
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        if self.path == "masked_dense":
+        if self.path != "cutlass":
             linear.weight = self.weight
         else:
             linear.weight = nn.Parameter(self.dense_weight(), requires_grad=self._weight_requires_grad)
@@ -361,9 +558,7 @@ class SemiStructuredLinear(nn.Module):
         return linear
 
     # -------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.path == "masked_dense":
-            return F.linear(x, self.weight, self.bias)
+    def _check_input(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"{self.name}: expected input (..., {self.in_features}), got {tuple(x.shape)}")
         if x.dtype != self.weight.dtype:
@@ -371,6 +566,32 @@ class SemiStructuredLinear(nn.Module):
                 f"{self.name}: input dtype {x.dtype} does not match the {self.path} 2:4 weight dtype "
                 f"{self.weight.dtype}"
             )
+
+    def _sparse_forward(self, x: torch.Tensor, alg_id: int) -> torch.Tensor:
+        """``(..., in)`` -> ``(..., out)`` through one ``torch._cslt_sparse_mm`` call."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        m = x2.shape[0]
+        y = _cslt_linear(self.packed, _pad_tokens(x2, self.padded_in), self._sparse_bias, alg_id)
+        if y.shape != (m, self.out_features):
+            y = y[:m, : self.out_features]
+        return y.reshape(*lead, self.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.path == "masked_dense":
+            return F.linear(x, self.weight, self.bias)
+        self._check_input(x)
+        if self.path == "cusparselt":
+            if self.packed.dtype != self._packed_dtype:
+                raise RuntimeError(
+                    f"{self.name}: the compressed 2:4 weight was cast from {self._packed_dtype} to "
+                    f"{self.packed.dtype}; densify_ the model before changing its dtype, then sparsify_ again"
+                )
+            m = x.numel() // self.in_features
+            choice = self.plan[bucket_of(m, self.buckets)]
+            if m == 0 or not choice.sparse:
+                return F.linear(x, self.weight, self.bias)
+            return self._sparse_forward(x, choice.alg_id)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if x2.shape[0] == 0:
@@ -386,9 +607,12 @@ class SemiStructuredLinear(nn.Module):
         pad = ""
         if (self.padded_out, self.padded_in) != (self.out_features, self.in_features):
             pad = f", padded=({self.padded_out}, {self.padded_in})"
+        sparse_buckets = ""
+        if self.plan:
+            sparse_buckets = f", sparse_buckets={[c.bucket for c in self.plan if c.sparse]}"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, path={self.path!r}{pad}"
+            f"bias={self.bias is not None}, path={self.path!r}{pad}{sparse_buckets}"
         )
 
 
@@ -442,6 +666,9 @@ def sparsify_(
     *,
     path: str = "auto",
     strict: bool = False,
+    buckets: tuple[int, ...] | list[int] = DEFAULT_M_BUCKETS,
+    select: str = "timed",
+    timer: Timer | None = None,
 ) -> SparsifyReport:
     """Replace, in place, every eligible ``nn.Linear`` of ``model`` by a :class:`SemiStructuredLinear`.
 
@@ -455,12 +682,15 @@ def sparsify_(
         path: ``"auto"`` or one of :data:`PATHS` (see :meth:`SemiStructuredLinear.from_linear`).
         strict: raise :class:`NotSemiStructuredError` for a selected linear that is not 2:4
             instead of skipping it.
+        buckets, select, timer: for the ``cusparselt`` path, as in
+            :meth:`SemiStructuredLinear.from_linear`; linears of one shape are timed once per call.
 
     Returns:
         A :class:`SparsifyReport` (names swapped with their path, names skipped with the reason).
     """
     report = SparsifyReport()
     owners = _shared_weight_owners(model)
+    timings: dict = {}
     for name, module in list(model.named_modules()):
         if type(module) is not nn.Linear:
             continue
@@ -483,7 +713,9 @@ def sparsify_(
                 raise
             report.skipped[name] = str(exc).split(": ", 1)[1]
             continue
-        new = SemiStructuredLinear.from_linear(module, name=name, path=path)
+        new = SemiStructuredLinear.from_linear(
+            module, name=name, path=path, buckets=buckets, select=select, timer=timer, _timings=timings
+        )
         _set_submodule(model, name, new)
         report.swapped[name] = new.path
         report.reasons.setdefault(new.path, new.reason)
