@@ -520,10 +520,14 @@ def quality_section(data: dict[str, Any], plotter: Plotter) -> str:
     info = (data.get("data") or {}).get("heldout") or {}
     wiki = (data.get("data") or {}).get("wikitext") or {}
     out = [f"### Pruning quality: {run_label(data)}", ""]
+    calib = (data.get("data") or {}).get("calibration") or {}
+    if _mamba2(data) and not calib.get("used_by"):
+        calibration = "no calibration (weight-only methods)"
+    else:
+        calibration = f"calibration {cfg.get('nsamples', '?')} x {cfg.get('seqlen', '?')} bytes"
     out.append(
         f"Model `{model.get('name', '?')}` ({fnum(model.get('params'), 6)} parameters, "
-        f"{model.get('n_layer', '?')} layers, n = {model.get('d_state', '?')}); calibration "
-        f"{cfg.get('nsamples', '?')} x {cfg.get('seqlen', '?')} bytes; evaluation "
+        f"{model.get('n_layer', '?')} layers, n = {model.get('d_state', '?')}); {calibration}; evaluation "
         f"{info.get('windows', '?')} x {info.get('seqlen', '?')} bytes per text"
         + (f"; WikiText: {wiki['skipped']}" if wiki.get("skipped") else "")
         + "."

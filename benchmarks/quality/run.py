@@ -336,11 +336,14 @@ class Mamba2Method:
             and ``sparsity`` (achieved), and ``kept_per_group`` for state masks.
         pattern: the row's ``pattern`` (``per-group``: one state mask per ``B`` / ``C`` group).
         calibrated: whether ``prune`` reads the calibration windows.
+        structure: the row's ``structure`` (``column``: whole states removed; the report groups
+            rows by it).
     """
 
     prune: Callable[[Mamba2LM, torch.Tensor, float, int, torch.device], dict[str, Any]]
     pattern: str
     calibrated: bool
+    structure: str = "column"
 
 
 def _state_scorer(name: str) -> Mamba2Method:
@@ -386,7 +389,7 @@ def run_mamba2_case(
         "aggregation": None,
         "label": name,
         "pattern": method.pattern,
-        "structure": "column",
+        "structure": method.structure,
         "sparsity": sparsity,
         "projection_method": None,
         "allocation": False,

@@ -116,6 +116,7 @@ def demo_steps_mamba2(
     from ..models import Mamba2LM
     from ..prune import evaluate_perplexity
 
+    log("no calibration: the Mamba-2 state scorers read weights only (--seqlen / --nsamples unused)")
     held = heldout_tokens(model_dir)
     dense = Mamba2LM.from_pretrained(model_dir, device=device).eval()
     cfg = dense.config
