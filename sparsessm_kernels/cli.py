@@ -9,7 +9,7 @@ Usage::
     sparsessm convert SRC --out DST [--zero-a-log-pruned]   # docs/models.md
 
 MODEL_DIR / SRC may be a Hugging Face Hub id (``state-spaces/mamba-130m-hf``, ``--revision``).
-    sparsessm demo [--out DIR] [--quick]  # docs/demo.md
+    sparsessm demo [--arch mamba|mamba2] [--out DIR] [--quick]  # docs/demo.md
 
 Adding a subcommand: write ``_configure_<name>(parser)`` (adds the arguments) and
 ``_run_<name>(args) -> int`` (does the work, returns the exit code), then append a
