@@ -193,3 +193,19 @@ def test_wheel_ships_both_checkpoints(tmp_path: Path):
     for model_dir in MODEL_DIRS.values():
         for name in SHIPPED:
             assert f"sparsessm_kernels/demo/{model_dir.name}/{name}" in names
+
+
+# ------------------------------------------------------------------ the training script
+TRAIN = ROOT / "benchmarks" / "quality" / "train_tiny.py"
+
+
+def _train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(TRAIN), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_train_tiny_rejects_mamba2_sizes_for_mamba(tmp_path: Path):
+    proc = _train("--ngroups", "2", "--out", str(tmp_path / "m1"))
+    assert proc.returncode == 2 and "--ngroups" in proc.stderr
+    assert not (tmp_path / "m1").exists()

@@ -133,6 +133,9 @@ class Arch:
     forward: Callable[[Any, torch.Tensor], torch.Tensor]
 
 
+MAMBA2_DEFAULTS = {"headdim": 32, "ngroups": 2}
+"""Defaults of the Mamba-2-only flags."""
+
 ARCHS = {
     "mamba": Arch(
         name="mamba",
@@ -188,9 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--d-state", type=int, default=None, help="default: 16 (mamba), 32 (mamba2)")
-    p.add_argument("--headdim", type=int, default=32, help="mamba2: channels per head")
+    p.add_argument("--headdim", type=int, default=None, help="mamba2 only: channels per head (default 32)")
     p.add_argument(
-        "--ngroups", type=int, default=2, help="mamba2: groups of B / C (state masks act per group)"
+        "--ngroups",
+        type=int,
+        default=None,
+        help="mamba2 only: groups of B / C, state masks act per group (default 2)",
     )
     p.add_argument("--seqlen", type=int, default=128, help="training window (bytes)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -228,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     arch = ARCHS[args.arch]
     if args.d_state is None:
         args.d_state = arch.d_state
+    for name, default in MAMBA2_DEFAULTS.items():
+        if arch.name == "mamba2" and getattr(args, name) is None:
+            setattr(args, name, default)
+        elif arch.name != "mamba2" and getattr(args, name) is not None:
+            p.error(f"--{name}: a Mamba-2 size; expected no value with --arch {arch.name}")
     if args.out is None:
         args.out = arch.out
     try:
