@@ -442,6 +442,11 @@ def _ppl(value: Any, best: str | None = None) -> str:
     return f"**{text}**" if text == best else text
 
 
+def _mamba2(data: dict[str, Any]) -> bool:
+    """A ``quality/run.py --arch mamba2`` result (state masks per ``B`` / ``C`` group, not ``A_log``)."""
+    return data.get("arch") == "mamba2"
+
+
 def quality_tables(data: dict[str, Any]) -> str:
     """The quality tables alone (SSM grid per text, whole-model table), without plots."""
     dense = data.get("dense") or {}
@@ -468,12 +473,14 @@ def quality_tables(data: dict[str, Any]) -> str:
             for _, pattern, s in columns:
                 values = [v for (lab, p, sp), v in cell.items() if p == pattern and sp == s and v is not None]
                 best[(pattern, s)] = f"{min(values):.3f}" if values else None
-            headers = ["A_log method"] + [f"{p} {s:g}" for _, p, s in columns]
+            headers = ["state method" if _mamba2(data) else "A_log method"]
+            headers += [f"{p} {s:g}" for _, p, s in columns]
             table = [["dense"] + [_ppl(dense.get(key))] * len(columns)]
             for lab in labels:
                 table.append([lab] + [_ppl(cell.get((lab, p, s)), best[(p, s)]) for _, p, s in columns])
+            what = "Mamba-2 state (`B` / `C` columns per group)" if _mamba2(data) else "SSM (`A_log`)"
             out += [
-                f"SSM (`A_log`) pruning, perplexity per byte on the {text} text (lower is better, best per "
+                f"{what} pruning, perplexity per byte on the {text} text (lower is better, best per "
                 "column in bold):",
                 "",
                 md_table(headers, table, [False] + [True] * len(columns)),
@@ -513,10 +520,14 @@ def quality_section(data: dict[str, Any], plotter: Plotter) -> str:
     info = (data.get("data") or {}).get("heldout") or {}
     wiki = (data.get("data") or {}).get("wikitext") or {}
     out = [f"### Pruning quality: {run_label(data)}", ""]
+    calib = (data.get("data") or {}).get("calibration") or {}
+    if _mamba2(data) and not calib.get("used_by"):
+        calibration = "no calibration (weight-only methods)"
+    else:
+        calibration = f"calibration {cfg.get('nsamples', '?')} x {cfg.get('seqlen', '?')} bytes"
     out.append(
         f"Model `{model.get('name', '?')}` ({fnum(model.get('params'), 6)} parameters, "
-        f"{model.get('n_layer', '?')} layers, n = {model.get('d_state', '?')}); calibration "
-        f"{cfg.get('nsamples', '?')} x {cfg.get('seqlen', '?')} bytes; evaluation "
+        f"{model.get('n_layer', '?')} layers, n = {model.get('d_state', '?')}); {calibration}; evaluation "
         f"{info.get('windows', '?')} x {info.get('seqlen', '?')} bytes per text"
         + (f"; WikiText: {wiki['skipped']}" if wiki.get("skipped") else "")
         + "."
@@ -556,7 +567,7 @@ def _quality_plot(data: dict[str, Any], plotter: Plotter) -> Path | None:
                 ax.axhline(dense[key], color="black", linestyle="--", linewidth=0.8, label="dense")
             ax.set_xlabel("sparsity" + (" (N:4: 3:4, 2:4, 1:4)" if structure == "N:M" else ""))
             ax.set_ylabel(f"{text} ppl")
-            ax.set_title(f"A_log {structure}", fontsize=10)
+            ax.set_title("states per group" if _mamba2(data) else f"A_log {structure}", fontsize=10)
             if i == 0 and j == 0:
                 ax.legend(fontsize=7)
     fig.suptitle(

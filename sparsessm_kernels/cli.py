@@ -9,7 +9,7 @@ Usage::
     sparsessm convert SRC --out DST [--zero-a-log-pruned]   # docs/models.md
 
 MODEL_DIR / SRC may be a Hugging Face Hub id (``state-spaces/mamba-130m-hf``, ``--revision``).
-    sparsessm demo [--out DIR] [--quick]  # docs/demo.md
+    sparsessm demo [--arch mamba|mamba2] [--out DIR] [--quick]  # docs/demo.md
 
 Adding a subcommand: write ``_configure_<name>(parser)`` (adds the arguments) and
 ``_run_<name>(args) -> int`` (does the work, returns the exit code), then append a
@@ -625,7 +625,15 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
         "Load the embedded tiny byte-level Mamba (trained on the Python standard library's sources), "
         "prune its SSMs at 50% with sparsessm (unstructured, 2:4, column) and magnitude (unstructured, "
         "2:4), evaluate held-out perplexity, check the sparse scan against the reference, time dense vs "
-        "sparse scans, print one table and write demo_report.json (+ a PNG when matplotlib is installed)."
+        "sparse scans, print one table and write demo_report.json (+ a PNG when matplotlib is installed). "
+        "--arch mamba2: the embedded tiny Mamba-2 with per-group state masks at 50% (weight-magnitude and "
+        "random scores), compact-cache decode checked and timed against dense decode."
+    )
+    parser.add_argument(
+        "--arch",
+        choices=("mamba", "mamba2"),
+        default="mamba",
+        help="which embedded model: the Mamba-1 tiny_mamba (default) or the Mamba-2 tiny_mamba2",
     )
     parser.add_argument(
         "--out", metavar="DIR", default="sparsessm_demo", help="output directory (default sparsessm_demo)"
@@ -658,7 +666,13 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
         "--repeats",
         type=_positive_int,
         default=None,
-        help="timed repetitions per scan, median kept (default 10)",
+        help="timed repetitions per scan (mamba2: per decode call), median kept (default 10)",
+    )
+    parser.add_argument(
+        "--decode-tokens",
+        type=_positive_int,
+        default=None,
+        help="mamba2: tokens decoded per timed call (default 64, --quick 16)",
     )
     parser.add_argument("--seed", type=int, default=0, help="calibration windows and scan inputs (default 0)")
     parser.add_argument(
@@ -688,8 +702,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .demo.run import REPORT_NAME, DemoOptions, format_demo_table, run_demo
 
     names = ("seqlen", "nsamples", "eval_seqlen", "eval_windows", "scan_seqlen", "repeats", "threads")
+    names += ("decode_tokens",)
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    common = {"out": args.out, "device": args.device, "seed": args.seed, "plot": args.plot}
+    common = {"out": args.out, "device": args.device, "seed": args.seed, "plot": args.plot, "arch": args.arch}
 
     def build() -> DemoOptions:
         opts = DemoOptions.quick(**given, **common) if args.quick else DemoOptions(**given, **common)

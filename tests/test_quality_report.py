@@ -292,3 +292,34 @@ def test_report_bad_input(report, args, needle, capsys, tmp_path):
         report.main([*args, "--plots", str(tmp_path / "p")])
     assert exc.value.code == 2
     assert needle in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ Mamba-2
+def test_quality_quick_mamba2(tmp_path, report, capsys):
+    out = tmp_path / "quality_mamba2.json"
+    proc = _run_quality("--arch", "mamba2", "--quick", "--device", "cpu", "--threads", "1", "--out", str(out))
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "state method" in proc.stdout and "skipped: WikiText" in proc.stdout
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert set(data) >= TOP_KEYS and data["benchmark"] == "quality" and data["arch"] == "mamba2"
+    assert data["model"]["name"] == "tiny_mamba2" and data["model"]["ngroups"] == 2
+    assert data["config"]["methods"] == list(_load(QUALITY, "_bench_quality_run").MAMBA2_METHODS)
+    assert 1.0 < data["dense"]["ppl_heldout"] < 256.0 and data["dense"]["ppl_wikitext"] is None
+    for row in data["results"]:
+        assert set(row) >= ROW_KEYS, set(ROW_KEYS) - set(row)
+        assert (row["scope"], row["structure"], row["pattern"]) == ("ssm", "column", "per-group")
+        assert row["sparsity"] == 0.5 and row["achieved_sparsity"]["ssm"] == pytest.approx(0.5)
+        assert row["d_state_after"] == data["model"]["d_state"] // 2
+        assert 1.0 < row["ppl_heldout"] < 256.0
+    # report.py renders it as a state-pruning grid
+    assert report.main(["--inputs", str(out), "--quality-table"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("Mamba-2 state (`B` / `C` columns per group) pruning")
+    assert "| bc-magnitude |" in text and "per-group 0.5" in text
+
+
+def test_quality_methods_flag_needs_mamba2(tmp_path):
+    proc = _run_quality("--quick", "--methods", "random", "--out", str(tmp_path / "q.json"))
+    assert proc.returncode == 2 and "--methods" in proc.stderr
+    proc = _run_quality("--arch", "mamba2", "--quick", "--methods", "nope", "--out", str(tmp_path / "q.json"))
+    assert proc.returncode == 2 and "--methods" in proc.stderr and "bc-magnitude" in proc.stderr

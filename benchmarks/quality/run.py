@@ -45,6 +45,12 @@ Output: a table on stdout (progress on stderr) and JSON at ``--out`` (default
 ``benchmarks/results/quality.json``), written atomically: ``benchmark``, ``device``, ``date``,
 ``versions`` (as the other benchmarks), ``config``, ``model``, ``data`` (text sizes actually
 evaluated), ``dense``, ``results``, ``skipped``, ``seconds``. See benchmarks/README.md.
+
+``--arch mamba2`` runs the embedded tiny Mamba-2 (``sparsessm_kernels/demo/tiny_mamba2``, 4 layers,
+8 heads of 32 channels, 2 groups, ``n`` 32) instead, through :data:`MAMBA2_METHODS`: every method
+there, by name, at every ``--sparsities`` value, on the same calibration windows and evaluation
+texts as above (default output ``benchmarks/results/quality_mamba2.json``, the same schema; rows
+have ``scope`` ``"ssm"``, ``structure`` ``"column"`` and ``pattern`` ``"per-group"``).
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,8 +73,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _common as common
 
 from sparsessm_kernels.demo import MODEL_DIR, heldout_tokens
-from sparsessm_kernels.demo.run import _train_tokens
-from sparsessm_kernels.models import MambaLM
+from sparsessm_kernels.demo.mamba2_states import prune_states
+from sparsessm_kernels.demo.run import MODEL_DIRS, _train_tokens
+from sparsessm_kernels.models import Mamba2LM, MambaLM
 from sparsessm_kernels.prune import (
     PruneConfig,
     PruneConfigError,
@@ -78,6 +86,7 @@ from sparsessm_kernels.prune import (
 from sparsessm_kernels.prune.capture import PruneResult
 
 DEFAULT_OUT = common.RESULTS_DIR / "quality.json"
+DEFAULT_OUT_MAMBA2 = common.RESULTS_DIR / "quality_mamba2.json"
 
 SSM_METHODS: tuple[tuple[str, str | None], ...] = (
     ("sparsessm", "weighted"),
@@ -316,6 +325,96 @@ def run_case(
     }
 
 
+# ------------------------------------------------------------------------------------ Mamba-2
+@dataclass(frozen=True)
+class Mamba2Method:
+    """One Mamba-2 method of ``--arch mamba2``.
+
+    Attributes:
+        prune: ``(model, calibration windows (nsamples, seqlen) int64, sparsity, seed, device) ->
+            summary``; prunes ``model`` in place; the summary has at least ``pruned``, ``total``
+            and ``sparsity`` (achieved), and ``kept_per_group`` for state masks.
+        pattern: the row's ``pattern`` (``per-group``: one state mask per ``B`` / ``C`` group).
+        calibrated: whether ``prune`` reads the calibration windows.
+        structure: the row's ``structure`` (``column``: whole states removed; the report groups
+            rows by it).
+    """
+
+    prune: Callable[[Mamba2LM, torch.Tensor, float, int, torch.device], dict[str, Any]]
+    pattern: str
+    calibrated: bool
+    structure: str = "column"
+
+
+def _state_scorer(name: str) -> Mamba2Method:
+    """The demo's weight-only scorer ``name``: a per-group state mask in every layer."""
+
+    def prune(model: Mamba2LM, calib: torch.Tensor, sparsity: float, seed: int, device: torch.device):
+        return prune_states(model, name, sparsity, seed=seed)
+
+    return Mamba2Method(prune, "per-group", calibrated=False)
+
+
+MAMBA2_METHODS: dict[str, Mamba2Method] = {
+    "bc-magnitude": _state_scorer("bc-magnitude"),
+    "random": _state_scorer("random"),
+}
+"""The Mamba-2 methods of ``--arch mamba2`` by name. ``bc-magnitude`` and ``random`` are the demo's
+weight-only state scorers (``sparsessm_kernels/demo/mamba2_states.py``); another method is one more
+entry whose ``prune`` prunes the model it is given."""
+
+
+def run_mamba2_case(
+    name: str,
+    sparsity: float,
+    dense: Mamba2LM,
+    calib: torch.Tensor,
+    evaluate: Evaluator,
+    seed: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Prune a copy of ``dense`` with the Mamba-2 method ``name`` at ``sparsity``, evaluate it."""
+    method = MAMBA2_METHODS[name]
+    model = copy.deepcopy(dense)
+    t0 = time.perf_counter()
+    summary = method.prune(model, calib, sparsity, seed, device)
+    prune_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    ppl = evaluate(model)
+    eval_s = time.perf_counter() - t1
+    achieved = summary["sparsity"]
+    return {
+        "scope": "ssm",
+        "method": name,
+        "aggregation": None,
+        "label": name,
+        "pattern": method.pattern,
+        "structure": method.structure,
+        "sparsity": sparsity,
+        "projection_method": None,
+        "allocation": False,
+        "alpha": None,
+        "ppl_heldout": ppl["heldout"],
+        "ppl_wikitext": ppl["wikitext"],
+        "achieved_sparsity": {"ssm": round(achieved, 6), "ffn": None, "total": round(achieved, 6)},
+        "pruned_params": summary,
+        "d_state_after": summary.get("kept_per_group"),
+        "passes": [f"{name} --sparsity {sparsity:g}"],
+        "prune_s": round(prune_s, 3),
+        "eval_s": round(eval_s, 3),
+    }
+
+
+def _method_list(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [n for n in names if n not in MAMBA2_METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated names from {sorted(MAMBA2_METHODS)}, got {text!r}"
+        )
+    return names
+
+
 # ------------------------------------------------------------------------------------ CLI
 def _fraction_list(text: str) -> tuple[float, ...]:
     values = []
@@ -347,7 +446,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
-        "--out", type=Path, default=None, help="JSON output (default benchmarks/results/quality.json)"
+        "--arch",
+        choices=("mamba", "mamba2"),
+        default="mamba",
+        help="the embedded model: tiny_mamba (Mamba-1 grid) or tiny_mamba2 (the MAMBA2_METHODS grid)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON output (default benchmarks/results/quality.json, --arch mamba2: quality_mamba2.json)",
     )
     p.add_argument(
         "--wikitext",
@@ -386,6 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-whole", action="store_true", help="skip the whole-model cases")
     p.add_argument(
+        "--methods",
+        type=_method_list,
+        default=None,
+        help=f"--arch mamba2: comma-separated methods (default all: {','.join(MAMBA2_METHODS)})",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="tiny grid and sizes for the tests: sparsessm (weighted) and magnitude x unstructured / "
@@ -404,6 +518,20 @@ def _load_wikitext(path: Path | None) -> tuple[torch.Tensor | None, dict[str, An
     shown = path.name if path.is_absolute() else path.as_posix()
     info = {"path": shown, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).long(), info
+
+
+def text_info(tokens: torch.Tensor | None, windows: int, seqlen: int) -> dict[str, Any] | None:
+    """Sizes of one evaluation text as evaluated (``None`` for a skipped text)."""
+    if tokens is None:
+        return None
+    used = min(windows, tokens.numel() // seqlen)
+    return {
+        "bytes_available": int(tokens.numel()),
+        "windows": used,
+        "seqlen": seqlen,
+        "bytes_evaluated": used * seqlen,
+        "predicted_tokens": used * (seqlen - 1),
+    }
 
 
 def _fmt(value: float | None) -> str:
@@ -439,7 +567,7 @@ def render(payload: dict[str, Any]) -> str:
         )
     columns = [
         ("scope", "scope"),
-        ("label", "A_log method"),
+        ("label", "state method" if payload.get("arch") == "mamba2" else "A_log method"),
         ("pattern", "pattern"),
         ("sparsity", "sparsity"),
         ("proj", "projections"),
@@ -459,9 +587,11 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, key, value)
     if args.seed < 0:
         parser.error(f"--seed: expected an integer >= 0, got {args.seed}")
+    if args.methods is not None and args.arch != "mamba2":
+        parser.error("--methods: only with --arch mamba2 (the Mamba-1 grid is fixed, see --help)")
     device = common.resolve_device(args.device)
     threads = common.apply_threads(args.threads)
-    out_path = args.out or DEFAULT_OUT
+    out_path = args.out or (DEFAULT_OUT_MAMBA2 if args.arch == "mamba2" else DEFAULT_OUT)
     common.check_out_path(parser, out_path)
     try:
         wiki, wiki_info = _load_wikitext(args.wikitext)
@@ -478,6 +608,10 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     skipped: list[dict[str, str]] = []
+    if wiki is None:
+        skipped.append({"what": "WikiText perplexity", "reason": wiki_info["skipped"]})
+    if args.arch == "mamba2":
+        return main_mamba2(args, device, threads, out_path, wiki, wiki_info, windows, skipped, argv)
     if args.quick:
         methods = (("sparsessm", "weighted"), ("magnitude", None))
         cases = ssm_cases(methods, STRUCTURES, (0.5,), args.seed, skipped)
@@ -488,8 +622,6 @@ def main(argv: list[str] | None = None) -> int:
         cases = ssm_cases(SSM_METHODS, STRUCTURES, tuple(args.sparsities), args.seed, skipped)
         if not args.no_whole:
             cases += whole_cases(("unstructured", "2:4"), PROJECTION_METHODS, args.seed)
-    if wiki is None:
-        skipped.append({"what": "WikiText perplexity", "reason": wiki_info["skipped"]})
 
     t_start = time.perf_counter()
     common.log(f"device {device} ({common.device_info(device)['name']}), {len(cases)} cases")
@@ -522,18 +654,6 @@ def main(argv: list[str] | None = None) -> int:
                 + f": held-out {_fmt(row['ppl_heldout'])}, WikiText {_fmt(row['ppl_wikitext'])} "
                 f"({row['prune_s'] + row['eval_s']:.1f}s)"
             )
-
-    def text_info(tokens: torch.Tensor | None) -> dict[str, Any] | None:
-        if tokens is None:
-            return None
-        used = min(windows, tokens.numel() // args.eval_seqlen)
-        return {
-            "bytes_available": int(tokens.numel()),
-            "windows": used,
-            "seqlen": args.eval_seqlen,
-            "bytes_evaluated": used * args.eval_seqlen,
-            "predicted_tokens": used * (args.eval_seqlen - 1),
-        }
 
     config = {
         "quick": args.quick,
@@ -575,9 +695,108 @@ def main(argv: list[str] | None = None) -> int:
             "heldout": {
                 "text": "held-out Python standard library files of the demo (this machine's stdlib)",
                 "python": platform.python_version(),
-                **(text_info(held) or {}),
+                **(text_info(held, windows, args.eval_seqlen) or {}),
             },
-            "wikitext": {**wiki_info, **(text_info(wiki) or {})},
+            "wikitext": {**wiki_info, **(text_info(wiki, windows, args.eval_seqlen) or {})},
+        },
+        "dense": {"ppl_heldout": dense_ppl["heldout"], "ppl_wikitext": dense_ppl["wikitext"]},
+        "results": results,
+        "skipped": skipped,
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    common.write_json_atomic(out_path, payload)
+    print(render(payload))
+    for item in skipped:
+        print(f"skipped: {item['what']}: {item['reason']}")
+    print(f"\nwrote {out_path} in {payload['seconds']:.0f}s")
+    return 0
+
+
+def main_mamba2(
+    args: argparse.Namespace,
+    device: torch.device,
+    threads: Any,
+    out_path: Path,
+    wiki: torch.Tensor | None,
+    wiki_info: dict[str, Any],
+    windows: int,
+    skipped: list[dict[str, str]],
+    argv: list[str] | None,
+) -> int:
+    """``--arch mamba2``: every :data:`MAMBA2_METHODS` entry (or ``--methods``) x ``--sparsities``."""
+    model_dir = MODEL_DIRS["mamba2"]
+    names = args.methods or tuple(MAMBA2_METHODS)
+    sparsities = (0.5,) if args.quick else tuple(args.sparsities)
+    t_start = time.perf_counter()
+    common.log(
+        f"device {device} ({common.device_info(device)['name']}), {len(names) * len(sparsities)} cases"
+    )
+    dense = Mamba2LM.from_pretrained(model_dir).eval()
+    held = heldout_tokens(model_dir)
+    calib = calibration_windows(_train_tokens(model_dir), args.nsamples, args.seqlen, args.seed)
+    evaluate = Evaluator({"heldout": held, "wikitext": wiki}, args.eval_seqlen, windows, device)
+    with torch.no_grad():
+        dense_ppl = evaluate(dense)
+        common.log(
+            f"dense: held-out {_fmt(dense_ppl['heldout'])}, WikiText {_fmt(dense_ppl['wikitext'])} "
+            f"({time.perf_counter() - t_start:.1f}s)"
+        )
+        results = []
+        cases = [(name, s) for s in sparsities for name in names]
+        for i, (name, sparsity) in enumerate(cases, 1):
+            row = run_mamba2_case(name, sparsity, dense, calib, evaluate, args.seed, device)
+            results.append(row)
+            common.log(
+                f"[{i}/{len(cases)}] {name} {sparsity:g}: held-out {_fmt(row['ppl_heldout'])}, "
+                f"WikiText {_fmt(row['ppl_wikitext'])} ({row['prune_s'] + row['eval_s']:.1f}s)"
+            )
+    cfg = dense.config
+    payload = {
+        **common.result_header("quality", device),
+        "arch": "mamba2",
+        "config": {
+            "arch": "mamba2",
+            "quick": args.quick,
+            "seed": args.seed,
+            "nsamples": args.nsamples,
+            "seqlen": args.seqlen,
+            "eval_seqlen": args.eval_seqlen,
+            "eval_windows": args.eval_windows,
+            "max_eval_bytes": args.max_eval_bytes,
+            "sparsities": list(sparsities),
+            "methods": list(names),
+            "device": str(device),
+            "threads": threads.threads,
+            "threads_reason": threads.reason,
+            **common.run_provenance(argv, out_path),
+        },
+        "model": {
+            "name": model_dir.name,
+            "arch": "mamba2",
+            "params": sum(p.numel() for p in dense.parameters()),
+            "n_layer": cfg.n_layer,
+            "d_model": cfg.d_model,
+            "d_inner": cfg.d_inner,
+            "nheads": cfg.nheads,
+            "headdim": cfg.headdim,
+            "ngroups": cfg.ngroups,
+            "d_state": cfg.d_state,
+            "vocab_size": cfg.vocab_size,
+            "tokens": "UTF-8 bytes",
+        },
+        "data": {
+            "calibration": {
+                "text": "training files of the demo model (Python standard library sources)",
+                "nsamples": args.nsamples,
+                "seqlen": args.seqlen,
+                "used_by": [n for n in names if MAMBA2_METHODS[n].calibrated],
+            },
+            "heldout": {
+                "text": "held-out Python standard library files of the demo (this machine's stdlib)",
+                "python": platform.python_version(),
+                **(text_info(held, windows, args.eval_seqlen) or {}),
+            },
+            "wikitext": {**wiki_info, **(text_info(wiki, windows, args.eval_seqlen) or {})},
         },
         "dense": {"ppl_heldout": dense_ppl["heldout"], "ppl_wikitext": dense_ppl["wikitext"]},
         "results": results,

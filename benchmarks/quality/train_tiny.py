@@ -1,20 +1,27 @@
-"""Train the tiny byte-level Mamba-1 LM embedded in ``sparsessm_kernels/demo/tiny_mamba``.
+"""Train the tiny byte-level LMs embedded in ``sparsessm_kernels/demo/``: the Mamba-1
+(``--arch mamba``, ``tiny_mamba/``) and the Mamba-2 (``--arch mamba2``, ``tiny_mamba2/``).
 
-Run from the repository root (CPU, a few minutes)::
+Run from the repository root (CPU, a few minutes each)::
 
-    python benchmarks/quality/train_tiny.py --overwrite      # replaces the embedded checkpoint
+    python benchmarks/quality/train_tiny.py --overwrite                  # replaces tiny_mamba/
+    python benchmarks/quality/train_tiny.py --arch mamba2 --overwrite    # replaces tiny_mamba2/
     python benchmarks/quality/train_tiny.py --steps 50 --out /tmp/tiny   # quick try
 
 Data: the Python standard library's own top-level source files (``*.py`` directly under
 ``sysconfig.get_paths()["stdlib"]``, sorted by name). Every ``HELDOUT_EVERY``-th file (index 0,
 10, 20, ...) is held out for evaluation, the rest is training text; both lists are recorded in
-``training_config.json``. Tokens are UTF-8 bytes (vocab 256).
+``training_config.json``. Tokens are UTF-8 bytes (vocab 256). Both architectures share the data,
+the optimizer (AdamW, warmup + cosine), the loop, the logging and the provenance record; an
+:class:`Arch` says how to build the model and how to run a differentiable forward.
 
-:class:`MambaLM`'s forward runs the scan through forward-only custom ops, so training uses
-:func:`train_logits`, a plain differentiable PyTorch implementation of the same Mamba-1 math on
-the *same* parameters (a sequential scan over time). After training the checkpoint is saved with
-:meth:`MambaLM.save_pretrained`, reloaded with :meth:`MambaLM.from_pretrained`, and its logits are
-checked against :func:`train_logits` (the run fails when they differ).
+* Mamba-1: :class:`MambaLM`'s forward runs the scan through forward-only custom ops, so training
+  uses :func:`train_logits`, a plain differentiable PyTorch implementation of the same Mamba-1 math
+  on the *same* parameters (a sequential scan over time).
+* Mamba-2: :class:`Mamba2LM`'s forward is differentiable (the SSD scan's torch backend is made of
+  autograd ops), so training runs the model itself.
+
+After training the checkpoint is saved with ``save_pretrained``, reloaded with ``from_pretrained``,
+and its logits are checked against the training forward (the run fails when they differ).
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ import math
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _common as common
 
 from sparsessm_kernels._io import OutputPathError, atomic_directory, check_output_dir, write_text_atomic
-from sparsessm_kernels.models import MambaLM, MambaLMConfig
+from sparsessm_kernels.models import Mamba2LM, Mamba2LMConfig, MambaLM, MambaLMConfig
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_OUT = REPO / "sparsessm_kernels" / "demo" / "tiny_mamba"
+DEMO_DIR = REPO / "sparsessm_kernels" / "demo"
 HELDOUT_EVERY = 10
+SCRIPT = "benchmarks/quality/train_tiny.py"
 
 
 # ---------------------------------------------------------------------- data
@@ -61,7 +72,7 @@ def file_bytes(files: list[Path]) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
 
 
-# ---------------------------------------------------------------------- differentiable forward
+# ---------------------------------------------------------------------- differentiable forwards
 def _mixer(m, hidden: torch.Tensor) -> torch.Tensor:
     """The Mamba-1 mixer math of :class:`MambaMixer` with a differentiable sequential scan."""
     seqlen = hidden.shape[1]
@@ -88,25 +99,89 @@ def _mixer(m, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def train_logits(model: MambaLM, ids: torch.Tensor) -> torch.Tensor:
-    """Float32 logits ``(b, l, vocab)`` of ``model`` with autograd (float32 weights only)."""
+    """Float32 logits ``(b, l, vocab)`` of a Mamba-1 ``model`` with autograd (float32 weights only)."""
     hidden = model.backbone.embeddings(ids)
     for blk in model.backbone.layers:
         hidden = hidden.float() + _mixer(blk.mixer, blk.norm(hidden))
     return model.lm_head(model.backbone.norm_f(hidden)).float()
 
 
+def model_logits(model: Mamba2LM, ids: torch.Tensor) -> torch.Tensor:
+    """Float32 logits ``(b, l, vocab)`` of a Mamba-2 ``model``: its own (differentiable) forward."""
+    return model(ids)
+
+
+# ---------------------------------------------------------------------- architectures
+@dataclass(frozen=True)
+class Arch:
+    """What differs between the trained architectures; everything else is shared.
+
+    Attributes:
+        name: the ``--arch`` value. out: the embedded checkpoint directory (default ``--out``).
+        d_state: default ``--d-state``. options: the ``--arch``-specific flags recorded in the
+            reproduce line (attribute names of the parsed arguments).
+        build: parsed arguments -> the model config. model: the LM class.
+        forward: differentiable float32 logits ``(b, l, 256)`` of ``(model, ids (b, l))``.
+    """
+
+    name: str
+    out: Path
+    d_state: int
+    options: tuple[str, ...]
+    build: Callable[[argparse.Namespace], Any]
+    model: type
+    forward: Callable[[Any, torch.Tensor], torch.Tensor]
+
+
+MAMBA2_DEFAULTS = {"headdim": 32, "ngroups": 2}
+"""Defaults of the Mamba-2-only flags."""
+
+ARCHS = {
+    "mamba": Arch(
+        name="mamba",
+        out=DEMO_DIR / "tiny_mamba",
+        d_state=16,
+        options=("d_state",),
+        build=lambda a: MambaLMConfig(
+            vocab_size=256, d_model=a.d_model, n_layer=a.n_layer, d_state=a.d_state
+        ),
+        model=MambaLM,
+        forward=train_logits,
+    ),
+    "mamba2": Arch(
+        name="mamba2",
+        out=DEMO_DIR / "tiny_mamba2",
+        d_state=32,
+        options=("d_state", "headdim", "ngroups"),
+        build=lambda a: Mamba2LMConfig(
+            vocab_size=256,
+            d_model=a.d_model,
+            n_layer=a.n_layer,
+            d_state=a.d_state,
+            headdim=a.headdim,
+            ngroups=a.ngroups,
+        ),
+        model=Mamba2LM,
+        forward=model_logits,
+    ),
+}
+
+
 # ---------------------------------------------------------------------- training
 @torch.no_grad()
-def heldout_loss(model: MambaLM, tokens: torch.Tensor, seqlen: int, windows: int) -> float:
+def heldout_loss(model: torch.nn.Module, tokens: torch.Tensor, seqlen: int, windows: int) -> float:
     count = min(windows, tokens.numel() // seqlen)
     ids = tokens[: count * seqlen].reshape(count, seqlen)
     logits = model(ids)
     return float(F.cross_entropy(logits[:, :-1].reshape(-1, 256), ids[:, 1:].reshape(-1)))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint directory")
+    p.add_argument("--arch", choices=sorted(ARCHS), default="mamba", help="the architecture to train")
+    p.add_argument(
+        "--out", type=Path, default=None, help="checkpoint directory (default: the embedded one of --arch)"
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -115,7 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="initialisation and batch sampling seed")
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--n-layer", type=int, default=4)
-    p.add_argument("--d-state", type=int, default=16)
+    p.add_argument("--d-state", type=int, default=None, help="default: 16 (mamba), 32 (mamba2)")
+    p.add_argument("--headdim", type=int, default=None, help="mamba2 only: channels per head (default 32)")
+    p.add_argument(
+        "--ngroups",
+        type=int,
+        default=None,
+        help="mamba2 only: groups of B / C, state masks act per group (default 2)",
+    )
     p.add_argument("--seqlen", type=int, default=128, help="training window (bytes)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=600)
@@ -132,13 +214,43 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--threads", type=int, default=None, help=common.THREADS_HELP)
     p.add_argument("--log-every", type=int, default=10)
+    return p
+
+
+def reproduce_command(args: argparse.Namespace, arch: Arch, steps_done: int, threads: int) -> str:
+    """The command line that retrains exactly this checkpoint into the embedded directory."""
+    specific = " ".join(f"--{name.replace('_', '-')} {getattr(args, name)}" for name in arch.options)
+    return (
+        f"python {SCRIPT} --arch {arch.name} --seed {args.seed} --d-model {args.d_model} "
+        f"--n-layer {args.n_layer} {specific} --seqlen {args.seqlen} --batch-size {args.batch_size} "
+        f"--steps {args.steps} --lr {args.lr} --weight-decay {args.weight_decay} --warmup {args.warmup} "
+        f"--stop-step {steps_done} --max-minutes 1000 --overwrite --threads {threads}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
+    arch = ARCHS[args.arch]
+    if args.d_state is None:
+        args.d_state = arch.d_state
+    for name, default in MAMBA2_DEFAULTS.items():
+        if arch.name == "mamba2" and getattr(args, name) is None:
+            setattr(args, name, default)
+        elif arch.name != "mamba2" and getattr(args, name) is not None:
+            p.error(f"--{name}: a Mamba-2 size; expected no value with --arch {arch.name}")
+    if args.out is None:
+        args.out = arch.out
     try:
         check_output_dir(args.out, "--out", overwrite=args.overwrite, overwrite_hint="--overwrite")
     except OutputPathError as exc:
         p.error(str(exc))
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads: expected an integer >= 1, got {args.threads}")
+    try:
+        config = arch.build(args)
+    except ValueError as exc:  # CheckpointFormatError names the field
+        p.error(str(exc))
     threads = common.apply_threads(args.threads)
 
     root, files = stdlib_files()
@@ -150,8 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
 
-    config = MambaLMConfig(vocab_size=256, d_model=args.d_model, n_layer=args.n_layer, d_state=args.d_state)
-    model = MambaLM.from_config(config, seed=args.seed)
+    model = arch.model.from_config(config, seed=args.seed)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "A_log" not in n]
@@ -178,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         batch = train_tokens[starts[:, None] + offsets]
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        logits = train_logits(model, batch[:, :-1])
+        logits = arch.forward(model, batch[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, 256), batch[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -204,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model.eval()
     out = Path(args.out)
+    loaded_name = arch.model.__name__
     # checkpoint, training_config.json and loss_curve.json appear together, or not at all
     with atomic_directory(
         out,
@@ -213,23 +325,27 @@ def main(argv: list[str] | None = None) -> int:
         overwrite_hint="--overwrite",
     ) as staging:
         model.save_pretrained(staging)
-        loaded = MambaLM.from_pretrained(staging)
+        loaded = arch.model.from_pretrained(staging)
         check = held_tokens[: 2 * args.seqlen].reshape(2, args.seqlen)
         with torch.no_grad():
-            ref = train_logits(model, check)
+            ref = arch.forward(model, check)
             got = loaded(check)
         max_err = float((ref - got).abs().max())
         if not max_err < 1e-3:
-            print(f"error: MambaLM logits differ from the training forward by {max_err:.3e}", file=sys.stderr)
+            print(
+                f"error: {loaded_name} logits differ from the training forward by {max_err:.3e}",
+                file=sys.stderr,
+            )
             raise SystemExit(1)  # an exception: nothing is written
         held_loss = heldout_loss(loaded, held_tokens, 256, 64)
         training_config = {
-            "script": "benchmarks/quality/train_tiny.py",
-            "command": "python benchmarks/quality/train_tiny.py " + " ".join(argv or sys.argv[1:]),
+            "script": SCRIPT,
+            "command": f"python {SCRIPT} " + " ".join(argv if argv is not None else sys.argv[1:]),
             "args": {
                 k: (str(v) if isinstance(v, Path) else v)
                 for k, v in vars(args).items()
                 if k not in ("out", "overwrite")
+                and (args.arch == "mamba2" or k not in ("headdim", "ngroups"))
             },
             "model": {**config.to_hf_dict(), "params": n_params},
             "data": {
@@ -244,12 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "optimizer": "AdamW(betas=(0.9, 0.95)), linear warmup then cosine to 0.1 lr, grad clip 1.0",
             "steps_done": steps_done,
-            "reproduce": (
-                f"python benchmarks/quality/train_tiny.py --seed {args.seed} --d-model {args.d_model} "
-                f"--n-layer {args.n_layer} --seqlen {args.seqlen} --batch-size {args.batch_size} "
-                f"--steps {args.steps} --lr {args.lr} --stop-step {steps_done} --max-minutes 1000 "
-                f"--overwrite --threads {threads.threads}"
-            ),
+            "reproduce": reproduce_command(args, arch, steps_done, threads.threads),
             "train_seconds": round(train_seconds, 1),
             "torch": torch.__version__,
             "threads": threads.threads,
@@ -257,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             "final_train_loss": curve[-1]["loss"],
             "heldout_nll_256x64": held_loss,
             "heldout_ppl_256x64": math.exp(held_loss),
-            "max_abs_logit_err_mambalm_vs_training_forward": max_err,
+            f"max_abs_logit_err_{loaded_name.lower()}_vs_training_forward": max_err,
         }
         write_text_atomic(staging / "training_config.json", json.dumps(training_config, indent=2) + "\n")
         write_text_atomic(staging / "loss_curve.json", json.dumps(curve, indent=1) + "\n")

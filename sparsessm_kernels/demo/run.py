@@ -1,6 +1,8 @@
 """The work behind ``sparsessm demo`` (see ``docs/demo.md``).
 
-Steps, all on the embedded checkpoint :data:`MODEL_DIR`:
+``--arch mamba`` (default) runs the steps below on the embedded Mamba-1 :data:`MODEL_DIR`;
+``--arch mamba2`` runs those of :mod:`.run_mamba2` on the embedded Mamba-2 (:data:`MODEL_DIRS`).
+Mamba-1 steps:
 
 1. held-out text: the held-out standard-library files named in ``training_config.json`` (read
    from this machine's ``sysconfig.get_paths()["stdlib"]``), as UTF-8 bytes;
@@ -36,7 +38,10 @@ from .._threads import ThreadChoice, choose_threads, describe
 from .._timing import Speedup, Spread, compare, time_interleaved
 
 MODEL_DIR = Path(__file__).resolve().parent / "tiny_mamba"
-"""The embedded checkpoint (HF layout)."""
+"""The embedded Mamba-1 checkpoint (HF layout)."""
+
+MODEL_DIRS = {"mamba": MODEL_DIR, "mamba2": Path(__file__).resolve().parent / "tiny_mamba2"}
+"""The embedded checkpoint of each ``--arch``."""
 
 REPORT_NAME = "demo_report.json"
 PLOT_NAME = "demo_report.png"
@@ -71,6 +76,10 @@ class DemoOptions:
     model_dir: str | None = None
     threads: int | None = None
     """torch CPU threads; ``None``: chosen automatically (see ``sparsessm_kernels._threads``)."""
+    arch: str = "mamba"
+    """``"mamba"`` or ``"mamba2"``: which embedded model (:data:`MODEL_DIRS`) and which steps."""
+    decode_tokens: int = 64
+    """Mamba-2: tokens decoded per timed call (the decode timing)."""
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoOptions:
@@ -83,12 +92,16 @@ class DemoOptions:
             "scan_seqlen": 256,
             "check_seqlen": 64,
             "repeats": 5,
+            "decode_tokens": 16,
         }
         base.update(overrides)
         return cls(**base)
 
     def validate(self) -> None:
-        for name in ("seqlen", "nsamples", "eval_seqlen", "eval_windows", "scan_seqlen", "check_seqlen"):
+        if self.arch not in MODEL_DIRS:
+            raise ValueError(f"arch: expected one of {sorted(MODEL_DIRS)}, got {self.arch!r}")
+        names = ("seqlen", "nsamples", "eval_seqlen", "eval_windows", "scan_seqlen", "check_seqlen")
+        for name in (*names, "decode_tokens"):
             value = getattr(self, name)
             low = 2 if name in ("seqlen", "eval_seqlen") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -198,14 +211,18 @@ def scan_check(
     return {"backend": backend, **timing_fields(dense, sparse), "max_abs_err_vs_reference": err}
 
 
-def timing_fields(dense: Spread, sparse: Spread) -> dict[str, Any]:
-    """A result row's timing fields: medians, spreads and the speedup with its significance."""
+def timing_fields(dense: Spread, sparse: Spread, what: str = "scan") -> dict[str, Any]:
+    """A result row's timing fields: medians, spreads and the speedup with its significance.
+
+    ``what`` names the timed work in the keys: ``dense_{what}_ms``, ``{what}_ms``,
+    ``dense_{what}_spread_ms``, ``{what}_spread_ms`` (``scan`` for Mamba-1, ``decode`` for Mamba-2).
+    """
     speedup = compare(dense, sparse)
     return {
-        "dense_scan_ms": dense.median,
-        "scan_ms": sparse.median,
-        "dense_scan_spread_ms": dense.as_dict(),
-        "scan_spread_ms": sparse.as_dict(),
+        f"dense_{what}_ms": dense.median,
+        f"{what}_ms": sparse.median,
+        f"dense_{what}_spread_ms": dense.as_dict(),
+        f"{what}_spread_ms": sparse.as_dict(),
         "speedup": speedup.ratio if speedup else None,
         "speedup_range": [speedup.low, speedup.high] if speedup else None,
         "speedup_significant": bool(speedup and speedup.significant),
@@ -223,13 +240,17 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = _log) -> dict[str, 
 
     opts.validate()
     device = resolve_device(opts.device)
-    model_dir = Path(opts.model_dir) if opts.model_dir else MODEL_DIR
+    model_dir = Path(opts.model_dir) if opts.model_dir else MODEL_DIRS[opts.arch]
     t_start = time.perf_counter()
     threads = choose_threads(opts.threads)
     log(f"torch CPU threads: {threads.threads} ({threads.reason}; --threads N to choose)")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads.threads)
     try:
+        if opts.arch == "mamba2":
+            from .run_mamba2 import demo_steps_mamba2
+
+            return demo_steps_mamba2(opts, device, model_dir, threads, t_start, log)
         return _demo_steps(opts, device, model_dir, threads, t_start, log)
     finally:
         torch.set_num_threads(previous_threads)
@@ -289,6 +310,8 @@ def _demo_steps(
         )
 
     report = {
+        "arch": "mamba",
+        "timed": "scan",
         "model": {"dir": str(model_dir), "name": model_dir.name, **_model_info(dense)},
         "device": _device_name(device),
         "threads": {"count": threads.threads, "reason": threads.reason},
@@ -309,6 +332,12 @@ def _demo_steps(
         },
         "seconds": time.perf_counter() - t_start,
     }
+    return write_report(report, opts, log)
+
+
+def write_report(report: dict[str, Any], opts: DemoOptions, log: Callable[[str], None]) -> dict[str, Any]:
+    """Write ``demo_report.json`` (and the PNG when asked for) to ``opts.out``; returns ``report``
+    with ``plot`` set to the PNG's path or ``None``."""
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / REPORT_NAME, json.dumps(report, indent=2, allow_nan=False) + "\n")
@@ -370,12 +399,13 @@ def demo_figure(report: dict[str, Any]) -> Any:
     ax2.axhline(1.0, color="black", linestyle="--")
     ranges = [v for _, r in timed for v in r["speedup_range"]]
     ax2.set_ylim(*axis_limits([1.0, *ranges], floor=0.0))
-    ax2.set_ylabel("scan speedup vs dense (median, Q1-Q3 range)")
+    timed = "compact decode" if report.get("timed") == "decode" else "scan"
+    ax2.set_ylabel(f"{timed} speedup vs dense (median, Q1-Q3 range)")
     for ax in (ax1, ax2):
         ax.set_xticks(x, labels)
         ax.set_xlim(-0.5, len(rows) - 0.5)
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(f"sparsessm demo, 50% SSM sparsity, {report['device']}")
+    fig.suptitle(f"sparsessm demo ({report['model']['name']}), 50% SSM sparsity, {report['device']}")
     fig.tight_layout()
     return fig
 
@@ -401,6 +431,7 @@ def _plot(report: dict[str, Any], path: Path, log: Callable[[str], None]) -> str
 def format_demo_table(report: dict[str, Any]) -> str:
     """The demo's one table (plain text). Scan times are medians with their quartiles in brackets;
     a speedup whose quartile ranges overlap reads "not significant"."""
+    what = report.get("timed", "scan")
     header = [
         "method",
         "pattern",
@@ -421,8 +452,8 @@ def format_demo_table(report: dict[str, Any]) -> str:
                 f"{r['sparsity']:.2f}",
                 f"{r['ppl']:.3f}",
                 r["backend"],
-                Spread(**r["dense_scan_spread_ms"]).format(),
-                Spread(**r["scan_spread_ms"]).format(),
+                Spread(**r[f"dense_{what}_spread_ms"]).format(3 if what == "decode" else 2),
+                Spread(**r[f"{what}_spread_ms"]).format(3 if what == "decode" else 2),
                 _speedup_text(r),
                 f"{r['max_abs_err_vs_reference']:.1e}",
             ]
@@ -432,11 +463,21 @@ def format_demo_table(report: dict[str, Any]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
     m = report["model"]
+    if what == "decode":
+        d = report["decode"]
+        timing = (
+            f"decode ms per token (batch 1, dense state (1, {d['nheads']}, {d['headdim']}, {d['d_state']}) "
+            f"vs compact (1, {d['nheads']}, {d['headdim']}, k)), {report['settings']['repeats']} timed "
+            f"calls of {d['tokens']} tokens each"
+        )
+    else:
+        timing = (
+            f"scan (1, {report['scan_shape']['d_inner']}, {report['scan_shape']['d_state']}, "
+            f"{report['scan_shape']['seqlen']}), {report['settings']['repeats']} timed calls each"
+        )
     title = (
         f"model {m['name']} ({m['params']:,} params, {m['n_layer']} layers), device {report['device']}, "
-        f"held-out perplexity per byte; scan (1, {report['scan_shape']['d_inner']}, "
-        f"{report['scan_shape']['d_state']}, {report['scan_shape']['seqlen']}), "
-        f"{report['settings']['repeats']} timed calls each"
+        f"held-out perplexity per byte; {timing}"
     )
     return title + "\n" + "\n".join(lines)
 
