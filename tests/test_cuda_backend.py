@@ -34,9 +34,9 @@ import pytest
 import torch
 
 import sparsessm_kernels.ops.cuda as cuda_backend
-from sparsessm_kernels.ops import StateLayout
+from sparsessm_kernels.ops import StateLayout, selective_scan_ref
 from sparsessm_kernels.ops.dispatch import BackendUnavailableError
-from sparsessm_kernels.ops.reference import selective_scan_ref
+from sparsessm_kernels.ops.selective_scan.cuda_backend import selective_scan_cuda
 from tests.scan_cases import CASES, TOLERANCES, ScanCase, assert_close, make_inputs, to_float64
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def _run(
     return_last_state: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``selective_scan_cuda`` with the positional signature the dispatcher uses."""
-    return cuda_backend.selective_scan_cuda(
+    return selective_scan_cuda(
         inputs["u"],
         inputs["delta"],
         inputs["A"],
@@ -422,9 +422,9 @@ def test_calling_without_extension_raises_backend_unavailable(
 def test_wrapper_signature_matches_the_torch_backend() -> None:
     import inspect
 
-    from sparsessm_kernels.ops.torch_backend import selective_scan_torch
+    from sparsessm_kernels.ops.selective_scan.torch_backend import selective_scan_torch
 
-    ours = inspect.signature(cuda_backend.selective_scan_cuda)
+    ours = inspect.signature(selective_scan_cuda)
     theirs = inspect.signature(selective_scan_torch)
     assert list(ours.parameters) == list(theirs.parameters)
 

@@ -417,7 +417,7 @@ def test_state_update_with_an_empty_batch(step_inputs: dict) -> None:
 
 
 def test_saliency_needs_a_sample(scan_inputs: dict) -> None:
-    from sparsessm_kernels.ops.calibration import state_saliency, state_saliency_ref
+    from sparsessm_kernels.ops import state_saliency, state_saliency_ref
 
     x = _empty_batch(scan_inputs)
     for fn in (state_saliency, state_saliency_ref):

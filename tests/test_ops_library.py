@@ -198,20 +198,20 @@ def test_ops_without_a_cuda_kernel_never_resolve_to_cuda() -> None:
 def test_plain_eager_fast_path_is_taken_only_when_safe() -> None:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from sparsessm_kernels.ops.dispatch import _plain_eager
+    from sparsessm_kernels.ops.library import plain_eager
 
     t = torch.randn(2, 3)
-    assert _plain_eager(t, None, torch.nn.Parameter(torch.randn(3), requires_grad=False))
+    assert plain_eager(t, None, torch.nn.Parameter(torch.randn(3), requires_grad=False))
     leaf = torch.randn(3, requires_grad=True)
-    assert not _plain_eager(t, leaf)  # autograd: keep the registered op
+    assert not plain_eager(t, leaf)  # autograd: keep the registered op
     with torch.no_grad():
-        assert _plain_eager(t, leaf)
+        assert plain_eager(t, leaf)
     with FakeTensorMode():
-        assert not _plain_eager(torch.empty(2))  # a dispatch mode is active
+        assert not plain_eager(torch.empty(2))  # a dispatch mode is active
     seen = []
 
     def probe(x):
-        seen.append(_plain_eager(x))
+        seen.append(plain_eager(x))
         return x + 1
 
     torch.compile(probe, fullgraph=True, backend="aot_eager")(t)
@@ -221,7 +221,7 @@ def test_plain_eager_fast_path_is_taken_only_when_safe() -> None:
     with torch.autograd.forward_ad.dual_level():
         probe(t)
     assert seen == [False] * 4  # vmap, jit.trace, forward AD: the op path
-    assert _plain_eager(t)  # and back to plain eager afterwards
+    assert plain_eager(t)  # and back to plain eager afterwards
 
 
 def test_fast_path_matches_the_registered_ops_exactly() -> None:

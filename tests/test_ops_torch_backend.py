@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import sparsessm_kernels as ssk
-from sparsessm_kernels.ops import StateLayout
-from sparsessm_kernels.ops.reference import selective_scan_ref, selective_state_update_ref
+from sparsessm_kernels.ops import StateLayout, selective_scan_ref, selective_state_update_ref
 from tests.scan_cases import CASES, ScanCase, assert_close, make_inputs, to_float64
 
 
@@ -138,7 +137,7 @@ def test_decode_chain_equals_scan_with_compact_state() -> None:
 
 
 def test_case_masks_exercise_both_per_channel_paths() -> None:
-    from sparsessm_kernels.ops.torch_backend import MASKED_DENSE_FRACTION
+    from sparsessm_kernels.ops.selective_scan.torch_backend import MASKED_DENSE_FRACTION
 
     ks = {}
     for kind in ("unstructured", "unstructured_sparse", "2:4"):

@@ -6,7 +6,7 @@ into importance scores (higher = kept) and masks by :func:`ssm_masks`:
 
 * ``sparsessm`` / ``score="sparsessm"``: the OBS saliency of zeroing the discrete transition of
   state ``(c, s)`` at step ``t``, ``exp(delta_t A)^2 h_{t-1}^2``, averaged over calibration samples
-  as a per-sample product (:func:`sparsessm_kernels.ops.calibration.state_saliency`).
+  as a per-sample product (:func:`sparsessm_kernels.ops.state_saliency`).
 * ``sparsessm`` / ``score="a_log"``: ``A_log^2 h_{t-1}^2`` (the paper's Theorem 1 form).
 * aggregation over time ``weighted`` (``sum_t w_t score_t``, :func:`time_weights`) or ``vote``
   (:func:`vote_scores`).
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import MambaMixer
-from ..ops.calibration import state_saliency
+from ..ops import state_saliency
 from ..sparsity import StateSparsity, column_mask, kept_count, nm_mask, unstructured_mask
 from .config import PruneConfig
 from .projections import damped_inverse, sparsegpt_prune

@@ -12,9 +12,8 @@ import pytest
 import torch
 
 import sparsessm_kernels as ssk
-from sparsessm_kernels.ops import StateLayout
-from sparsessm_kernels.ops.reference import selective_scan_ref
-from sparsessm_kernels.ops.triton.selective_scan import ScanConfig, selective_scan_triton
+from sparsessm_kernels.ops import StateLayout, selective_scan_ref
+from sparsessm_kernels.ops.selective_scan.triton_backend import ScanConfig, selective_scan_triton
 from tests.scan_cases import (
     BF16_ROUND_TO_NEAREST,
     BF16_TRUNCATE,
@@ -372,7 +371,7 @@ def test_cuda_graph_capture_replays_the_scan() -> None:
 
 # ------------------------------------------------------------------------------ configuration
 def test_gpu_configuration_table_and_rule() -> None:
-    from sparsessm_kernels.ops.triton.selective_scan import CONFIG_TABLE, gpu_config
+    from sparsessm_kernels.ops.selective_scan.triton_backend import CONFIG_TABLE, gpu_config
 
     bf16, f32, f64 = torch.bfloat16, torch.float32, torch.float64
     # the benchmark grid: the table, at batch 1 and 8 on 132 SMs
@@ -397,7 +396,7 @@ def test_gpu_configuration_table_and_rule() -> None:
 
 
 def test_configuration_override_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sparsessm_kernels.ops.triton.selective_scan import CONFIG_ENV, scan_config
+    from sparsessm_kernels.ops.selective_scan.triton_backend import CONFIG_ENV, scan_config
 
     args = (1, 12, 20, 4, torch.float32, torch.float32, torch.device(DEVICE))
     monkeypatch.setenv(CONFIG_ENV, "2, 16, 2")

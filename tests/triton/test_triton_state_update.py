@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import sparsessm_kernels as ssk
-from sparsessm_kernels.ops import StateLayout
-from sparsessm_kernels.ops.reference import selective_state_update_ref
+from sparsessm_kernels.ops import StateLayout, selective_state_update_ref
 from tests.scan_cases import ScanCase, assert_close, make_inputs, to_float64
 
 from .conftest import DEVICE, TRITON_TOLERANCES

@@ -192,7 +192,7 @@ def scan_call(
     """The launches of one ``selective_scan`` call on ``meta`` tensors (``mask``: ``dense``,
     ``column50``, ``column0`` (every state pruned), ``2:4`` or ``unstructured50``; ``fixed``: which of
     B / C is time-invariant)."""
-    from .selective_scan import plan_scan
+    from ..selective_scan.triton_backend import plan_scan
 
     weight = torch.float64 if dtype == torch.float64 else torch.float32
     bc_shape = (b, groups, n, l) if groups else (b, n, l)
@@ -219,7 +219,7 @@ def state_update_call(
 ) -> list[Any]:
     """The launch of one ``selective_state_update`` call on ``meta`` tensors (float32 state,
     compact ``(b, d, k)`` for uniform masks when ``compact``)."""
-    from .state_update import plan_state_update
+    from ..state_update.triton_backend import plan_state_update
 
     state_mask, kept_idx, kept_count = _meta_mask(mask, d, n)
     k = n if kept_idx is None or not compact else kept_idx.shape[-1]

@@ -1,6 +1,6 @@
 """Triton prefill kernel of the (sparse) selective scan, forward only (design: ``docs/triton.md``).
 
-Semantics are exactly :func:`sparsessm_kernels.ops.reference.selective_scan_ref` (see
+Semantics are exactly :func:`sparsessm_kernels.ops.selective_scan.reference.selective_scan_ref` (see
 ``docs/semantics.md``); this module only decides how the work is laid out on the GPU.
 
 One launch (two with a ``zero_transition`` mask, below), grid ``(d / BLOCK_D, b)``: a program owns
@@ -52,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (
+from ..triton._common import (
     INTERPRETED,
     LOG2E,
     Launch,
@@ -539,7 +539,7 @@ def selective_scan_triton(
     *,
     config: ScanConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Selective scan on the Triton kernels; arguments validated by the caller (``ops.dispatch``).
+    """Selective scan on the Triton kernels; arguments validated by ``ops.selective_scan``.
 
     Same contract as ``torch_backend.selective_scan_torch``: returns ``(out, last_state or None)``.
     ``config`` overrides :func:`scan_config` (for tests and tuning).

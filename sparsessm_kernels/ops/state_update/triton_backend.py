@@ -1,6 +1,6 @@
 """Triton decode-step kernel: one step of the (sparse) selective SSM, state updated in place.
 
-Semantics are :func:`sparsessm_kernels.ops.reference.selective_state_update_ref`. A program owns
+Semantics are :func:`sparsessm_kernels.ops.state_update.reference.selective_state_update_ref`. A program owns
 ``BLOCK_D`` channels of one batch row and works on a ``(BLOCK_D, KB)`` tile of the state, where
 ``KB = next_pow2(slots)`` follows the number of **stored** states, not ``n``:
 
@@ -19,11 +19,12 @@ Semantics are :func:`sparsessm_kernels.ops.reference.selective_state_update_ref`
 distinct.
 
 The output is computed from the updated state in float32 (float64 for float64 inputs) before the
-state is rounded to its dtype. As in the prefill scan (``selective_scan.py``), ``exp`` is ``exp2`` of
-``A`` pre-scaled by ``log2(e)`` and softplus / SiLU use the hardware's base-2 exp / log and a fast
-division. Block sizes are fixed (``BLOCK_D * KB`` about 1024); no autotuning, which would replay
-the in-place update. No host synchronisation. :func:`plan_state_update` lists the launch without
-running it (for the ahead-of-time compile of ``sparsessm_kernels.ops.triton.aot``).
+state is rounded to its dtype. As in the prefill scan (``selective_scan/triton_backend.py``),
+``exp`` is ``exp2`` of ``A`` pre-scaled by ``log2(e)`` and softplus / SiLU use the hardware's
+base-2 exp / log and a fast division. Block sizes are fixed (``BLOCK_D * KB`` about 1024); no
+autotuning, which would replay the in-place update. No host synchronisation.
+:func:`plan_state_update` lists the launch without running it (for the ahead-of-time compile of
+``sparsessm_kernels.ops.triton.aot``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, Launch, acc_dtype, bc_strides, device_guard, int_dummy, next_pow2, silu, softplus
+from ..triton._common import (
+    LOG2E,
+    Launch,
+    acc_dtype,
+    bc_strides,
+    device_guard,
+    int_dummy,
+    next_pow2,
+    silu,
+    softplus,
+)
 
 MODE_DENSE, MODE_COMPACT, MODE_MASKED = 0, 1, 2
 
@@ -212,7 +223,7 @@ def selective_state_update_triton(
     *,
     block_d: int | None = None,
 ) -> torch.Tensor:
-    """One decode step on the Triton kernel; arguments validated by the caller (``ops.dispatch``).
+    """One decode step on the Triton kernel; arguments validated by the public op.
 
     ``state`` ``(b, d, n)``, compact ``(b, d, k)``, or ``(S, d, ...)`` with ``state_batch_indices``;
     updated in place. Returns ``(b, d)`` in ``x.dtype``.
