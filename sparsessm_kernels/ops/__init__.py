@@ -17,7 +17,7 @@ sparsessm_kernels.ops.selective_scan.<module> import ...``.
 This layer imports nothing from ``sparsity``, ``models``, ``prune`` or ``cli``.
 """
 
-from .dispatch import available_backends
+from .dispatch import BackendUnavailableError, available_backends, resolve_backend
 from .layout import MAX_D_STATE, StateLayout
 from .saliency import state_saliency, state_saliency_ref
 from .selective_scan import selective_scan, selective_scan_ref
@@ -25,8 +25,10 @@ from .state_update import selective_state_update, selective_state_update_ref
 
 __all__ = [
     "MAX_D_STATE",
+    "BackendUnavailableError",
     "StateLayout",
     "available_backends",
+    "resolve_backend",
     "selective_scan",
     "selective_scan_ref",
     "selective_state_update",

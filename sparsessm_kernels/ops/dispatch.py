@@ -28,6 +28,9 @@ logger = logging.getLogger("sparsessm_kernels")
 
 BACKENDS = ("torch", "triton", "cuda")
 
+BACKEND_ENV = "SPARSESSM_BACKEND"
+"""The environment variable that replaces ``backend="auto"``."""
+
 
 class BackendUnavailableError(RuntimeError):
     """Raised when an explicitly requested backend cannot run here."""
@@ -103,7 +106,7 @@ def resolve_backend(
     ``float64``: some input is float64, which only the torch and Triton backends compute.
     """
     if backend == "auto":
-        backend = os.environ.get("SPARSESSM_BACKEND", "auto") or "auto"
+        backend = os.environ.get(BACKEND_ENV, "auto") or "auto"
     if backend not in (*BACKENDS, "auto"):
         raise ValueError(f"backend: expected one of {('auto', *BACKENDS)}, got {backend!r}")
     if backend == "torch" or (backend == "auto" and device.type != "cuda"):

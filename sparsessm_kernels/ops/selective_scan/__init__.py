@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 
 from .. import library as _library
-from ..checks import check_scan_inputs
+from ..checks import check_scan_inputs, math_dtype
 from ..dispatch import resolve_backend
-from ..layout import StateLayout, as_layout, check_pruned_states
+from ..layout import StateLayout, as_layout, cached_layout, check_pruned_states
+from ..plan import PlanCache, ScanInputs, ScanPlan, build_plan, plan_key
 from .reference import selective_scan_ref
 
 __all__ = ["selective_scan", "selective_scan_ref"]
@@ -64,26 +65,49 @@ def selective_scan(
         ``out`` ``(b, d, l)`` in ``u.dtype``; with ``return_last_state``, ``(out, last_state)``.
         An empty batch (``b = 0``) gives empty results.
     """
-    shape = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    check_pruned_states(pruned_states)
-    layout = as_layout(state_mask, shape.d_inner, shape.d_state)
-    float64 = any(t is not None and t.dtype == torch.float64 for t in (u, delta, A, B, C, D, z, delta_bias))
-    chosen = resolve_backend(backend, u.device, float64=float64)
-    fast = _library.plain_eager(u, delta, A, B, C, D, z, delta_bias)
-    op = _library.selective_scan_impl if fast else torch.ops.sparsessm.selective_scan
-    out, last_state = op(
-        u,
-        delta,
-        A,
-        B,
-        C,
-        D,
-        z,
-        delta_bias,
+    inputs = ScanInputs(u, delta, A, B, C, D, z, delta_bias)
+    shapes = _library.eager_shape_class(inputs)  # None: not plain eager
+    plan = scan_plan(inputs, shapes, state_mask, pruned_states, delta_softplus, return_last_state, backend)
+    if shapes is not None:
+        out, last_state = _library.run_scan(plan, inputs)
+    else:
+        out, last_state = torch.ops.sparsessm.selective_scan(*inputs, *_library.flat_plan(plan))
+    return (out, last_state) if return_last_state else out
+
+
+_PLANS = PlanCache()
+
+
+def scan_plan(
+    inputs: ScanInputs,
+    shapes: tuple | None,
+    state_mask: torch.Tensor | StateLayout | None,
+    pruned_states: str,
+    delta_softplus: bool,
+    return_last_state: bool,
+    backend: str,
+) -> ScanPlan:
+    """Validate a call and build its :class:`ScanPlan`, once per layer and shape class ``shapes``
+    (cached for plain eager calls; built anew otherwise, e.g. traced under ``torch.compile``)."""
+    key = plan_key(
+        shapes,
+        cached_layout(state_mask),
+        pruned_states,
         bool(delta_softplus),
         bool(return_last_state),
-        *_library.layout_tensors(layout, u.device),
-        pruned_states,
-        chosen,
+        backend,
     )
-    return (out, last_state) if return_last_state else out
+    plan = None if key is None else _PLANS.get(key)
+    if plan is not None:
+        return plan
+    shape = check_scan_inputs(*inputs)
+    check_pruned_states(pruned_states)
+    layout = as_layout(state_mask, shape.d_inner, shape.d_state)
+    dtype = math_dtype(*inputs)
+    device = inputs.u.device
+    chosen = resolve_backend(backend, device, float64=dtype == torch.float64)
+    plan = build_plan(
+        chosen, shape.d_state, pruned_states, delta_softplus, dtype, *_library.layout_tensors(layout, device),
+        return_last_state=return_last_state,
+    )  # fmt: skip
+    return plan if key is None else _PLANS.put(key, plan)

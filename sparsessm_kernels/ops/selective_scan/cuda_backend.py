@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .. import cuda as _cuda
+from ..plan import ScanInputs, ScanPlan
 
 
 def _seq(t: torch.Tensor | None, dtype: torch.dtype, unit_stride: bool = True) -> torch.Tensor | None:
@@ -49,34 +50,19 @@ def _i32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.to(torch.int32).contiguous()
 
 
-def selective_scan_cuda(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    delta_softplus: bool,
-    return_last_state: bool,
-    state_mask: torch.Tensor | None,
-    kept_idx: torch.Tensor | None,
-    kept_count: torch.Tensor | None,
-    pruned_states: str,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Selective scan on the CUDA kernels; arguments validated by the caller (see ``ops.dispatch``).
+def selective_scan_cuda(plan: ScanPlan, inputs: ScanInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Selective scan on the CUDA kernels; arguments validated by ``ops.selective_scan``.
 
-    Shapes as in :func:`~.torch_backend.selective_scan_torch`: u, delta, z
-    ``(b, d, l)``; A ``(d, n)`` float32; B, C ``(b, n, l)``, ``(b, g, n, l)`` or time-invariant
-    ``(d, n)`` (passed as a stride-0 ``(b, d, n, l)`` view, one group per channel); D, delta_bias ``(d,)``;
-    state_mask None, bool ``(n,)`` or ``(d, n)`` with the ``kept_idx`` / ``kept_count`` tables of its
-    ``StateLayout``. Sequence tensors of mixed dtypes are computed in their promoted dtype (exact:
-    the math is float32 either way); float64 is not supported by the kernels (use the torch backend).
+    Shapes as in :class:`~sparsessm_kernels.ops.plan.ScanInputs` (A float32; a time-invariant ``(d, n)`` B
+    / C is passed as a stride-0 ``(b, d, n, l)`` view, one group per channel); the mask tables and the
+    kernel's ``time_segments`` come with the plan. Sequence tensors of mixed dtypes are computed in their
+    promoted dtype (exact: the math is float32 either way); float64 is not supported by the kernels (use
+    the torch backend).
 
     Returns ``(out (b, d, l) in u.dtype, last_state (b, d, n) float32 or None)``.
     """
     ext = _cuda.extension()
+    u, delta, A, B, C, D, z, delta_bias = inputs
     named = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
     for name, t in named.items():
         if t is not None and t.dtype == torch.float64:
@@ -93,15 +79,6 @@ def selective_scan_cuda(
     if dtype not in _cuda.KERNEL_DTYPES:
         raise TypeError(f"u: expected float32, float16 or bfloat16 sequence tensors, got {dtype}")
 
-    if state_mask is None:
-        kept_idx = kept_count = None
-    elif kept_idx is None:
-        raise ValueError("kept_idx: required with a state_mask (pass the tables of its StateLayout)")
-    elif state_mask.dim() == 1:
-        kept_count = None
-    elif kept_count is None:
-        raise ValueError("kept_count: required with a per-channel state_mask (d, n)")
-
     out, last_state = ext.selective_scan_fwd(
         _seq(u, dtype),
         _seq(delta, dtype),
@@ -111,13 +88,13 @@ def selective_scan_cuda(
         _f32(D),
         _seq(z, dtype),
         _f32(delta_bias),
-        bool(delta_softplus),
-        bool(return_last_state),
-        _i32(kept_idx),
-        _i32(kept_count),
-        pruned_states,
-        _cuda._TIME_SEGMENTS,
+        plan.softplus,
+        plan.return_last_state,
+        _i32(plan.kept_idx),
+        _i32(plan.kept_count),
+        plan.pruned_states,
+        plan.time_segments,
     )
     if out.dtype != u.dtype:
         out = out.to(u.dtype)
-    return out, (last_state if return_last_state else None)
+    return out, (last_state if plan.return_last_state else None)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 
 from .. import library as _library
-from ..checks import check_state_update_inputs
+from ..checks import check_state_update_inputs, math_dtype
 from ..dispatch import resolve_backend
-from ..layout import StateLayout, as_layout, check_pruned_states
+from ..layout import StateLayout, as_layout, cached_layout, check_pruned_states
+from ..plan import PlanCache, ScanPlan, StepInputs, build_plan, plan_key
 from .reference import selective_state_update_ref
 
 __all__ = ["selective_state_update", "selective_state_update_ref"]
@@ -60,45 +61,57 @@ def selective_state_update(
     Returns:
         ``out`` ``(b, d)`` in ``x.dtype``.
     """
+    inputs = StepInputs(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices)
+    shapes = _library.eager_shape_class(inputs)  # None: not plain eager
+    plan = step_plan(inputs, shapes, state_mask, pruned_states, dt_softplus, backend)
+    if shapes is not None:  # the fast path: no tracing, no mode, no input needing grad
+        return _library.run_state_update(plan, inputs)
+    if _library.needs_grad(*inputs[:9]) and not torch.compiler.is_compiling():
+        # A mutating op has no torch.library autograd formula: differentiate the reference.
+        return selective_state_update_ref(
+            *inputs[:9],
+            plan.softplus,
+            state_mask=state_mask,
+            pruned_states=pruned_states,
+            state_batch_indices=state_batch_indices,
+        )
+    return torch.ops.sparsessm.selective_state_update(
+        *inputs[:9], *_library.flat_step_plan(plan), state_batch_indices
+    )
+
+
+_PLANS = PlanCache()
+
+
+def step_plan(
+    inputs: StepInputs,
+    shapes: tuple | None,
+    state_mask: torch.Tensor | StateLayout | None,
+    pruned_states: str,
+    dt_softplus: bool,
+    backend: str,
+) -> ScanPlan:
+    """Validate a decode step and build its :class:`ScanPlan`, once per layer and shape class
+    ``shapes`` (cached for plain eager calls; built anew otherwise, e.g. traced under
+    ``torch.compile``)."""
+    key = plan_key(shapes, cached_layout(state_mask), pruned_states, bool(dt_softplus), backend)
+    plan = None if key is None else _PLANS.get(key)
+    if plan is not None:
+        return plan
     check_pruned_states(pruned_states)
+    A, x = inputs.A, inputs.x
     n = A.shape[-1] if isinstance(A, torch.Tensor) and A.dim() == 2 else 0
     d = x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 2 else 0
     layout = as_layout(state_mask, d, n) if n and d else None
     n_kept = layout.n_kept if layout is not None and layout.uniform else None
-    check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias, n_kept, state_batch_indices)
+    check_state_update_inputs(*inputs[:9], n_kept, inputs.state_batch_indices)
     chosen = resolve_backend(backend, x.device, op="selective_state_update")
-    if _library.needs_grad(state, x, dt, A, B, C, D, z, dt_bias) and not torch.compiler.is_compiling():
-        # A mutating op has no torch.library autograd formula: differentiate the reference.
-        return selective_state_update_ref(
-            state,
-            x,
-            dt,
-            A,
-            B,
-            C,
-            D,
-            z,
-            dt_bias,
-            bool(dt_softplus),
-            state_mask=layout,
-            pruned_states=pruned_states,
-            state_batch_indices=state_batch_indices,
-        )
-    fast = _library.plain_eager(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices)
-    op = _library.selective_state_update_impl if fast else torch.ops.sparsessm.selective_state_update
-    return op(
-        state,
-        x,
-        dt,
-        A,
-        B,
-        C,
-        D,
-        z,
-        dt_bias,
-        bool(dt_softplus),
-        *_library.layout_tensors(layout, x.device),
-        pruned_states,
+    plan = build_plan(
         chosen,
-        state_batch_indices,
+        n,
+        pruned_states,
+        dt_softplus,
+        math_dtype(*inputs[:9]),
+        *_library.layout_tensors(layout, x.device),
     )
+    return plan if key is None else _PLANS.put(key, plan)

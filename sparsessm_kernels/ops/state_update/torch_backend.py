@@ -1,9 +1,9 @@
 """Pure PyTorch backend of the decode step (any device): one step, vectorised over batch and channels.
 
-Masks are handled on the ``k`` worked states of :class:`~..selective_scan.torch_backend._StatePlan`
-(the same per-channel tables as the chunked scan): the transition and drive are computed for the
-kept states only and the pruned states' feed-through ``dt * x * sum_{pruned} B * C`` is one
-reduction, never a state.
+Masks are handled on the ``k`` worked states of
+:class:`~sparsessm_kernels.ops.selective_scan.torch_backend.SlotTables` (the same per-channel tables
+as the chunked scan): the transition and drive are computed for the kept states only and the pruned
+states' feed-through ``dt * x * sum_{pruned} B * C`` is one reduction, never a state.
 """
 
 from __future__ import annotations
@@ -11,35 +11,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..checks import math_dtype
-from ..selective_scan.torch_backend import _StatePlan
+from ..plan import ScanPlan, StepInputs
+from ..selective_scan.torch_backend import SlotTables
 
 
-def selective_state_update_torch(
-    state: torch.Tensor,
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    dt_bias: torch.Tensor | None,
-    dt_softplus: bool,
-    state_mask: torch.Tensor | None,
-    kept_idx: torch.Tensor | None,
-    kept_count: torch.Tensor | None,
-    pruned_states: str,
-    state_batch_indices: torch.Tensor | None = None,
-) -> torch.Tensor:
+def selective_state_update_torch(plan: ScanPlan, inputs: StepInputs) -> torch.Tensor:
     """One decode step, vectorised over batch and channels; ``state`` updated in place.
 
-    Shapes: state ``(b, d, n)`` or compact ``(b, d, k)``; x, dt, z ``(b, d)``; A ``(d, n)``;
-    B, C ``(b, n)`` or ``(b, g, n)``; D, dt_bias ``(d,)``. Returns ``(b, d)`` in ``x.dtype``.
+    Shapes: see :class:`~sparsessm_kernels.ops.plan.StepInputs`. Returns ``(b, d)`` in ``x.dtype``.
     With ``state_batch_indices`` ``(b,)`` the state is ``(S, d, ...)`` and row ``i`` uses
     ``state[state_batch_indices[i]]``; rows with an index outside ``[0, S)`` are skipped (output
     0). Selecting the valid rows synchronises with the device (boolean indexing).
     """
+    state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices = inputs
+    state_mask = plan.state_mask
     if state_batch_indices is not None:
         valid = (state_batch_indices >= 0) & (state_batch_indices < state.shape[0])
         rows = valid.nonzero().flatten()
@@ -52,19 +37,17 @@ def selective_state_update_torch(
         def pick(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.index_select(0, rows)
 
-        out[rows] = selective_state_update_torch(
-            sub, pick(x), pick(dt), A, pick(B), pick(C), D, pick(z), dt_bias, dt_softplus,
-            state_mask, kept_idx, kept_count, pruned_states,
-        )  # fmt: skip
+        rows_only = StepInputs(sub, pick(x), pick(dt), A, pick(B), pick(C), D, pick(z), dt_bias)
+        out[rows] = selective_state_update_torch(plan, rows_only)
         state.index_copy_(0, idx, sub)
         return out
-    dtype = math_dtype(state, x, dt, A, B, C, D, z, dt_bias)
+    dtype = plan.math_dtype
     b, d = x.shape
     n = A.shape[1]
     dt_m = _as(dt, dtype)
     if dt_bias is not None:
         dt_m = dt_m + _as(dt_bias, dtype)
-    if dt_softplus:
+    if plan.softplus:
         dt_m = F.softplus(dt_m)
     x_m = _as(x, dtype)
     dtx = dt_m * x_m  # (b, d)
@@ -73,23 +56,27 @@ def selective_state_update_torch(
     if state_mask is None:
         A_m, cols = _as(A, dtype), None
     else:
-        plan = _StatePlan(A, 1, state_mask, kept_idx, kept_count, pruned_states, dtype, for_scan=False)
-        A_m = plan.A_kd.t()  # (d, k)
-        cols = plan.slots[0] if state_mask.dim() == 1 else plan.slots  # (k,) or (d, k)
+        tables = SlotTables(A, 1, state_mask, plan.kept_idx, plan.kept_count, False, dtype, for_scan=False)
+        A_m = tables.A_kd.t()  # (d, k)
+        cols = tables.slots[0] if state_mask.dim() == 1 else tables.slots  # (k,) or (d, k)
     compact = state_mask is not None and state.shape[-1] != n
 
-    # h = exp(dt * A) * state + dt * x * B on the k worked states, in the math precision.
-    h = torch.exp(dt_m[..., None] * A_m)  # (b, d, k)
-    h.mul_(_as(state, dtype) if state_mask is None or compact else _take_states(_as(state, dtype), cols))
+    # h = exp(dt * A) * state + dt * x * B on the k worked states, in the math precision; a
+    # state already in that precision holding every worked state is updated in place.
+    in_place = (state_mask is None or compact) and state.dtype == dtype
+    dA = torch.exp(dt_m[..., None] * A_m)  # (b, d, k)
+    if in_place:
+        h = state.mul_(dA)
+    elif state_mask is None or compact:
+        h = dA.mul_(state)
+    else:
+        h = dA.mul_(_take_states(_as(state, dtype), cols))
     h.addcmul_(dtx[..., None], B_m if cols is None else _take_states(B_m, cols))
     if state_mask is not None and state_mask.dim() == 2:
-        h.mul_(plan.valid)  # padding slots of unequal per-channel masks stay 0
+        h.mul_(tables.valid)  # padding slots of unequal per-channel masks stay 0
     C_k = C_m if cols is None else _take_states(C_m, cols)  # (b, 1 or d, k)
-    if C_k.shape[1] == 1:  # shared rows: one (d, k) @ (k, 1) matmul per batch row
-        y = torch.matmul(h, C_k.transpose(1, 2)).reshape(b, d)
-    else:
-        y = (h * C_k).sum(dim=-1)
-    if state_mask is not None and pruned_states == "zero_transition":
+    y = (h * C_k).sum(dim=-1)
+    if state_mask is not None and plan.zero_transition:
         # feed-through of the pruned states: dt * x * sum_{pruned} B * C
         pruned = ~state_mask
         bc = B_m * C_m  # (b, 1 or d, n)
@@ -100,11 +87,13 @@ def selective_state_update_torch(
         else:
             y = y + dtx * (bc * pruned).sum(dim=-1)
 
-    if state_mask is None or compact:
+    if in_place:
+        pass
+    elif state_mask is None or compact:
         state.copy_(h)
     else:
         full = torch.zeros(b, d, n, dtype=dtype, device=state.device)  # pruned entries -> 0
-        state.copy_(full.scatter_add_(2, cols.expand(b, d, plan.k), h))  # padding slots add 0
+        state.copy_(full.scatter_add_(2, cols.expand(b, d, tables.k), h))  # padding slots add 0
     if D is not None:
         y = y + x_m * _as(D, dtype)
     if z is not None:
