@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import ops as _ops
 from ..ops import StateLayout
+from ..ops.layout import PRUNED_STATES_CHOICES
 from .cache import LayerCache, MambaCache
 from .causal_lm import SSMCausalLM, initial_dt_bias
 from .config import MambaLMConfig
@@ -31,8 +32,6 @@ from .zeroed_a_log import ZeroedALogWarning, find_zeroed_a_log_layers, zeroed_a_
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointContents
-
-PRUNED_STATES_CHOICES = ("zero_transition", "remove")
 
 
 def a_log_name(layer_idx: int) -> str:

@@ -32,7 +32,7 @@ from ..ops import selective_scan
 from ..sparsity import kept_count
 from .config import PruneConfig, PruneConfigError, module_name
 from .projections import ConvStatistics, LinearStatistics, allocate_sparsity, prune_conv1d, prune_linear
-from .ssm import SSMStatistics, apply_ssm_mask, ssm_masks
+from .ssm import SSMStatistics, apply_ssm_mask, module_seed, ssm_masks
 
 __all__ = [
     "INTERMEDIATE_STAGES",
@@ -436,11 +436,8 @@ def _prune_module(
     else:
         n_prune = numel - kept_count(numel, cfg.sparsity)
         target = n_prune / numel
-    seed = (
-        cfg.seed * 1_000_003
-        + 7919 * (layer + 1)
-        + 101 * (1 + ("in_proj", "conv1d", "x_proj", "dt_proj", "out_proj").index(kind))
-    )
+    kinds = ("in_proj", "conv1d", "x_proj", "dt_proj", "out_proj")
+    seed = module_seed(cfg.seed, layer, salt=101 * (1 + kinds.index(kind)))
     if kind == "conv1d":
         new, mask = prune_conv1d(
             weight, stats, cfg.method, n_prune=n_prune, nm=nm, percdamp=cfg.percdamp, seed=seed

@@ -208,7 +208,7 @@ class SSMStatistics:
         if cfg.method == "magnitude":
             return a_log.abs()
         if cfg.method == "random":
-            g = torch.Generator().manual_seed(_module_seed(cfg.seed, self.mixer.layer_idx))
+            g = torch.Generator().manual_seed(module_seed(cfg.seed, self.mixer.layer_idx))
             return torch.rand(a_log.shape, generator=g).to(a_log.device)
         if cfg.method == "wanda":
             return a_log.abs() * (self.acc["h2"] / n).sqrt()
@@ -226,8 +226,10 @@ class SSMStatistics:
         return self.mixer.A_log.detach().float().square()[None] * self.acc["h2_steps"] / n
 
 
-def _module_seed(seed: int, layer: int) -> int:
-    return (int(seed) * 1_000_003 + 7919 * (layer + 1)) % (2**63 - 1)
+def module_seed(seed: int, layer: int, salt: int = 0) -> int:
+    """The random seed of one module of ``layer`` (``salt`` tells modules of a layer apart), from
+    the run's ``seed``: the same run prunes every module alike."""
+    return (int(seed) * 1_000_003 + 7919 * (layer + 1) + salt) % (2**63 - 1)
 
 
 # ---------------------------------------------------------------------- vote

@@ -18,16 +18,10 @@ import torch
 
 __all__ = ["BUILD_COMMAND", "EXTENSION", "KERNEL_DTYPES", "cuda_status", "extension", "extension_info"]
 
-EXTENSION = "sparsessm_kernels._C"
-BUILD_COMMAND = "SPARSESSM_BUILD_CUDA=1 pip install -e . --no-build-isolation"
+from .build import BUILD_COMMAND, EXTENSION
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 """The dtypes the CUDA kernels compute (in float32 math)."""
-
-# Lanes per channel along l (a power of two <= 128; above 32 a channel spans several warps); 0 lets
-# the launcher choose (docs/cuda.md, "Choice of P"). Tests, benchmarks (bench_scan.py
-# --cuda-time-segments) and kernel experiments set it.
-_TIME_SEGMENTS = 0
 
 
 @functools.cache
