@@ -38,87 +38,50 @@ from typing import Any
 
 import torch
 
-if __package__:  # imported as benchmarks.bench_scan
-    from . import _common as common
-else:  # run as a script: python benchmarks/bench_scan.py
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import _common as common
+if not __package__:  # run as a script (or imported from benchmarks/): import as benchmarks.bench_scan
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    __package__ = "benchmarks"
 
 import sparsessm_kernels as ssk
 from sparsessm_kernels import StateLayout
 from sparsessm_kernels.ops.dispatch import BackendUnavailableError
 from sparsessm_kernels.ops.layout import PRUNED_STATES_CHOICES as PRUNED_STATES
 
-if __package__:
-    from .scan_baselines import TIMERS, Baselines, load_baselines, resolve_timer, tf_scan_bytes, time_do_bench
-    from .scan_problems import (
-        DEFAULT_MASKS,
-        DEFAULT_SEQLEN,
-        DEFAULT_STATE,
-        DTYPES,
-        GPU_GRID,
-        MAMBA_BACKEND,
-        PRESET_CHOICES,
-        PRESETS,
-        QUICK,
-        TF_BACKEND,
-        TOLERANCE,
-        CorrectnessError,
-        Error,
-        MaskSpec,
-        Shape,
-        _f64,
-        build_layout,
-        decode_bytes,
-        decode_inputs,
-        kept_state_inputs,
-        known_peak_gbps,
-        parse_mask,
-        parse_shape,
-        pattern_of,
-        scan_args,
-        scan_bytes,
-        scan_call,
-        scan_inputs,
-        shape_dict,
-        step_args,
-        truncate,
-    )
-else:
-    from scan_baselines import TIMERS, Baselines, load_baselines, resolve_timer, tf_scan_bytes, time_do_bench
-    from scan_problems import (
-        DEFAULT_MASKS,
-        DEFAULT_SEQLEN,
-        DEFAULT_STATE,
-        DTYPES,
-        GPU_GRID,
-        MAMBA_BACKEND,
-        PRESET_CHOICES,
-        PRESETS,
-        QUICK,
-        TF_BACKEND,
-        TOLERANCE,
-        CorrectnessError,
-        Error,
-        MaskSpec,
-        Shape,
-        _f64,
-        build_layout,
-        decode_bytes,
-        decode_inputs,
-        kept_state_inputs,
-        known_peak_gbps,
-        parse_mask,
-        parse_shape,
-        pattern_of,
-        scan_args,
-        scan_bytes,
-        scan_call,
-        scan_inputs,
-        shape_dict,
-        step_args,
-        truncate,
-    )
+from . import _common as common
+from .scan_baselines import TIMERS, Baselines, load_baselines, resolve_timer, tf_scan_bytes, time_do_bench
+from .scan_problems import (
+    DEFAULT_MASKS,
+    DEFAULT_SEQLEN,
+    DEFAULT_STATE,
+    DTYPES,
+    GPU_GRID,
+    MAMBA_BACKEND,
+    PRESET_CHOICES,
+    PRESETS,
+    QUICK,
+    TF_BACKEND,
+    TOLERANCE,
+    CorrectnessError,
+    Error,
+    MaskSpec,
+    Shape,
+    _f64,
+    build_layout,
+    decode_bytes,
+    decode_inputs,
+    kept_state_inputs,
+    known_peak_gbps,
+    parse_mask,
+    parse_shape,
+    pattern_of,
+    scan_args,
+    scan_bytes,
+    scan_call,
+    scan_inputs,
+    shape_dict,
+    step_args,
+    truncate,
+)
 
 
 # ------------------------------------------------------------------------------------ runner

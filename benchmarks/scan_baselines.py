@@ -9,12 +9,8 @@ from typing import Any
 
 import torch
 
-if __package__:  # imported as benchmarks.<module>
-    from . import _common as common
-    from .scan_problems import Shape
-else:  # bench_scan.py run as a script: benchmarks/ is on sys.path
-    import _common as common
-    from scan_problems import Shape
+from . import _common as common
+from .scan_problems import Shape
 
 
 # --------------------------------------------------------------------------------- baselines
