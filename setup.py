@@ -19,15 +19,17 @@ from __future__ import annotations
 import glob
 import os
 import re
+import runpy
 import sys
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-BUILD_COMMAND = "SPARSESSM_BUILD_CUDA=1 pip install -e . --no-build-isolation"
+_BUILD = runpy.run_path(os.path.join(ROOT, "sparsessm_kernels", "ops", "cuda", "build.py"))
+BUILD_COMMAND = _BUILD["BUILD_COMMAND"]
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
 GB_PER_NVCC_JOB = 2.5
-EXTENSION_NAME = "sparsessm_kernels._C"
+EXTENSION_NAME = _BUILD["EXTENSION"]
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")

@@ -31,397 +31,57 @@ with ``--peak-gbps``), its fraction of that peak. On CUDA the default timer is
 from __future__ import annotations
 
 import argparse
-import inspect
-import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-if __package__:  # imported as benchmarks.bench_scan
-    from . import _common as common
-else:  # run as a script: python benchmarks/bench_scan.py
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import _common as common
+if not __package__:  # run as a script (or imported from benchmarks/): import as benchmarks.bench_scan
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    __package__ = "benchmarks"
 
 import sparsessm_kernels as ssk
 from sparsessm_kernels import StateLayout
 from sparsessm_kernels.ops.dispatch import BackendUnavailableError
-from sparsessm_kernels.sparsity import column_mask, nm_mask, unstructured_mask
-
-# d_inner of each Mamba-1 size (d_model * expand 2); all use d_state n = 16.
-PRESETS: dict[str, int] = {"130m": 1536, "370m": 2048, "790m": 3072, "1.4b": 4096, "2.8b": 5120}
-DEFAULT_SEQLEN = 2048
-DEFAULT_STATE = 16
-DEFAULT_MASKS = ("dense", "column50", "2:4", "unstructured50")
-PRUNED_STATES = ("zero_transition", "remove")
-# Bounds on the relative error max|out - ref| / max|ref| against the float64 reference.
-TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-TF_BACKEND = "transformers-fallback"
-MAMBA_BACKEND = "mamba_ssm"
-
-# The GPU grid (GPU only): Mamba-1 layers 130M / 370M / 1.4B / 2.8B, l in {512, 2048, 8192},
-# batch {1, 8}, n = 16, bf16; dense vs column 50% vs 2:4 vs unstructured 50%; decode at batch 1, 64, 256.
-GPU_GRID = {
-    "shapes": [
-        f"{b}x{PRESETS[size]}x{DEFAULT_STATE}x{l}"
-        for size in ("130m", "370m", "1.4b", "2.8b")
-        for l in (512, 2048, 8192)
-        for b in (1, 8)
-    ],
-    "decode_batch": [1, 64, 256],
-    "pruned_states": "zero_transition",
-    "dtype": "bfloat16",
-}
-PRESET_CHOICES = ("gpu-grid",)
-
-# Peak DRAM bandwidth (GB/s, vendor figures) by GPU name fragment, most specific first.
-PEAK_GBPS: list[tuple[str, float]] = [
-    ("h200", 4800.0),
-    ("h100 nvl", 3900.0),
-    ("h100 pcie", 2000.0),
-    ("h100", 3350.0),  # SXM5 80GB HBM3
-    ("gh200", 4000.0),
-    ("a100-sxm4-80gb", 2039.0),
-    ("a100 80gb pcie", 1935.0),
-    ("a100", 1555.0),  # 40GB
-    ("l40s", 864.0),
-    ("l4", 300.0),
-    ("a10g", 600.0),
-    ("rtx 4090", 1008.0),
-    ("v100", 900.0),
-]
-
-
-def known_peak_gbps(device: torch.device) -> float | None:
-    """The vendor peak memory bandwidth of this GPU when it is in ``PEAK_GBPS``, else ``None``."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device).lower()
-    for fragment, gbps in PEAK_GBPS:
-        if fragment in name:
-            return gbps
-    return None
-
-
-def pattern_of(mask: MaskSpec) -> str:
-    """The result row's ``pattern`` field: ``dense``, ``column``, ``N:M`` or ``unstructured``."""
-    if mask.kind == "nm" and mask.nm is not None:
-        return f"{mask.nm[0]}:{mask.nm[1]}"
-    return mask.kind
-
-
-def scan_bytes(shape: Shape, itemsize: int, with_z: bool = True) -> int:
-    """Bytes of ``u``, ``delta``, ``z``, ``B``, ``C`` read and ``out`` written by one scan."""
-    big = shape.b * shape.d * shape.l * itemsize
-    return big * (4 if with_z else 3) + 2 * shape.b * shape.n * shape.l * itemsize
-
-
-def decode_bytes(b: int, d: int, n: int, k: int, itemsize: int, state_itemsize: int) -> int:
-    """Bytes of one decode step: the ``(b, d, k)`` state read and written, ``x``, ``dt``, ``z``,
-    ``out`` ``(b, d)`` and ``B``, ``C`` ``(b, n)``."""
-    return 2 * b * d * k * state_itemsize + 4 * b * d * itemsize + 2 * b * n * itemsize
-
-
-# Quick smoke configuration (tests / CI): everything runs, nothing is big.
-QUICK = {
-    "shapes": ["1x64x16x128"],
-    "repeats": 2,
-    "warmup": 1,
-    "decode_batch": [1, 4],
-    "decode_steps": 2,
-    "check_len": 32,
-    "pruned_states": "both",
-}
-
-
-class CorrectnessError(RuntimeError):
-    """A backend disagrees with the reference by more than the tolerance."""
-
-
-@dataclass(frozen=True)
-class Error:
-    """Error against the float64 reference: ``abs`` = max|out - ref|, ``rel`` = abs / max|ref|."""
-
-    abs: float
-    rel: float
-
-    @staticmethod
-    def of(out: torch.Tensor, ref: torch.Tensor) -> Error:
-        diff = float((out.double() - ref.double()).abs().max().item())
-        scale = float(ref.double().abs().max().item())
-        return Error(diff, diff / max(scale, 1e-12))
-
-    @staticmethod
-    def worst(*errors: Error) -> Error:
-        return Error(max(e.abs for e in errors), max(e.rel for e in errors))
-
-
-# ------------------------------------------------------------------------------------ shapes
-@dataclass(frozen=True)
-class Shape:
-    b: int
-    d: int
-    n: int
-    l: int
-    name: str
-
-    def as_dict(self) -> dict[str, int]:
-        """``{b, d, n, l}`` plus the same sizes under the names of the result schema."""
-        return shape_dict(self.b, self.d, self.n, self.l)
-
-    def label(self) -> str:
-        return f"b{self.b} d{self.d} n{self.n} l{self.l}"
-
-
-def shape_dict(b: int, d: int, n: int, l: int) -> dict[str, int]:
-    return {"b": b, "d": d, "n": n, "l": l, "batch": b, "d_inner": d, "seqlen": l, "d_state": n}
-
-
-def parse_shape(text: str, batch: int | None, seqlen: int | None) -> Shape:
-    """A preset (``130m`` ... ``2.8b``, see ``PRESETS``) or ``BxDxNxL`` (e.g. ``1x1536x16x2048``)."""
-    key = text.strip().lower()
-    if key in PRESETS:
-        b, d, n, l = 1, PRESETS[key], DEFAULT_STATE, DEFAULT_SEQLEN
-        name = key
-    else:
-        match = re.fullmatch(r"(\d+)x(\d+)x(\d+)x(\d+)", key)
-        if not match:
-            raise argparse.ArgumentTypeError(
-                f"shape {text!r}: expected a preset ({', '.join(PRESETS)}) or BxDxNxL such as 1x1536x16x2048"
-            )
-        b, d, n, l = (int(v) for v in match.groups())
-        name = key
-    b = batch if batch is not None else b
-    l = seqlen if seqlen is not None else l
-    if min(b, d, n, l) < 1:
-        raise argparse.ArgumentTypeError(
-            f"shape {text!r}: every dimension must be >= 1, got b={b} d={d} n={n} l={l}"
-        )
-    return Shape(b=b, d=d, n=n, l=l, name=name)
-
-
-# ------------------------------------------------------------------------------------- masks
-@dataclass(frozen=True)
-class MaskSpec:
-    name: str
-    kind: str  # dense | column | unstructured | nm
-    sparsity: float = 0.0
-    nm: tuple[int, int] | None = None
-
-
-def parse_mask(text: str) -> MaskSpec:
-    """``dense``, ``column<pct>`` / ``unstructured<pct>`` (e.g. ``column50``) or ``N:M`` (e.g. ``2:4``)."""
-    key = text.strip().lower()
-    if key == "dense":
-        return MaskSpec("dense", "dense")
-    match = re.fullmatch(r"(column|unstructured)(\d+(?:\.\d+)?)", key)
-    if match:
-        pct = float(match.group(2))
-        if not 0 <= pct < 100:
-            raise argparse.ArgumentTypeError(f"mask {text!r}: the percentage must be in [0, 100)")
-        return MaskSpec(key, match.group(1), pct / 100.0)
-    match = re.fullmatch(r"(\d+):(\d+)", key)
-    if match:
-        keep, m = int(match.group(1)), int(match.group(2))
-        if not 1 <= keep <= m:
-            raise argparse.ArgumentTypeError(f"mask {text!r}: N:M needs 1 <= N <= M")
-        return MaskSpec(key, "nm", 1.0 - keep / m, (keep, m))
-    raise argparse.ArgumentTypeError(
-        f"mask {text!r}: expected dense, column<pct>, unstructured<pct> or N:M (e.g. column50, 2:4)"
-    )
-
-
-def build_layout(spec: MaskSpec, d: int, n: int, device: torch.device, seed: int) -> StateLayout | None:
-    """The prebuilt layout a model would hold for this mask (random importance scores)."""
-    if spec.kind == "dense":
-        return None
-    gen = torch.Generator().manual_seed(seed)
-    scores = torch.rand(d, n, generator=gen)
-    if spec.kind == "column":
-        mask = column_mask(scores, spec.sparsity)
-    elif spec.kind == "unstructured":
-        mask = unstructured_mask(scores, spec.sparsity)
-    else:
-        assert spec.nm is not None
-        mask = nm_mask(scores, *spec.nm)
-    return StateLayout(mask.to(device))
-
-
-# ------------------------------------------------------------------------------------ inputs
-def _randn(gen: torch.Generator, *shape: int, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen) * std + mean
-
-
-def make_A(d: int, n: int) -> torch.Tensor:
-    """Mamba's S4D-real init: ``A_log = log(1..n)``, ``A = -exp(A_log)``, so ``A[:, j] = -(j + 1)``."""
-    A_log = torch.log(torch.arange(1, n + 1, dtype=torch.float32)).expand(d, n)
-    return -torch.exp(A_log).contiguous()
-
-
-def scan_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
-    """Realistic prefill inputs: raw ``delta ~ N(-2, 0.5)`` (softplus applied by the op, ~0.13)."""
-    gen = torch.Generator().manual_seed(seed)
-    b, d, n, l = shape.b, shape.d, shape.n, shape.l
-    tensors = {
-        "u": _randn(gen, b, d, l).to(dtype),
-        "delta": _randn(gen, b, d, l, mean=-2.0, std=0.5).to(dtype),
-        "A": make_A(d, n),
-        "B": _randn(gen, b, n, l).to(dtype),
-        "C": _randn(gen, b, n, l).to(dtype),
-        "D": torch.ones(d) + 0.1 * _randn(gen, d),
-        "z": _randn(gen, b, d, l).to(dtype),
-        "delta_bias": 0.1 * _randn(gen, d),
-    }
-    return {k: v.to(device).contiguous() for k, v in tensors.items()}
-
-
-def truncate(inputs: dict[str, torch.Tensor], length: int) -> dict[str, torch.Tensor]:
-    """The first ``length`` timesteps of the sequence tensors (others unchanged)."""
-    out = dict(inputs)
-    for key in ("u", "delta", "B", "C", "z"):
-        out[key] = inputs[key][..., :length].contiguous()
-    return out
-
-
-def decode_inputs(
-    d: int, n: int, batch: int, dtype: torch.dtype, device: torch.device, seed: int
-) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {
-        "state": _randn(gen, batch, d, n, std=0.5),  # float32 SSM state, as Mamba keeps it
-        "x": _randn(gen, batch, d).to(dtype),
-        "dt": _randn(gen, batch, d, mean=-2.0, std=0.5).to(dtype),
-        "A": make_A(d, n),
-        "B": _randn(gen, batch, n).to(dtype),
-        "C": _randn(gen, batch, n).to(dtype),
-        "D": torch.ones(d) + 0.1 * _randn(gen, d),
-        "z": _randn(gen, batch, d).to(dtype),
-        "dt_bias": 0.1 * _randn(gen, d),
-    }
-    return {k: v.to(device).contiguous() for k, v in tensors.items()}
-
-
-SCAN_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-STEP_ARGS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")
-
-
-def scan_args(t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """Positional ``u, delta, A, B, C, D, z, delta_bias`` (mamba_ssm's selective_scan_fn order)."""
-    return tuple(t[k] for k in SCAN_ARGS)
-
-
-def step_args(t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """Positional ``x, dt, A, B, C, D, z, dt_bias`` (after ``state``) of selective_state_update."""
-    return tuple(t[k] for k in STEP_ARGS)
-
-
-def _f64(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.double() for k, v in inputs.items()}
-
-
-def kept_state_inputs(inputs: dict[str, torch.Tensor], layout: StateLayout) -> dict[str, torch.Tensor]:
-    """Scan inputs restricted to the kept states of a column mask: ``A[:, kept]``, ``B[:, kept]``,
-    ``C[:, kept]`` (d_state = k). A dense scan of them is the column mask under ``remove``: what a
-    stock kernel (mamba_ssm) gets from removing the pruned states physically."""
-    kept = layout.kept_idx.long().to(inputs["A"].device)
-    out = dict(inputs)
-    out["A"] = inputs["A"][:, kept].contiguous()
-    out["B"] = inputs["B"][:, kept].contiguous()
-    out["C"] = inputs["C"][:, kept].contiguous()
-    return out
-
-
-# --------------------------------------------------------------------------------- baselines
-@dataclass
-class Baselines:
-    tf_scan: Callable[..., Any] | None = None
-    tf_step: Callable[..., Any] | None = None
-    tf_reason: str = ""
-    mamba_scan: Callable[..., Any] | None = None
-    mamba_step: Callable[..., Any] | None = None
-    mamba_reason: str = ""
-
-
-def load_baselines(enabled: bool) -> Baselines:
-    """Find transformers' pure PyTorch fallbacks and mamba_ssm's kernels, with reasons when absent.
-
-    transformers wraps its fallbacks so that they dispatch to mamba_ssm when that is installed;
-    the wrapper is peeled off with :func:`inspect.unwrap`, so ``transformers-fallback`` always
-    measures the PyTorch path (and prints no fallback notice).
-    """
-    base = Baselines()
-    if not enabled:
-        base.tf_reason = base.mamba_reason = "baselines disabled (--no-baselines)"
-        return base
-    try:
-        from transformers.models.mamba import modeling_mamba
-    except Exception as exc:
-        base.tf_reason = f"transformers' Mamba model does not import: {type(exc).__name__}: {exc}"
-    else:
-        scan = getattr(modeling_mamba, "mamba_selective_scan", None)
-        step = getattr(modeling_mamba, "mamba_selective_state_update", None)
-        base.tf_scan = inspect.unwrap(scan) if scan is not None else None
-        base.tf_step = inspect.unwrap(step) if step is not None else None
-        if scan is None or step is None:
-            base.tf_reason = (
-                "this transformers version has no module-level mamba_selective_scan / "
-                "mamba_selective_state_update fallback"
-            )
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-
-        base.mamba_scan = selective_scan_fn
-    except Exception as exc:
-        base.mamba_reason = f"mamba_ssm does not import: {type(exc).__name__}: {exc}"
-    else:
-        try:
-            from mamba_ssm.ops.triton.selective_state_update import selective_state_update
-
-            base.mamba_step = selective_state_update
-        except Exception as exc:
-            base.mamba_reason = f"mamba_ssm's Triton selective_state_update does not import: {exc}"
-    return base
-
-
-def tf_scan_bytes(shape: Shape) -> int:
-    """Peak extra memory of transformers' fallback scan: three float32 (b, d, l, n) tensors."""
-    return 3 * shape.b * shape.d * shape.l * shape.n * 4
-
-
-# ------------------------------------------------------------------------------------ timing
-TIMERS = ("auto", "events", "do_bench", "graph")
-
-
-def resolve_timer(choice: str, device: torch.device) -> str:
-    """``auto``: ``do_bench`` on CUDA when triton imports, else CUDA events / ``perf_counter``."""
-    if device.type != "cuda":
-        if choice in ("do_bench", "graph"):
-            raise SystemExit(f"--timer {choice}: needs a CUDA device")
-        return "events"
-    if choice == "auto":
-        try:
-            import triton.testing  # noqa: F401
-        except Exception:
-            return "events"
-        return "do_bench"
-    return choice
-
-
-def time_do_bench(fn: Callable[[], Any]) -> common.TimingStats:
-    """Time ``fn`` with ``triton.testing.do_bench`` (CUDA events per call, warm-up, L2 flushed)."""
-    from triton.testing import do_bench
-
-    try:
-        samples = do_bench(fn, return_mode="all")
-    except (TypeError, ValueError, AssertionError):  # a Triton without return_mode="all"
-        median, low, q1, q3, high = do_bench(fn, quantiles=[0.5, 0.0, 0.25, 0.75, 1.0])
-        return common.TimingStats(median, low, q3 - q1, median, high, 0, q1, q3)  # 0: count not reported
-    return common.summarize(list(samples))
+from sparsessm_kernels.ops.layout import PRUNED_STATES_CHOICES as PRUNED_STATES
+
+from . import _common as common
+from .scan_baselines import TIMERS, Baselines, load_baselines, resolve_timer, tf_scan_bytes, time_do_bench
+from .scan_problems import (
+    DEFAULT_MASKS,
+    DEFAULT_SEQLEN,
+    DEFAULT_STATE,
+    DTYPES,
+    GPU_GRID,
+    MAMBA_BACKEND,
+    PRESET_CHOICES,
+    PRESETS,
+    QUICK,
+    TF_BACKEND,
+    TOLERANCE,
+    CorrectnessError,
+    Error,
+    MaskSpec,
+    Shape,
+    _f64,
+    build_layout,
+    decode_bytes,
+    decode_inputs,
+    kept_state_inputs,
+    known_peak_gbps,
+    parse_mask,
+    parse_shape,
+    pattern_of,
+    scan_args,
+    scan_bytes,
+    scan_call,
+    scan_inputs,
+    shape_dict,
+    step_args,
+    truncate,
+)
 
 
 # ------------------------------------------------------------------------------------ runner
@@ -556,12 +216,8 @@ class Bench:
                     def run(
                         t: dict[str, torch.Tensor], layout=layout, ps=ps, backend=backend
                     ) -> torch.Tensor:
-                        return ssk.selective_scan(
-                            *scan_args(t),
-                            True,
-                            state_mask=layout,
-                            pruned_states=ps or "zero_transition",
-                            backend=backend,
+                        return scan_call(
+                            t, layout, ps or "zero_transition", backend, self.args.cuda_time_segments
                         )
 
                     what = f"scan {backend} {shape.label()} mask {mask.name} pruned_states {ps}"
@@ -1056,10 +712,6 @@ def main(argv: list[str] | None = None) -> int:
     segments = args.cuda_time_segments
     if segments != 0 and not (0 < segments <= 128 and segments & (segments - 1) == 0):
         parser.error(f"--cuda-time-segments: expected 0 (auto) or a power of two <= 128, got {segments}")
-    if segments:
-        from sparsessm_kernels.ops import cuda as cuda_backend
-
-        cuda_backend._TIME_SEGMENTS = segments
     resolve_args(args, device)
     dtype = DTYPES[args.dtype]
     if dtype != torch.float32 and device.type != "cuda":

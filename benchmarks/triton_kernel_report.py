@@ -40,10 +40,10 @@ def build_report(arch: int) -> tuple[dict[str, Any], list[str]]:
     """The report as a JSON-ready dict, and the compile failures (``"call [kernel]: error"``)."""
     import triton
 
+    from sparsessm_kernels.ops.selective_scan.triton_backend import CONFIG_TABLE, REFERENCE_SMS
     from sparsessm_kernels.ops.ssd.aot_calls import ssd_representative_calls
     from sparsessm_kernels.ops.ssd.triton_scan import SSD_CONFIG_TABLE
     from sparsessm_kernels.ops.triton import aot
-    from sparsessm_kernels.ops.triton.selective_scan import CONFIG_TABLE, REFERENCE_SMS
 
     rows, failures = aot.compile_report(arch)
     ssd_rows, ssd_failures = aot.compile_report(arch, ssd_representative_calls())

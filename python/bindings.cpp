@@ -3,8 +3,8 @@
 // Checks every tensor (device, dtype, shape, strides) with an error that names the argument,
 // fills a sparsessm::SelectiveScanParams (csrc/selective_scan/selective_scan.h) and launches the
 // kernels on the current CUDA stream of the input's device. Python callers go through
-// sparsessm_kernels.ops.cuda.selective_scan_cuda, which also casts mixed dtypes and fixes
-// strides before calling in here.
+// sparsessm_kernels.ops.selective_scan.cuda_backend.selective_scan_cuda, which also casts mixed
+// dtypes and fixes strides before calling in here.
 //
 // With SPARSESSM_EMULATE defined this same file builds a CPU module around the host emulation of
 // the kernels (tests/cuda_emulation/): tensors must then be CPU tensors.

@@ -177,3 +177,33 @@ def assert_close(
     torch.testing.assert_close(
         actual.double(), expected.double(), rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}"
     )
+
+
+SCAN_TENSORS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def backend_args(
+    inputs: dict,
+    layout,
+    pruned_states: str,
+    backend: str,
+    return_last_state: bool = True,
+    time_segments: int = 0,
+):
+    """``(plan, ScanInputs)`` for calling one backend directly, as the public op would."""
+    from sparsessm_kernels.ops.checks import math_dtype
+    from sparsessm_kernels.ops.plan import ScanInputs, build_plan
+
+    args = ScanInputs(*(inputs.get(k) for k in SCAN_TENSORS))
+    tables = (None, None, None) if layout is None else (layout.mask, layout.kept_idx, layout.kept_count)
+    plan = build_plan(
+        backend,
+        args.A.shape[1],
+        pruned_states,
+        inputs.get("delta_softplus", False),
+        math_dtype(*args),
+        *tables,
+        return_last_state=return_last_state,
+        time_segments=time_segments,
+    )
+    return plan, args

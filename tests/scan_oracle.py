@@ -1,4 +1,4 @@
-"""A closed-form selective scan: an oracle independent of the recurrence in ``ops.reference``.
+"""A closed-form selective scan: an oracle independent of the recurrence in ``ops.selective_scan.reference``.
 
 The recurrence ``h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t`` unrolls to
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsessm_kernels.ops import calibration
-from sparsessm_kernels.ops.calibration import state_saliency, state_saliency_ref
+from sparsessm_kernels.ops import state_saliency, state_saliency_ref
+from sparsessm_kernels.ops.selective_scan import torch_backend as scan_torch
 from tests.scan_cases import ScanCase, make_inputs, to_float64
 
 CASES = [
@@ -57,7 +57,7 @@ def test_torch_path_matches_reference(case: ScanCase, per_step: bool) -> None:
 @pytest.mark.parametrize("per_step", [False, True], ids=["weighted_sum", "per_step"])
 def test_chunk_boundaries_carry_the_state(per_step: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     case = ScanCase("chunks", batch=2, d=4, n=4, seqlen=23)
-    monkeypatch.setattr(calibration, "_TARGET_CHUNK_ELEMENTS", 2 * 4 * 4 * 5)  # chunks of 5 steps
+    monkeypatch.setattr(scan_torch, "TARGET_CHUNK_ELEMENTS", 2 * 4 * 4 * 5)  # chunks of 5 steps
     out, ref = _run(case, per_step)
     _close(out, ref, torch.float32)
 

@@ -34,10 +34,10 @@ import pytest
 import torch
 
 import sparsessm_kernels.ops.cuda as cuda_backend
-from sparsessm_kernels.ops import StateLayout
+from sparsessm_kernels.ops import StateLayout, selective_scan_ref
 from sparsessm_kernels.ops.dispatch import BackendUnavailableError
-from sparsessm_kernels.ops.reference import selective_scan_ref
-from tests.scan_cases import CASES, TOLERANCES, ScanCase, assert_close, make_inputs, to_float64
+from sparsessm_kernels.ops.selective_scan.cuda_backend import selective_scan_cuda
+from tests.scan_cases import CASES, TOLERANCES, ScanCase, assert_close, backend_args, make_inputs, to_float64
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_TESTS = os.environ.get("RUN_CUDA_BUILD_TESTS", "") == "1"
@@ -67,7 +67,7 @@ def runner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> S
     if missing:
         pytest.skip(f"cannot build the CUDA emulation here: {missing}")
     ext = load_emulated_extension()
-    monkeypatch.setattr(cuda_backend, "_extension", lambda: ext)
+    monkeypatch.setattr(cuda_backend, "extension", lambda: ext)
     return SimpleNamespace(name="emulated", device="cpu", ext=ext)
 
 
@@ -80,23 +80,11 @@ def _run(
     layout: StateLayout | None,
     pruned_states: str,
     return_last_state: bool = True,
+    time_segments: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``selective_scan_cuda`` with the positional signature the dispatcher uses."""
-    return cuda_backend.selective_scan_cuda(
-        inputs["u"],
-        inputs["delta"],
-        inputs["A"],
-        inputs["B"],
-        inputs["C"],
-        inputs.get("D"),
-        inputs.get("z"),
-        inputs.get("delta_bias"),
-        inputs.get("delta_softplus", False),
-        return_last_state,
-        None if layout is None else layout.mask,
-        None if layout is None else layout.kept_idx,
-        None if layout is None else layout.kept_count,
-        pruned_states,
+    """``selective_scan_cuda`` with the plan the public op would build (``time_segments``: ``P``)."""
+    return selective_scan_cuda(
+        *backend_args(inputs, layout, pruned_states, "cuda", return_last_state, time_segments=time_segments)
     )
 
 
@@ -107,9 +95,10 @@ def _check(
     device: str,
     what: str,
     tol_dtype: torch.dtype | None = None,
+    time_segments: int = 0,
 ) -> None:
     dev_inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
-    out, state = _run(dev_inputs, _layout(mask, device), pruned_states)
+    out, state = _run(dev_inputs, _layout(mask, device), pruned_states, time_segments=time_segments)
     ref, ref_state = selective_scan_ref(
         **to_float64(inputs), return_last_state=True, state_mask=mask, pruned_states=pruned_states
     )
@@ -145,33 +134,25 @@ def test_return_last_state_false_gives_none(runner: SimpleNamespace) -> None:
 
 
 # -------------------------------------------------------------------------- kernel variants
-def _with_segments(monkeypatch: pytest.MonkeyPatch, segments: int) -> None:
-    monkeypatch.setattr(cuda_backend, "_TIME_SEGMENTS", segments)
-
-
 @pytest.mark.parametrize("segments", [1, 2, 4, 8, 16, 32, 64, 128])
 @pytest.mark.parametrize("mask_kind", ["none", "column", "2:4", "unstructured_sparse"])
-def test_every_time_segment_count(
-    runner: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, segments: int, mask_kind: str
-) -> None:
-    _with_segments(monkeypatch, segments)
+def test_every_time_segment_count(runner: SimpleNamespace, segments: int, mask_kind: str) -> None:
     inputs, mask = make_inputs(ScanCase("segments", batch=2, d=20, n=16, seqlen=70, mask=mask_kind), seed=1)
     for pruned_states in ("zero_transition", "remove"):
-        _check(inputs, mask, pruned_states, runner.device, f"P={segments} {mask_kind} {pruned_states}")
+        what = f"P={segments} {mask_kind} {pruned_states}"
+        _check(inputs, mask, pruned_states, runner.device, what, time_segments=segments)
 
 
 @pytest.mark.parametrize("segments", [64, 128])
 @pytest.mark.parametrize("mask_kind", ["none", "column", "2:4", "unstructured_sparse"])
-def test_multi_warp_channels_across_chunks(
-    runner: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, segments: int, mask_kind: str
-) -> None:
+def test_multi_warp_channels_across_chunks(runner: SimpleNamespace, segments: int, mask_kind: str) -> None:
     """P > 32: a channel spans 2 or 4 warps that combine their maps in shared memory; 2 or 3 chunks
     of 8 * P steps (the last one partial) carry the state, 3 channels leave part of a block idle."""
-    _with_segments(monkeypatch, segments)
     case = ScanCase("multi_warp", batch=2, d=3, n=16, seqlen=2 * 8 * 128 + 37, mask=mask_kind)
     inputs, mask = make_inputs(case, seed=segments)
     for pruned_states in ("zero_transition", "remove"):
-        _check(inputs, mask, pruned_states, runner.device, f"P={segments} {mask_kind} {pruned_states}")
+        what = f"P={segments} {mask_kind} {pruned_states}"
+        _check(inputs, mask, pruned_states, runner.device, what, time_segments=segments)
 
 
 def _mask_keeping(k: int, n: int, d: int, per_channel: bool, seed: int) -> torch.Tensor:
@@ -212,10 +193,10 @@ def test_dense_state_counts(runner: SimpleNamespace, n: int) -> None:
     _check(inputs, None, "zero_transition", runner.device, f"dense n={n}")
 
 
-def test_long_sequence_many_chunks(runner: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
-    _with_segments(monkeypatch, 2)  # 16 timesteps per chunk: 40 chunks carry the state
+def test_long_sequence_many_chunks(runner: SimpleNamespace) -> None:
+    # P = 2: 16 timesteps per chunk, 40 chunks carry the state
     inputs, mask = make_inputs(ScanCase("long", batch=1, d=8, n=8, seqlen=640, mask="2:4"), seed=4)
-    _check(inputs, mask, "zero_transition", runner.device, "long")
+    _check(inputs, mask, "zero_transition", runner.device, "long", time_segments=2)
 
 
 def test_grouped_B_and_C_with_different_group_counts(runner: SimpleNamespace) -> None:
@@ -419,12 +400,12 @@ def test_calling_without_extension_raises_backend_unavailable(
         _run(inputs, None, "zero_transition")
 
 
-def test_wrapper_signature_matches_the_torch_backend() -> None:
+def test_wrapper_takes_the_backend_contract() -> None:
     import inspect
 
-    from sparsessm_kernels.ops.torch_backend import selective_scan_torch
+    from sparsessm_kernels.ops.selective_scan.torch_backend import selective_scan_torch
 
-    ours = inspect.signature(cuda_backend.selective_scan_cuda)
+    ours = inspect.signature(selective_scan_cuda)
     theirs = inspect.signature(selective_scan_torch)
     assert list(ours.parameters) == list(theirs.parameters)
 

@@ -398,11 +398,11 @@ def test_empty_batch_reaches_no_backend(scan_inputs: dict, backend: str) -> None
 
     x = _empty_batch(scan_inputs)
     args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    out, last = library.selective_scan_impl(*args, True, True, None, None, None, "zero_transition", backend)
+    out, last = library.selective_scan_op(*args, True, True, None, None, None, "zero_transition", backend)
     assert out.shape == (0, 8, 5) and last.shape == (0, 8, 4)
     step = [x["u"][..., 0], x["delta"][..., 0], x["A"], x["B"][..., 0], x["C"][..., 0], None, None, None]
     state = torch.zeros(0, 8, 4)
-    y = library.selective_state_update_impl(state, *step, True, None, None, None, "zero_transition", backend)
+    y = library.selective_state_update_op(state, *step, True, None, None, None, "zero_transition", backend)
     assert y.shape == (0, 8)
 
 
@@ -417,7 +417,7 @@ def test_state_update_with_an_empty_batch(step_inputs: dict) -> None:
 
 
 def test_saliency_needs_a_sample(scan_inputs: dict) -> None:
-    from sparsessm_kernels.ops.calibration import state_saliency, state_saliency_ref
+    from sparsessm_kernels.ops import state_saliency, state_saliency_ref
 
     x = _empty_batch(scan_inputs)
     for fn in (state_saliency, state_saliency_ref):

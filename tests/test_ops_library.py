@@ -198,20 +198,20 @@ def test_ops_without_a_cuda_kernel_never_resolve_to_cuda() -> None:
 def test_plain_eager_fast_path_is_taken_only_when_safe() -> None:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from sparsessm_kernels.ops.dispatch import _plain_eager
+    from sparsessm_kernels.ops.library import plain_eager
 
     t = torch.randn(2, 3)
-    assert _plain_eager(t, None, torch.nn.Parameter(torch.randn(3), requires_grad=False))
+    assert plain_eager(t, None, torch.nn.Parameter(torch.randn(3), requires_grad=False))
     leaf = torch.randn(3, requires_grad=True)
-    assert not _plain_eager(t, leaf)  # autograd: keep the registered op
+    assert not plain_eager(t, leaf)  # autograd: keep the registered op
     with torch.no_grad():
-        assert _plain_eager(t, leaf)
+        assert plain_eager(t, leaf)
     with FakeTensorMode():
-        assert not _plain_eager(torch.empty(2))  # a dispatch mode is active
+        assert not plain_eager(torch.empty(2))  # a dispatch mode is active
     seen = []
 
     def probe(x):
-        seen.append(_plain_eager(x))
+        seen.append(plain_eager(x))
         return x + 1
 
     torch.compile(probe, fullgraph=True, backend="aot_eager")(t)
@@ -221,7 +221,7 @@ def test_plain_eager_fast_path_is_taken_only_when_safe() -> None:
     with torch.autograd.forward_ad.dual_level():
         probe(t)
     assert seen == [False] * 4  # vmap, jit.trace, forward AD: the op path
-    assert _plain_eager(t)  # and back to plain eager afterwards
+    assert plain_eager(t)  # and back to plain eager afterwards
 
 
 def test_fast_path_matches_the_registered_ops_exactly() -> None:
@@ -276,3 +276,73 @@ def test_raw_mask_layout_is_built_once_per_mask_and_version(monkeypatch: pytest.
 
     gc.collect()
     assert key not in layout_mod._RAW_MASK_LAYOUTS  # freed masks leave the cache
+
+
+def test_build_plan_derives_mask_kind_k_and_feedthrough_once() -> None:
+    from sparsessm_kernels.ops.plan import MASK_CHANNEL, MASK_COLUMN, MASK_DENSE, build_plan
+
+    dense = build_plan("torch", 8, "zero_transition", True, torch.float32)
+    assert (dense.mask_kind, dense.k, dense.pruned, dense.feedthrough) == (MASK_DENSE, 8, False, False)
+    col = StateLayout(torch.tensor([True, False, True, False]))
+    tables = (col.mask, col.kept_idx, col.kept_count)
+    plan = build_plan("torch", 4, "zero_transition", False, torch.float32, *tables)
+    assert (plan.mask_kind, plan.k, plan.pruned, plan.feedthrough) == (MASK_COLUMN, 2, True, True)
+    removed = build_plan("torch", 4, "remove", False, torch.float32, *tables)
+    assert removed.pruned and not removed.feedthrough
+    full = StateLayout(torch.ones(4, dtype=torch.bool))
+    kept_all = build_plan("torch", 4, "zero_transition", False, torch.float32, full.mask, full.kept_idx, None)
+    assert not kept_all.pruned and not kept_all.feedthrough
+    chan = StateLayout(torch.tensor([[True, False], [True, True], [False, False]]))
+    plan = build_plan(
+        "torch", 2, "zero_transition", False, torch.float32, chan.mask, chan.kept_idx, chan.kept_count
+    )
+    assert (plan.mask_kind, plan.k, plan.feedthrough) == (MASK_CHANNEL, 2, True)
+    with pytest.raises(ValueError, match="kept_idx"):
+        build_plan("torch", 4, "zero_transition", False, torch.float32, col.mask, None, None)
+    with pytest.raises(ValueError, match="kept_count"):
+        build_plan("torch", 2, "zero_transition", False, torch.float32, chan.mask, chan.kept_idx, None)
+
+
+def test_plans_are_built_once_per_layer_and_shape_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation and planning run on the first call of a shape class; later calls reuse the plan
+    (a raw mask's after its layout is cached), and a new shape, mask or backend gets a new one."""
+    import importlib
+
+    # ops.selective_scan is the function; the package of the op is reached by its module name
+    scan_pkg = importlib.import_module("sparsessm_kernels.ops.selective_scan")
+    step_pkg = importlib.import_module("sparsessm_kernels.ops.state_update")
+
+    built = []
+    for pkg, name in ((scan_pkg, "check_scan_inputs"), (step_pkg, "check_state_update_inputs")):
+        real = getattr(pkg, name)
+
+        def counting(*args, real=real, name=name, **kwargs):
+            built.append(name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(pkg, name, counting)
+    scan_pkg._PLANS.clear()
+    step_pkg._PLANS.clear()
+    g = torch.Generator().manual_seed(0)
+    u, A, B = (
+        torch.randn(2, 6, 5, generator=g),
+        -torch.rand(6, 4, generator=g),
+        torch.randn(2, 4, 5, generator=g),
+    )
+    mask = torch.rand(6, 4, generator=g) > 0.5
+    for _ in range(3):
+        ssk.selective_scan(u, u, A, B, B, state_mask=mask)
+    assert built.count("check_scan_inputs") == 2  # the raw mask's layout is cached after the first
+    ssk.selective_scan(u[:1], u[:1], A, B[:1], B[:1], state_mask=mask)
+    assert built.count("check_scan_inputs") == 3  # a new shape class
+    mask.logical_not_()  # an in-place change: a new layout, a new plan
+    ssk.selective_scan(u, u, A, B, B, state_mask=mask)
+    assert built.count("check_scan_inputs") == 4
+    state = torch.zeros(2, 6, 4)
+    for _ in range(3):
+        ssk.selective_state_update(state, u[..., 0], u[..., 0], A, B[..., 0], B[..., 0], backend="torch")
+    assert built.count("check_state_update_inputs") == 1
+    ssk.selective_state_update(state, u[..., 0], u[..., 0], A, B[..., 0], B[..., 0], backend="auto")
+    assert built.count("check_state_update_inputs") == 2
+    with pytest.raises(ValueError, match="x: expected"):  # a bad call is still validated in full
+        ssk.selective_state_update(state, u[..., :2, 0], u[..., 0], A, B[..., 0], B[..., 0], backend="torch")

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparsessm_kernels.ops.reference import selective_scan_ref, selective_state_update_ref
+from sparsessm_kernels.ops import selective_scan_ref, selective_state_update_ref
 from tests.scan_cases import CASES, ScanCase, make_inputs, to_float64
 from tests.scan_oracle import closed_form_scan
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import sparsessm_kernels as ssk
-from sparsessm_kernels.ops import StateLayout
-from sparsessm_kernels.ops.reference import selective_scan_ref, selective_state_update_ref
+from sparsessm_kernels.ops import StateLayout, selective_scan_ref, selective_state_update_ref
 from tests.scan_cases import CASES, ScanCase, assert_close, make_inputs, to_float64
+from tests.step_cases import DECODE_CASES, DecodeCase, decode_setup
 
 
 @pytest.mark.parametrize("pruned_states", ["zero_transition", "remove"])
@@ -58,45 +58,14 @@ def test_return_last_state_false_returns_only_out() -> None:
     assert isinstance(out, torch.Tensor)
 
 
-DECODE_CASES = [
-    ("dense", "none", False, torch.float32),
-    ("column_compact", "column", True, torch.float32),
-    ("column_full", "column", False, torch.float32),
-    ("nm_compact", "2:4", True, torch.float32),
-    ("unstructured_full", "unstructured", False, torch.float32),
-    ("empty_channel", "empty_channel", False, torch.float32),
-    ("nm_compact_fp16_state", "2:4", True, torch.float16),
-    ("fp64", "2:4", True, torch.float64),
-]
-
-
 @pytest.mark.parametrize("pruned_states", ["zero_transition", "remove"])
-@pytest.mark.parametrize(
-    ("name", "mask_kind", "compact", "state_dtype"), DECODE_CASES, ids=[c[0] for c in DECODE_CASES]
-)
+@pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: c.name)
 @pytest.mark.parametrize("groups", [0, 2])
-def test_decode_step_matches_reference(
-    name: str, mask_kind: str, compact: bool, state_dtype: torch.dtype, pruned_states: str, groups: int
-) -> None:
-    dtype = torch.float64 if state_dtype == torch.float64 else torch.float32
-    case = ScanCase(name, d=20, n=8, seqlen=1, mask=mask_kind, groups=groups, dtype=dtype)
-    inputs, mask = make_inputs(case, seed=3)
-    b, d, _ = inputs["u"].shape
-    n = inputs["A"].shape[1]
-    k = int(mask.sum(-1).max()) if (compact and mask is not None) else n
-    g = torch.Generator().manual_seed(5)
-    state0 = torch.randn(b, d, k, generator=g).to(state_dtype)
-    step = {
-        "x": inputs["u"][..., 0],
-        "dt": inputs["delta"][..., 0],
-        "A": inputs["A"],
-        "B": inputs["B"][..., 0],
-        "C": inputs["C"][..., 0],
-        "D": inputs["D"],
-        "z": inputs["z"][..., 0],
-        "dt_bias": inputs["delta_bias"],
-        "dt_softplus": True,
-    }
+def test_decode_step_matches_reference(case: DecodeCase, pruned_states: str, groups: int) -> None:
+    if case.mask == "none" and pruned_states == "remove":
+        pytest.skip("pruned_states only matters with a mask")
+    step, mask, state0, dtype = decode_setup(case, groups)
+    name, state_dtype = case.name, case.state_dtype
     ours_state = state0.clone()
     out = ssk.selective_state_update(
         ours_state, **step, state_mask=mask, pruned_states=pruned_states, backend="torch"
@@ -138,7 +107,7 @@ def test_decode_chain_equals_scan_with_compact_state() -> None:
 
 
 def test_case_masks_exercise_both_per_channel_paths() -> None:
-    from sparsessm_kernels.ops.torch_backend import MASKED_DENSE_FRACTION
+    from sparsessm_kernels.ops.selective_scan.torch_backend import MASKED_DENSE_FRACTION
 
     ks = {}
     for kind in ("unstructured", "unstructured_sparse", "2:4"):

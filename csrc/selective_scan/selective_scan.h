@@ -4,8 +4,8 @@
 // element strides, sizes, flags) and calls selective_scan_fwd() on a cudaStream_t. The Python
 // binding (python/bindings.cpp), the standalone test and the micro-benchmark (csrc/tests/) are
 // three such callers. The exact semantics are those of docs/semantics.md (oracle:
-// sparsessm_kernels/ops/reference.py); the design is described in selective_scan_kernel.cuh and
-// docs/cuda.md.
+// sparsessm_kernels/ops/selective_scan/reference.py); the design is described in
+// selective_scan_kernel.cuh and docs/cuda.md.
 //
 // Tensors (b = batch, d = channels, l = sequence length, n = states, k = kept states):
 //   u, delta, z, out  (b, d, l)                  dtype = params.dtype, stride 1 along l

@@ -19,12 +19,12 @@ from ..models.hub import HubLookupError, needs_hub_lookup, resolve_local_or_hub
 from ..nn import SparsifyReport, sparsify_
 from ..nn.semi_structured import SemiStructuredLinear
 from ..ops import MixerConstants, SSMParams, StateLayout
+from ..ops.layout import PRUNED_STATES_CHOICES as PRUNED_STATES
 from ..sparsity import load_sparsities
 
 logger = logging.getLogger("sparsessm_kernels")
 
 MASKS_FILE = "sparsity.safetensors"
-PRUNED_STATES = ("zero_transition", "remove")
 PROJECTIONS = ("in_proj", "x_proj", "out_proj")
 """Mixer linears that :func:`sparsify_projections` may swap (``dt_proj`` is used by weight)."""
 

@@ -48,7 +48,7 @@ Differences from the stock mixer, by design:
   state (stock transformers restarts the SSM from zero there); a single token, the common
   ``generate`` step, is the same path as stock;
 * the mixer never takes the training-only fused ``mamba_inner_fn`` branch; gradients flow through
-  the ops' reference backward (:mod:`sparsessm_kernels.ops.autograd`: exact, slow).
+  the ops' reference backward (:mod:`sparsessm_kernels.ops.selective_scan.autograd`: exact, slow).
 """
 
 from __future__ import annotations

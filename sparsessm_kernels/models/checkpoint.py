@@ -36,6 +36,7 @@ import torch
 
 from .._io import atomic_path, write_text_atomic
 from ..ops import StateLayout
+from ..ops.layout import PRUNED_STATES_CHOICES
 from .config import (
     CheckpointFormatError,
     MambaLMConfig,
@@ -374,7 +375,7 @@ def parse_pruned_states(
     raw = meta.get("pruned_states")
     if raw is None:
         return default
-    if raw in ("zero_transition", "remove"):
+    if raw in PRUNED_STATES_CHOICES:
         return raw
     try:
         value = json.loads(raw)
@@ -393,7 +394,7 @@ def parse_pruned_states(
         )
     modes = [value_map] if isinstance(value_map, str) else list(value_map.values())
     for mode in modes:
-        if mode not in ("zero_transition", "remove"):
+        if mode not in PRUNED_STATES_CHOICES:
             raise CheckpointFormatError(
                 f"{path}: metadata 'pruned_states' holds {mode!r}; expected 'zero_transition' or 'remove'"
             )

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import MixerConstants, SSMParams, StateLayout, mixer_forward, mixer_step
+from ..ops.layout import PRUNED_STATES_CHOICES
 from .cache import LayerCache, MambaCache
 from .causal_lm import SSMCausalLM, initial_dt_bias
 from .config import MambaLMConfig
@@ -31,8 +32,6 @@ from .zeroed_a_log import ZeroedALogWarning, find_zeroed_a_log_layers, zeroed_a_
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointContents
-
-PRUNED_STATES_CHOICES = ("zero_transition", "remove")
 
 
 def a_log_name(layer_idx: int) -> str:

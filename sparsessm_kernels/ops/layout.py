@@ -216,6 +216,28 @@ def _layout_of_raw_mask(mask: object) -> StateLayout:
     return layout
 
 
+def layout_of(state_mask: torch.Tensor | StateLayout | None) -> StateLayout | None:
+    """The layout of the ``state_mask`` argument (a raw mask's cached one), not yet checked against
+    the layer's ``d`` and ``n`` (:func:`as_layout` does that)."""
+    if state_mask is None or isinstance(state_mask, StateLayout):
+        return state_mask
+    return _layout_of_raw_mask(state_mask)
+
+
+def cached_layout(state_mask: object) -> StateLayout | bool | None:
+    """The layout of ``state_mask`` when it is known without building anything: None (dense), a
+    prebuilt layout, or the cached layout of a raw mask seen before (same tensor, same version).
+    ``False`` otherwise (a new or changed raw mask, or not a mask at all): the caller validates."""
+    if state_mask is None or isinstance(state_mask, StateLayout):
+        return state_mask
+    if not isinstance(state_mask, torch.Tensor):
+        return False
+    entry = _RAW_MASK_LAYOUTS.get(id(state_mask))
+    if entry is not None and entry[0]() is state_mask and entry[1] == state_mask._version:
+        return entry[2]
+    return False
+
+
 def as_layout(
     state_mask: torch.Tensor | StateLayout | None, d_inner: int, d_state: int
 ) -> StateLayout | None:
@@ -227,9 +249,9 @@ def as_layout(
         d_inner: ``d`` of the layer.
         d_state: ``n`` of the layer (``A.shape[1]``).
     """
-    if state_mask is None:
+    layout = layout_of(state_mask)
+    if layout is None:
         return None
-    layout = state_mask if isinstance(state_mask, StateLayout) else _layout_of_raw_mask(state_mask)
     if layout.d_state != d_state:
         raise ValueError(
             f"state_mask: expected {d_state} states (A has shape (d, {d_state})), "

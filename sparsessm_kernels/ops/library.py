@@ -1,30 +1,161 @@
-"""``torch.library`` registration of the ops (namespace ``sparsessm``).
+"""``torch.library`` registration of the ops (namespace ``sparsessm``) and their eager fast path.
 
 Registered as custom ops with fake (meta) implementations so that ``torch.compile(fullgraph=True)``
 traces calls without graph breaks and CUDA graphs can capture them. The op bodies dispatch on the
-``backend`` string already resolved by :mod:`.dispatch`: ``"torch"`` runs
-:mod:`.torch_backend`, ``"triton"`` the kernels of :mod:`.triton` and ``"cuda"`` (scan only) the
-compiled extension through :mod:`.cuda` (both imported on first use; the Triton path never
-synchronises with the host, so a captured CUDA graph replays it). The scan's autograd formula
-(a backward through the reference) is registered by :mod:`.autograd`. An empty batch
-(``b = 0``) returns empty outputs without calling any backend.
+``backend`` string already resolved by :mod:`.dispatch`: ``"torch"`` runs the op's
+``torch_backend``, ``"triton"`` its ``triton_backend`` and ``"cuda"`` (scan only) the compiled
+extension through ``selective_scan/cuda_backend.py`` (both imported on first use; the Triton path
+never synchronises with the host, so a captured CUDA graph replays it). The scan's autograd
+formula (a backward through the reference) is registered by :mod:`.selective_scan.autograd`. An
+empty batch (``b = 0``) returns empty outputs without calling any backend.
 
 The op bodies are plain functions (:func:`selective_scan_impl`, :func:`selective_state_update_impl`)
-that :mod:`.dispatch` calls directly in plain eager mode (no tracing, no torch function or dispatch
-mode, no tensor subclass, no input requiring grad): the custom-op dispatch costs tens of
-microseconds per call, which is most of a small problem's time on a GPU.
+that the public ops call directly in plain eager mode (:func:`plain_eager`: no tracing, no torch
+function or dispatch mode, no tensor subclass, no input requiring grad): the custom-op dispatch
+costs tens of microseconds per call, which is most of a small problem's time on a GPU.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import autograd as _autograd
 from .checks import math_dtype
-from .torch_backend import selective_scan_torch, selective_state_update_torch
+from .layout import StateLayout
+from .plan import ScanInputs, ScanPlan, StepInputs, build_plan
+from .selective_scan import autograd as _autograd
+from .selective_scan.torch_backend import selective_scan_torch
+from .state_update.torch_backend import selective_state_update_torch
+
+# ------------------------------------------------------------------ the eager fast path
+try:  # resolved once: importing inside plain_eager cost microseconds per call
+    from torch.autograd import forward_ad as _forward_ad
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
+    _functorch_transforms_active = torch._C._are_functorch_transforms_active
+    _MODE_PROBES = True
+except (ImportError, AttributeError):  # pragma: no cover - private API moved: always take the op path
+    _MODE_PROBES = False
+
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
-def selective_scan_impl(
+def eager_shape_class(tensors: tuple[torch.Tensor | None, ...]) -> tuple | None:
+    """The shape class of a call that can run its op body directly, else None.
+
+    Direct (plain eager): not under ``torch.compile`` or ``torch.jit.trace`` tracing, no torch
+    function / dispatch mode (FakeTensorMode, FlopCounterMode, ``torch.set_default_device``, ...), no
+    functorch transform (vmap, grad) or forward-mode AD level, only plain tensors, and no input that
+    would need autograd. Skipping the custom-op dispatch saves tens of microseconds per call;
+    everything else (tracing, modes, subclasses, autograd) keeps going through the registered op.
+
+    The shape class is ``(shape, dtype, device)`` of every tensor (None for absent ones): what the
+    validation and the plan of a call depend on (:mod:`.plan`), gathered in the same pass.
+    """
+    if not _MODE_PROBES or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None
+    if (
+        _torch_function_mode_enabled()
+        or _get_current_dispatch_mode() is not None
+        or _functorch_transforms_active()  # vmap, grad, jacrev, ...
+        or getattr(_forward_ad, "_current_level", -1) >= 0  # dual tensors (jvp)
+    ):
+        return None
+    grad = torch.is_grad_enabled()
+    key = []
+    for t in tensors:
+        if t is None:
+            key.append(None)
+        elif type(t) not in _PLAIN_TYPES or (grad and t.requires_grad):
+            return None
+        else:
+            key.append((t.shape, t.dtype, t.device))
+    return tuple(key)
+
+
+def plain_eager(*tensors: torch.Tensor | None) -> bool:
+    """Whether the op body can run directly (see :func:`eager_shape_class`)."""
+    return eager_shape_class(tensors) is not None
+
+
+def layout_tensors(
+    layout: StateLayout | None, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``(mask, kept_idx, kept_count)`` of ``layout`` on ``device`` (all None when dense)."""
+    if layout is None:
+        return None, None, None
+    on_device = layout.to(device)
+    return on_device.mask, on_device.kept_idx, on_device.kept_count
+
+
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will record a call on ``tensors`` (grad mode on, some input requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+# ------------------------------------------------------------------ plans <-> op arguments
+def flat_plan(plan: ScanPlan) -> tuple:
+    """The plan as the trailing arguments of ``sparsessm::selective_scan`` (after the tensors)."""
+    return (
+        plan.softplus, plan.return_last_state, plan.state_mask, plan.kept_idx, plan.kept_count,
+        plan.pruned_states, plan.backend,
+    )  # fmt: skip
+
+
+def flat_step_plan(plan: ScanPlan) -> tuple:
+    """The plan as the arguments of ``sparsessm::selective_state_update`` after ``dt_bias``."""
+    return plan.softplus, plan.state_mask, plan.kept_idx, plan.kept_count, plan.pruned_states, plan.backend
+
+
+# ------------------------------------------------------------------ the scan
+def run_scan(plan: ScanPlan, inputs: ScanInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the plan's backend: ``(out, last_state)`` (an empty last state when not requested)."""
+    if inputs.u.shape[0] == 0:  # an empty batch: nothing to compute, no kernel launched (any backend)
+        return _empty_scan(plan, inputs)
+    if plan.backend == "torch":
+        impl = selective_scan_torch
+    elif plan.backend == "triton":
+        from .selective_scan.triton_backend import selective_scan_triton as impl
+    elif plan.backend == "cuda":
+        from .selective_scan.cuda_backend import selective_scan_cuda as impl
+    else:
+        raise RuntimeError(
+            f"sparsessm::selective_scan: backend {plan.backend!r} is not available in this build"
+        )
+    out, last_state = impl(plan, inputs)
+    if last_state is None:  # the op always returns a tensor: an empty one, in the fake's dtype
+        last_state = out.new_empty((0,), dtype=plan.math_dtype)
+    return out, last_state
+
+
+def _empty_scan(plan: ScanPlan, inputs: ScanInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, last_state)`` of the scan for the given shapes, allocated but not computed (the
+    fake implementation; also the result of an empty batch, where there is nothing to compute)."""
+    u = inputs.u
+    b, d, l = u.shape
+    out = u.new_empty((b, d, l))
+    last_state = u.new_empty((b, d, plan.n) if plan.return_last_state else (0,), dtype=plan.math_dtype)
+    return out, last_state
+
+
+def _scan_op_plan(
+    inputs: ScanInputs,
+    delta_softplus,
+    return_last_state,
+    state_mask,
+    kept_idx,
+    kept_count,
+    pruned_states,
+    backend,
+) -> ScanPlan:
+    """The plan of a call that came through ``torch.ops.sparsessm.selective_scan``."""
+    return build_plan(
+        backend, inputs.A.shape[1], pruned_states, delta_softplus, math_dtype(*inputs),
+        state_mask, kept_idx, kept_count, return_last_state=return_last_state,
+    )  # fmt: skip
+
+
+def selective_scan_op(
     u: torch.Tensor,
     delta: torch.Tensor,
     A: torch.Tensor,
@@ -41,75 +172,42 @@ def selective_scan_impl(
     pruned_states: str,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if u.shape[0] == 0:  # an empty batch: nothing to compute, no kernel launched (any backend)
-        return _empty_scan(u, delta, A, B, C, D, z, delta_bias, return_last_state)
-    if backend == "triton":
-        from .triton.selective_scan import selective_scan_triton as impl
-    elif backend == "cuda":
-        from .cuda import selective_scan_cuda as impl
-    elif backend == "torch":
-        impl = selective_scan_torch
-    else:
-        raise RuntimeError(f"sparsessm::selective_scan: backend {backend!r} is not available in this build")
-    out, last_state = impl(
-        u,
-        delta,
-        A,
-        B,
-        C,
-        D,
-        z,
-        delta_bias,
-        delta_softplus,
-        return_last_state,
-        state_mask,
-        kept_idx,
-        kept_count,
-        pruned_states,
+    """The body of ``sparsessm::selective_scan``: the plan's fields as plain arguments."""
+    inputs = ScanInputs(u, delta, A, B, C, D, z, delta_bias)
+    plan = _scan_op_plan(
+        inputs, delta_softplus, return_last_state, state_mask, kept_idx, kept_count, pruned_states, backend
     )
-    if last_state is None:  # the op always returns a tensor: an empty one, in the fake's dtype
-        last_state = out.new_empty((0,), dtype=math_dtype(u, delta, A, B, C, D, z, delta_bias))
-    return out, last_state
+    return run_scan(plan, inputs)
 
 
-def _empty_scan(u, delta, A, B, C, D, z, delta_bias, return_last_state):
-    """``(out, last_state)`` of the scan for the given shapes, allocated but not computed (the
-    fake implementation; also the result of an empty batch, where there is nothing to compute)."""
-    b, d, l = u.shape
-    state_dtype = math_dtype(u, delta, A, B, C, D, z, delta_bias)
-    out = u.new_empty((b, d, l))
-    last_state = u.new_empty((b, d, A.shape[1]) if return_last_state else (0,), dtype=state_dtype)
-    return out, last_state
-
-
-_selective_scan_op = torch.library.custom_op(
-    "sparsessm::selective_scan", selective_scan_impl, mutates_args=()
-)
+_selective_scan_op = torch.library.custom_op("sparsessm::selective_scan", selective_scan_op, mutates_args=())
 _autograd.register(_selective_scan_op)
 
 
 @_selective_scan_op.register_fake
-def _(
-    u,
-    delta,
-    A,
-    B,
-    C,
-    D,
-    z,
-    delta_bias,
-    delta_softplus,
-    return_last_state,
-    state_mask,
-    kept_idx,
-    kept_count,
-    pruned_states,
-    backend,
-):
-    return _empty_scan(u, delta, A, B, C, D, z, delta_bias, return_last_state)
+def _(u, delta, A, B, C, D, z, delta_bias, *plan_args):
+    inputs = ScanInputs(u, delta, A, B, C, D, z, delta_bias)
+    return _empty_scan(_scan_op_plan(inputs, *plan_args), inputs)
 
 
-def selective_state_update_impl(
+# ------------------------------------------------------------------ the decode step
+def run_state_update(plan: ScanPlan, inputs: StepInputs) -> torch.Tensor:
+    """Run the plan's backend on one decode step (``inputs.state`` updated in place): ``(b, d)``."""
+    x = inputs.x
+    if x.shape[0] == 0:  # an empty batch: no state row changes, no kernel launched
+        return x.new_empty(x.shape)
+    if plan.backend == "torch":
+        impl = selective_state_update_torch
+    elif plan.backend == "triton":
+        from .state_update.triton_backend import selective_state_update_triton as impl
+    else:
+        raise RuntimeError(
+            f"sparsessm::selective_state_update: backend {plan.backend!r} is not available in this build"
+        )
+    return impl(plan, inputs)
+
+
+def selective_state_update_op(
     state: torch.Tensor,
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -127,57 +225,26 @@ def selective_state_update_impl(
     backend: str,
     state_batch_indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    if x.shape[0] == 0:  # an empty batch: no state row changes, no kernel launched
-        return x.new_empty(x.shape)
-    if backend == "triton":
-        from .triton.state_update import selective_state_update_triton as impl
-    elif backend == "torch":
-        impl = selective_state_update_torch
-    else:
-        raise RuntimeError(
-            f"sparsessm::selective_state_update: backend {backend!r} is not available in this build"
-        )
-    return impl(
-        state,
-        x,
-        dt,
-        A,
-        B,
-        C,
-        D,
-        z,
-        dt_bias,
+    """The body of ``sparsessm::selective_state_update``: the plan's fields as plain arguments."""
+    inputs = StepInputs(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices)
+    plan = build_plan(
+        backend,
+        A.shape[1],
+        pruned_states,
         dt_softplus,
+        math_dtype(*inputs[:9]),
         state_mask,
         kept_idx,
         kept_count,
-        pruned_states,
-        state_batch_indices,
     )
+    return run_state_update(plan, inputs)
 
 
 _selective_state_update_op = torch.library.custom_op(
-    "sparsessm::selective_state_update", selective_state_update_impl, mutates_args=("state",)
+    "sparsessm::selective_state_update", selective_state_update_op, mutates_args=("state",)
 )
 
 
 @_selective_state_update_op.register_fake
-def _(
-    state,
-    x,
-    dt,
-    A,
-    B,
-    C,
-    D,
-    z,
-    dt_bias,
-    dt_softplus,
-    state_mask,
-    kept_idx,
-    kept_count,
-    pruned_states,
-    backend,
-    state_batch_indices=None,
-):
+def _(state, x, *rest):
     return x.new_empty(x.shape)

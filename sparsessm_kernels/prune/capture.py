@@ -33,7 +33,7 @@ from ..sparsity import kept_count
 from .config import PruneConfig, PruneConfigError, module_name
 from .projections import ConvStatistics, LinearStatistics, allocate_sparsity, prune_conv1d, prune_linear
 from .snip import snip_saliency
-from .ssm import SSMStatistics, apply_ssm_mask, ssm_masks
+from .ssm import SSMStatistics, apply_ssm_mask, module_seed, ssm_masks
 
 __all__ = [
     "INTERMEDIATE_STAGES",
@@ -477,11 +477,8 @@ def prune_projection(
     else:
         n_prune = numel - kept_count(numel, cfg.sparsity)
         target = n_prune / numel
-    seed = (
-        cfg.seed * 1_000_003
-        + 7919 * (layer + 1)
-        + 101 * (1 + ("in_proj", "conv1d", "x_proj", "dt_proj", "out_proj").index(kind))
-    )
+    kinds = ("in_proj", "conv1d", "x_proj", "dt_proj", "out_proj")
+    seed = module_seed(cfg.seed, layer, salt=101 * (1 + kinds.index(kind)))
     saliency = snip.get(name)
     if kind == "conv1d":
         new, mask = prune_conv1d(

@@ -6,7 +6,7 @@ into importance scores (higher = kept) and masks by :func:`ssm_masks`:
 
 * ``sparsessm`` / ``score="sparsessm"``: the OBS saliency of zeroing the discrete transition of
   state ``(c, s)`` at step ``t``, ``exp(delta_t A)^2 h_{t-1}^2``, averaged over calibration samples
-  as a per-sample product (:func:`sparsessm_kernels.ops.calibration.state_saliency`).
+  as a per-sample product (:func:`sparsessm_kernels.ops.state_saliency`).
 * ``sparsessm`` / ``score="a_log"``: ``A_log^2 h_{t-1}^2`` (the paper's Theorem 1 form).
 * aggregation over time ``weighted`` (``sum_t w_t score_t``, :func:`time_weights`) or ``vote``
   (:func:`vote_scores`).
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import MambaMixer
-from ..ops.calibration import state_saliency
+from ..ops import state_saliency
 from ..sparsity import StateSparsity, column_mask, kept_count, nm_mask, unstructured_mask
 from .config import PruneConfig
 from .projections import damped_inverse, sparsegpt_prune
@@ -208,7 +208,7 @@ class SSMStatistics:
         if cfg.method == "magnitude":
             return a_log.abs()
         if cfg.method == "random":
-            g = torch.Generator().manual_seed(_module_seed(cfg.seed, self.mixer.layer_idx))
+            g = torch.Generator().manual_seed(module_seed(cfg.seed, self.mixer.layer_idx))
             return torch.rand(a_log.shape, generator=g).to(a_log.device)
         if cfg.method == "wanda":
             return a_log.abs() * (self.acc["h2"] / n).sqrt()
@@ -226,8 +226,10 @@ class SSMStatistics:
         return self.mixer.A_log.detach().float().square()[None] * self.acc["h2_steps"] / n
 
 
-def _module_seed(seed: int, layer: int) -> int:
-    return (int(seed) * 1_000_003 + 7919 * (layer + 1)) % (2**63 - 1)
+def module_seed(seed: int, layer: int, salt: int = 0) -> int:
+    """The random seed of one module of ``layer`` (``salt`` tells modules of a layer apart), from
+    the run's ``seed``: the same run prunes every module alike."""
+    return (int(seed) * 1_000_003 + 7919 * (layer + 1) + salt) % (2**63 - 1)
 
 
 # ---------------------------------------------------------------------- vote

@@ -14,7 +14,7 @@ import sys
 
 def _calibration_variants(tl):
     """The calibration kernel (its module has no launch plan): compiled from a signature."""
-    from sparsessm_kernels.ops.triton import calibration
+    from sparsessm_kernels.ops.saliency import triton_backend as calibration
 
     fn = calibration._saliency_kernel
     for per_step in (False, True):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsessm_kernels.ops.calibration import state_saliency, state_saliency_ref
-from sparsessm_kernels.ops.triton.calibration import state_saliency_triton
+from sparsessm_kernels.ops import state_saliency, state_saliency_ref
+from sparsessm_kernels.ops.saliency.triton_backend import state_saliency_triton
 from tests.scan_cases import TOLERANCES, ScanCase, make_inputs, to_float64
 
 from .conftest import DEVICE

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 import sparsessm_kernels as ssk
-from sparsessm_kernels.ops import StateLayout
-from sparsessm_kernels.ops.reference import selective_scan_ref
-from sparsessm_kernels.ops.triton.selective_scan import ScanConfig, selective_scan_triton
+from sparsessm_kernels.ops import StateLayout, selective_scan_ref
+from sparsessm_kernels.ops.selective_scan.triton_backend import ScanConfig, selective_scan_triton
 from tests.scan_cases import (
     BF16_ROUND_TO_NEAREST,
     BF16_TRUNCATE,
     ScanCase,
     assert_close,
+    backend_args,
     make_inputs,
     to_float64,
 )
@@ -138,21 +138,7 @@ def test_scan_matches_reference(tc: TritonCase, pruned_states: str) -> None:
         )
     else:
         out, state = selective_scan_triton(
-            inputs["u"],
-            inputs["delta"],
-            inputs["A"],
-            inputs["B"],
-            inputs["C"],
-            inputs["D"],
-            inputs["z"],
-            inputs["delta_bias"],
-            inputs["delta_softplus"],
-            True,
-            None if layout is None else layout.mask,
-            None if layout is None else layout.kept_idx,
-            None if layout is None else layout.kept_count,
-            pruned_states,
-            config=tc.config,
+            *backend_args(inputs, layout, pruned_states, "triton"), config=tc.config
         )
     _check(tc.case, out, state, inputs, mask, pruned_states)
 
@@ -177,13 +163,7 @@ def test_shared_named_cases(case: ScanCase, pruned_states: str) -> None:
     inputs, mask = make_inputs(case, device=DEVICE)
     layout = None if mask is None else StateLayout(mask)
     out, state = selective_scan_triton(
-        *(inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus")),
-        True,
-        None if layout is None else layout.mask,
-        None if layout is None else layout.kept_idx,
-        None if layout is None else layout.kept_count,
-        pruned_states,
-        config=ScanConfig(16, case.chunk or 32, 4),
+        *backend_args(inputs, layout, pruned_states, "triton"), config=ScanConfig(16, case.chunk or 32, 4)
     )
     _check(case, out, state, inputs, mask, pruned_states)
 
@@ -217,13 +197,7 @@ def test_B_and_C_with_different_group_counts(mask_kind: str, block_d: int) -> No
     layout = None if mask is None else StateLayout(mask)
     for pruned_states in ("zero_transition", "remove"):
         out, state = selective_scan_triton(
-            *(inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus")),
-            True,
-            None if layout is None else layout.mask,
-            None if layout is None else layout.kept_idx,
-            None if layout is None else layout.kept_count,
-            pruned_states,
-            config=ScanConfig(block_d, 16, 4),
+            *backend_args(inputs, layout, pruned_states, "triton"), config=ScanConfig(block_d, 16, 4)
         )
         _check(case, out, state, inputs, mask, pruned_states)
 
@@ -242,13 +216,10 @@ def test_carried_chunks_equal_one_chunk() -> None:
     case = _c("chunks", n=8, mask="column", seqlen=40, batch=2)
     inputs, mask = _inputs(case)
     layout = StateLayout(mask)
-    args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    tables = (layout.mask, layout.kept_idx, layout.kept_count)
-    one = selective_scan_triton(*args, True, True, *tables, "zero_transition", config=ScanConfig(4, 64, 4))
+    args = backend_args({**inputs, "delta_softplus": True}, layout, "zero_transition", "triton")
+    one = selective_scan_triton(*args, config=ScanConfig(4, 64, 4))
     for chunk in (8, 16):
-        many = selective_scan_triton(
-            *args, True, True, *tables, "zero_transition", config=ScanConfig(4, chunk, 4)
-        )
+        many = selective_scan_triton(*args, config=ScanConfig(4, chunk, 4))
         torch.testing.assert_close(one[0], many[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(one[1], many[1], rtol=1e-5, atol=1e-5)
 
@@ -372,7 +343,7 @@ def test_cuda_graph_capture_replays_the_scan() -> None:
 
 # ------------------------------------------------------------------------------ configuration
 def test_gpu_configuration_table_and_rule() -> None:
-    from sparsessm_kernels.ops.triton.selective_scan import CONFIG_TABLE, gpu_config
+    from sparsessm_kernels.ops.selective_scan.triton_backend import CONFIG_TABLE, gpu_config
 
     bf16, f32, f64 = torch.bfloat16, torch.float32, torch.float64
     # the benchmark grid: the table, at batch 1 and 8 on 132 SMs
@@ -397,7 +368,7 @@ def test_gpu_configuration_table_and_rule() -> None:
 
 
 def test_configuration_override_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sparsessm_kernels.ops.triton.selective_scan import CONFIG_ENV, scan_config
+    from sparsessm_kernels.ops.selective_scan.triton_backend import CONFIG_ENV, scan_config
 
     args = (1, 12, 20, 4, torch.float32, torch.float32, torch.device(DEVICE))
     monkeypatch.setenv(CONFIG_ENV, "2, 16, 2")

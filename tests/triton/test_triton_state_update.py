@@ -7,62 +7,21 @@ import pytest
 import torch
 
 import sparsessm_kernels as ssk
-from sparsessm_kernels.ops import StateLayout
-from sparsessm_kernels.ops.reference import selective_state_update_ref
+from sparsessm_kernels.ops import StateLayout, selective_state_update_ref
 from tests.scan_cases import ScanCase, assert_close, make_inputs, to_float64
+from tests.step_cases import DECODE_CASES, DecodeCase, decode_setup, step_of
 
 from .conftest import DEVICE, TRITON_TOLERANCES
 
-# (name, mask kind, compact state, state dtype)
-DECODE_CASES = [
-    ("dense", "none", False, torch.float32),
-    ("dense_n32", "none", False, torch.float32),
-    ("column_compact", "column", True, torch.float32),
-    ("column_full", "column", False, torch.float32),
-    ("nm_2_4_compact", "2:4", True, torch.float32),
-    ("nm_2_4_full", "2:4", False, torch.float32),
-    ("unstructured_full", "unstructured", False, torch.float32),
-    ("channel_with_every_state_pruned", "empty_channel", False, torch.float32),
-    ("column_all_pruned_compact", "all_pruned_column", True, torch.float32),
-    ("nm_2_4_compact_fp16_state", "2:4", True, torch.float16),
-    ("nm_2_4_compact_bf16_state", "2:4", True, torch.bfloat16),
-    ("fp64", "2:4", True, torch.float64),
-]
-
-
-def _step(inputs: dict) -> dict:
-    return {
-        "x": inputs["u"][..., 0],
-        "dt": inputs["delta"][..., 0],
-        "A": inputs["A"],
-        "B": inputs["B"][..., 0],
-        "C": inputs["C"][..., 0],
-        "D": inputs["D"],
-        "z": inputs["z"][..., 0],
-        "dt_bias": inputs["delta_bias"],
-        "dt_softplus": True,
-    }
-
 
 @pytest.mark.parametrize("pruned_states", ["zero_transition", "remove"])
-@pytest.mark.parametrize(
-    ("name", "mask_kind", "compact", "state_dtype"), DECODE_CASES, ids=[c[0] for c in DECODE_CASES]
-)
+@pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: c.name)
 @pytest.mark.parametrize("groups", [0, 2])
-def test_decode_step_matches_reference(
-    name: str, mask_kind: str, compact: bool, state_dtype: torch.dtype, pruned_states: str, groups: int
-) -> None:
-    if mask_kind == "none" and pruned_states == "remove":
+def test_decode_step_matches_reference(case: DecodeCase, pruned_states: str, groups: int) -> None:
+    if case.mask == "none" and pruned_states == "remove":
         pytest.skip("pruned_states only matters with a mask")
-    dtype = torch.float64 if state_dtype == torch.float64 else torch.float32
-    n = 32 if name.endswith("n32") else 8
-    case = ScanCase(name, batch=3, d=20, n=n, seqlen=1, mask=mask_kind, groups=groups, dtype=dtype)
-    inputs, mask = make_inputs(case, seed=3, device=DEVICE)
-    b, d, _ = inputs["u"].shape
-    k = int(mask.sum(-1).max()) if (compact and mask is not None) else n
-    g = torch.Generator().manual_seed(5)
-    state0 = torch.randn(b, d, k, generator=g).to(device=DEVICE, dtype=state_dtype)
-    step = _step(inputs)
+    step, mask, state0, dtype = decode_setup(case, groups, DEVICE)
+    name, state_dtype = case.name, case.state_dtype
     ours = state0.clone()
     out = ssk.selective_state_update(
         ours, **step, state_mask=mask, pruned_states=pruned_states, backend="triton"
@@ -88,7 +47,7 @@ def test_state_batch_indices_with_pad_rows(compact: bool, index_dtype: torch.dty
     S = 7
     state0 = torch.randn(S, 12, k, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     sbi = torch.tensor([5, -1, 0, 7, 2], dtype=index_dtype, device=DEVICE)
-    step = _step(inputs)
+    step = step_of(inputs)
     ref_state = state0.clone().double()
     ref = selective_state_update_ref(
         ref_state, **to_float64(step), state_mask=layout, state_batch_indices=sbi
@@ -119,12 +78,12 @@ def test_state_batch_indices_validation() -> None:
     state = torch.zeros(3, 8, 4, device=DEVICE)
     with pytest.raises(TypeError, match="state_batch_indices: expected int32 or int64"):
         ssk.selective_state_update(
-            state, **_step(inputs), backend="triton", state_batch_indices=torch.zeros(2, device=DEVICE)
+            state, **step_of(inputs), backend="triton", state_batch_indices=torch.zeros(2, device=DEVICE)
         )
     with pytest.raises(ValueError, match=r"state_batch_indices: expected shape \(b,\)"):
         ssk.selective_state_update(
             state,
-            **_step(inputs),
+            **step_of(inputs),
             backend="triton",
             state_batch_indices=torch.zeros(3, dtype=torch.int32, device=DEVICE),
         )
@@ -166,7 +125,7 @@ def test_opcheck_state_update_on_triton() -> None:
     case = ScanCase("opcheck", batch=2, d=8, n=8, seqlen=1, mask="2:4")
     inputs, mask = make_inputs(case, device=DEVICE)
     layout = StateLayout(mask)
-    step = _step(inputs)
+    step = step_of(inputs)
     args = (
         torch.randn(3, 8, layout.n_kept, device=DEVICE),
         *(step[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")),
@@ -194,7 +153,7 @@ def test_full_size_decode_on_gpu(batch: int, mask_kind: str) -> None:
     layout = StateLayout(mask) if mask is not None else None
     k = layout.n_kept if layout is not None else 16
     state0 = torch.randn(batch, 4096, k, device="cuda")
-    step = {**_step(inputs), "x": inputs["u"][..., 0].bfloat16(), "z": inputs["z"][..., 0].bfloat16()}
+    step = {**step_of(inputs), "x": inputs["u"][..., 0].bfloat16(), "z": inputs["z"][..., 0].bfloat16()}
     ours = state0.clone()
     out = ssk.selective_state_update(ours, **step, state_mask=layout, backend="triton")
     ref_state = state0.clone().double()
@@ -211,15 +170,15 @@ def test_cuda_graph_capture_replays_the_decode_step() -> None:
     state = torch.randn(8, 512, layout.n_kept, device="cuda")
     expected_state = state.clone()
     expected = ssk.selective_state_update(
-        expected_state, **_step(inputs), state_mask=layout, backend="triton"
+        expected_state, **step_of(inputs), state_mask=layout, backend="triton"
     )
     warm = state.clone()
-    ssk.selective_state_update(warm, **_step(inputs), state_mask=layout, backend="triton")
+    ssk.selective_state_update(warm, **step_of(inputs), state_mask=layout, backend="triton")
     graph = torch.cuda.CUDAGraph()
     captured_state = state.clone()
     with torch.cuda.graph(graph):
         captured = ssk.selective_state_update(
-            captured_state, **_step(inputs), state_mask=layout, backend="triton"
+            captured_state, **step_of(inputs), state_mask=layout, backend="triton"
         )
     captured_state.copy_(state)
     graph.replay()

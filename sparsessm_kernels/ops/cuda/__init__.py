@@ -1,16 +1,11 @@
-"""The ``"cuda"`` backend: hand-written CUDA C++ kernels in the compiled extension ``sparsessm_kernels._C``.
+"""The ``"cuda"`` backend's loader: the compiled extension ``sparsessm_kernels._C`` (hand-written CUDA C++).
 
 The extension is optional (built only with ``SPARSESSM_BUILD_CUDA=1``, see ``docs/cuda.md``) and is
-imported lazily, the first time :func:`cuda_status` or :func:`selective_scan_cuda` needs it; when it
-is missing, the reason is recorded and reported, with the build command, only when the cuda
-backend is asked for. Importing this module never fails and never touches the GPU.
+imported lazily, the first time :func:`cuda_status` or :func:`extension` needs it; when it is
+missing, the reason is recorded and reported, with the build command, only when the cuda backend
+is asked for. Importing this module never fails and never touches the GPU.
 
-:func:`selective_scan_cuda` has exactly the signature of
-:func:`sparsessm_kernels.ops.torch_backend.selective_scan_torch`: arguments are validated by the
-caller (``ops.dispatch``); this layer adapts them to what the kernels take (one dtype for the
-sequence tensors, stride 1 along ``l``, float32 per-channel vectors, int32 layout tables), and the
-binding (``python/bindings.cpp``) checks devices, dtypes, shapes and strides again, naming the
-argument in every error.
+The op wrappers live beside their ops (``ops/selective_scan/cuda_backend.py``).
 """
 
 from __future__ import annotations
@@ -21,17 +16,12 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["BUILD_COMMAND", "EXTENSION", "cuda_status", "extension_info", "selective_scan_cuda"]
+__all__ = ["BUILD_COMMAND", "EXTENSION", "KERNEL_DTYPES", "cuda_status", "extension", "extension_info"]
 
-EXTENSION = "sparsessm_kernels._C"
-BUILD_COMMAND = "SPARSESSM_BUILD_CUDA=1 pip install -e . --no-build-isolation"
+from .build import BUILD_COMMAND, EXTENSION
 
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-# Lanes per channel along l (a power of two <= 128; above 32 a channel spans several warps); 0 lets
-# the launcher choose (docs/cuda.md, "Choice of P"). Tests, benchmarks (bench_scan.py
-# --cuda-time-segments) and kernel experiments set it.
-_TIME_SEGMENTS = 0
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+"""The dtypes the CUDA kernels compute (in float32 math)."""
 
 
 @functools.cache
@@ -80,7 +70,8 @@ def extension_info() -> dict[str, object]:
     return {"built": True, "cuda_archs": getattr(module, "cuda_archs", "unknown"), "path": module.__file__}
 
 
-def _extension() -> ModuleType:
+def extension() -> ModuleType:
+    """The imported extension, or :class:`BackendUnavailableError` saying why it is missing."""
     module, why = _load()
     if module is None:
         # Lazy and absolute: dispatch imports this package indirectly.
@@ -88,111 +79,3 @@ def _extension() -> ModuleType:
 
         raise BackendUnavailableError(f"backend='cuda' is not usable: {why}")
     return module
-
-
-def _seq(t: torch.Tensor | None, dtype: torch.dtype, unit_stride: bool = True) -> torch.Tensor | None:
-    """A sequence tensor in the kernel dtype; with stride 1 along ``l`` when ``unit_stride``.
-
-    ``B`` and ``C`` are staged by the kernel with any strides (a view of the ``x_proj`` output, an
-    expanded view), so they are passed as they are; ``u``, ``delta`` and ``z`` are read with
-    stride 1 along ``l``.
-    """
-    if t is None:
-        return None
-    if t.dtype != dtype:
-        t = t.to(dtype)
-    if unit_stride and t.shape[-1] != 1 and t.stride(-1) != 1:
-        t = t.contiguous()
-    return t
-
-
-def _per_channel_sequence(t: torch.Tensor, dtype: torch.dtype, u: torch.Tensor) -> torch.Tensor:
-    """A time-invariant ``(d, n)`` B / C as the grouped ``(b, g = d, n, l)`` layout the kernel reads:
-    a stride-0 view over batch and time (no copy; the kernel honours any strides). Other B / C
-    tensors are returned as they are."""
-    if t.dim() != 2:
-        return t
-    b, _, l = u.shape
-    return t.to(dtype)[None, :, :, None].expand(b, t.shape[0], t.shape[1], l)
-
-
-def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.to(torch.float32).contiguous()
-
-
-def _i32(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.to(torch.int32).contiguous()
-
-
-def selective_scan_cuda(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    delta_softplus: bool,
-    return_last_state: bool,
-    state_mask: torch.Tensor | None,
-    kept_idx: torch.Tensor | None,
-    kept_count: torch.Tensor | None,
-    pruned_states: str,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Selective scan on the CUDA kernels; arguments validated by the caller (see ``ops.dispatch``).
-
-    Shapes as in :func:`~sparsessm_kernels.ops.torch_backend.selective_scan_torch`: u, delta, z
-    ``(b, d, l)``; A ``(d, n)`` float32; B, C ``(b, n, l)``, ``(b, g, n, l)`` or time-invariant
-    ``(d, n)`` (passed as a stride-0 ``(b, d, n, l)`` view, one group per channel); D, delta_bias ``(d,)``;
-    state_mask None, bool ``(n,)`` or ``(d, n)`` with the ``kept_idx`` / ``kept_count`` tables of its
-    ``StateLayout``. Sequence tensors of mixed dtypes are computed in their promoted dtype (exact:
-    the math is float32 either way); float64 is not supported by the kernels (use the torch backend).
-
-    Returns ``(out (b, d, l) in u.dtype, last_state (b, d, n) float32 or None)``.
-    """
-    ext = _extension()
-    named = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
-    for name, t in named.items():
-        if t is not None and t.dtype == torch.float64:
-            raise TypeError(
-                f"{name}: the cuda backend computes in float32 and does not take float64 tensors "
-                "(use backend='torch' for a float64 scan)"
-            )
-    # The sequence tensors share one dtype. A time-invariant (d, n) B / C takes part in the promotion
-    # so that its values reach the kernel unrounded (a float32 B with bf16 u computes in float32).
-    dtype = u.dtype
-    for t in (delta, z, B, C):
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
-    if dtype not in _KERNEL_DTYPES:
-        raise TypeError(f"u: expected float32, float16 or bfloat16 sequence tensors, got {dtype}")
-
-    if state_mask is None:
-        kept_idx = kept_count = None
-    elif kept_idx is None:
-        raise ValueError("kept_idx: required with a state_mask (pass the tables of its StateLayout)")
-    elif state_mask.dim() == 1:
-        kept_count = None
-    elif kept_count is None:
-        raise ValueError("kept_count: required with a per-channel state_mask (d, n)")
-
-    out, last_state = ext.selective_scan_fwd(
-        _seq(u, dtype),
-        _seq(delta, dtype),
-        _f32(A),
-        _seq(_per_channel_sequence(B, dtype, u), dtype, unit_stride=False),
-        _seq(_per_channel_sequence(C, dtype, u), dtype, unit_stride=False),
-        _f32(D),
-        _seq(z, dtype),
-        _f32(delta_bias),
-        bool(delta_softplus),
-        bool(return_last_state),
-        _i32(kept_idx),
-        _i32(kept_count),
-        pruned_states,
-        _TIME_SEGMENTS,
-    )
-    if out.dtype != u.dtype:
-        out = out.to(u.dtype)
-    return out, (last_state if return_last_state else None)

@@ -1,10 +1,17 @@
-"""Triton backend: forward-only kernels of the sparse selective scan, one module per family.
+"""Triton backend infrastructure: the probe, shared kernel helpers and the ahead-of-time compiler.
 
-* :mod:`.selective_scan`: prefill scan (dense, column and per-channel masks; one warp per
-  channel, chunks scanned in warp shuffles, kept-slot loop unrolled; design: ``docs/triton.md``);
-* :mod:`.state_update`: decode step on dense or compact ``(b, d, k)`` states, in place, with
-  optional ``state_batch_indices``;
-* :mod:`.calibration`: SparseSSM transition saliency accumulated during the scan;
+The kernels live beside their ops, as ``triton_backend.py`` (forward only):
+
+* ``ops/selective_scan/triton_backend.py``: prefill scan (dense, column and per-channel masks;
+  one warp per channel, chunks scanned in warp shuffles, kept-slot loop unrolled; design:
+  ``docs/triton.md``);
+* ``ops/state_update/triton_backend.py``: decode step on dense or compact ``(b, d, k)`` states,
+  in place, with optional ``state_batch_indices``;
+* ``ops/saliency/triton_backend.py``: SparseSSM transition saliency accumulated during the scan.
+
+Here:
+
+* :mod:`._common`: helpers shared by the kernels (launch records, strides, fast math);
 * :mod:`.aot`: compiles the launches a call would make for a GPU this machine lacks (sm_90), with
   registers, spills and shared memory per launch (``benchmarks/triton_kernel_report.py``).
 
@@ -25,7 +32,10 @@ import os
 import torch
 
 _TRUTHY = ("1", "true", "yes", "on", "y")
-KERNEL_MODULES = ("selective_scan", "state_update", "calibration")
+KERNEL_MODULES = tuple(
+    f"sparsessm_kernels.ops.{op}.triton_backend" for op in ("selective_scan", "state_update", "saliency")
+)
+"""The modules holding Triton kernels, imported together by :func:`probe`."""
 
 
 def interpret_requested() -> bool:
@@ -52,7 +62,7 @@ def _import_kernels() -> tuple[bool, bool, str]:
     """``(ok, interpreted, error)``: import the kernel modules once."""
     try:
         for name in KERNEL_MODULES:
-            importlib.import_module(f"{__name__}.{name}")
+            importlib.import_module(name)
         from ._common import INTERPRETED
     except Exception as exc:
         return False, False, f"the Triton kernels failed to import ({type(exc).__name__}: {exc})"

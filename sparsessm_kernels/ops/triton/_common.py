@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..checks import math_dtype
 from . import interpret_requested
 
 INTERPRETED = interpret_requested()
@@ -84,11 +85,14 @@ class _NullContext:
         return None
 
 
+TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+"""Triton dtype of each math dtype."""
+
+
 def acc_dtype(*tensors: torch.Tensor | None) -> tuple[torch.dtype, tl.dtype]:
-    """Math precision: float64 when any input is float64 (the reference rule), else float32."""
-    if any(t is not None and t.dtype == torch.float64 for t in tensors):
-        return torch.float64, tl.float64
-    return torch.float32, tl.float32
+    """Math precision (:func:`sparsessm_kernels.ops.checks.math_dtype`) in torch and in Triton."""
+    dtype = math_dtype(*tensors)
+    return dtype, TL_DTYPES[dtype]
 
 
 def bc_strides(t: torch.Tensor, grouped: bool) -> tuple[int, int, int, int]:

@@ -26,6 +26,9 @@ from typing import Any
 import torch
 import triton
 
+from ..checks import math_dtype
+from ..plan import ScanInputs, StepInputs, build_plan
+
 
 def _internals() -> tuple[Any, Any, Any, Any]:
     try:
@@ -192,18 +195,22 @@ def scan_call(
     """The launches of one ``selective_scan`` call on ``meta`` tensors (``mask``: ``dense``,
     ``column50``, ``column0`` (every state pruned), ``2:4`` or ``unstructured50``; ``fixed``: which of
     B / C is time-invariant)."""
-    from .selective_scan import plan_scan
+    from ..selective_scan.triton_backend import plan_scan
 
     weight = torch.float64 if dtype == torch.float64 else torch.float32
     bc_shape = (b, groups, n, l) if groups else (b, n, l)
     B = _meta(d, n, dtype=weight) if "B" in fixed else _meta(*bc_shape, dtype=dtype)
     C = _meta(d, n, dtype=weight) if "C" in fixed else _meta(*bc_shape, dtype=dtype)
     opt = (lambda t: t) if optionals else (lambda t: None)
-    launches, _, _ = plan_scan(
+    inputs = ScanInputs(
         _meta(b, d, l, dtype=dtype), _meta(b, d, l, dtype=dtype), _meta(d, n, dtype=weight), B, C,
         opt(_meta(d, dtype=weight)), opt(_meta(b, d, l, dtype=dtype)), opt(_meta(d, dtype=weight)),
-        optionals, optionals, *_meta_mask(mask, d, n), pruned_states,
     )  # fmt: skip
+    plan = build_plan(
+        "triton", n, pruned_states, optionals, math_dtype(*inputs), *_meta_mask(mask, d, n),
+        return_last_state=optionals,
+    )  # fmt: skip
+    launches, _, _ = plan_scan(plan, inputs)
     return launches
 
 
@@ -219,17 +226,20 @@ def state_update_call(
 ) -> list[Any]:
     """The launch of one ``selective_state_update`` call on ``meta`` tensors (float32 state,
     compact ``(b, d, k)`` for uniform masks when ``compact``)."""
-    from .state_update import plan_state_update
+    from ..state_update.triton_backend import plan_state_update
 
     state_mask, kept_idx, kept_count = _meta_mask(mask, d, n)
     k = n if kept_idx is None or not compact else kept_idx.shape[-1]
     tokens = lambda: _meta(b, d, dtype=dtype)  # noqa: E731
     rows = lambda: _meta(b, n, dtype=dtype)  # noqa: E731
     indices = _meta(b, dtype=torch.int32) if batch_indices else None
-    launches, _ = plan_state_update(
-        _meta(b, d, k), tokens(), tokens(), _meta(d, n), rows(), rows(), _meta(d), tokens(), _meta(d), True,
-        state_mask, kept_idx, kept_count, pruned_states, indices,
-    )  # fmt: skip
+    inputs = StepInputs(
+        _meta(b, d, k), tokens(), tokens(), _meta(d, n), rows(), rows(), _meta(d), tokens(), _meta(d), indices
+    )
+    plan = build_plan(
+        "triton", n, pruned_states, True, math_dtype(*inputs[:9]), state_mask, kept_idx, kept_count
+    )
+    launches, _ = plan_state_update(plan, inputs)
     return launches
 
 

@@ -1,6 +1,6 @@
 """Triton prefill kernel of the (sparse) selective scan, forward only (design: ``docs/triton.md``).
 
-Semantics are exactly :func:`sparsessm_kernels.ops.reference.selective_scan_ref` (see
+Semantics are exactly :func:`sparsessm_kernels.ops.selective_scan.reference.selective_scan_ref` (see
 ``docs/semantics.md``); this module only decides how the work is laid out on the GPU.
 
 One launch (two with a ``zero_transition`` mask, below), grid ``(d / BLOCK_D, b)``: a program owns
@@ -52,11 +52,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (
+from .. import plan as _plan
+from ..plan import ScanInputs, ScanPlan
+from ..triton._common import (
     INTERPRETED,
     LOG2E,
+    TL_DTYPES,
     Launch,
-    acc_dtype,
     bc_strides,
     device_guard,
     int_dummy,
@@ -66,7 +68,10 @@ from ._common import (
     softplus,
 )
 
-MASK_DENSE, MASK_COLUMN, MASK_CHANNEL = 0, 1, 2
+# the plan's mask kinds, as the kernels' MASK_KIND values
+MASK_DENSE: tl.constexpr = tl.constexpr(_plan.MASK_DENSE)
+MASK_COLUMN: tl.constexpr = tl.constexpr(_plan.MASK_COLUMN)
+MASK_CHANNEL: tl.constexpr = tl.constexpr(_plan.MASK_CHANNEL)
 ROW, GATHER, FIXED = 0, 1, 2
 """How a program reads B, C or the feed-through sum: one ``(T,)`` row shared by the block's
 channels, a ``(BLOCK_D, T)`` per-channel gather, or one time-invariant value per channel."""
@@ -118,10 +123,10 @@ def _operand(ptr, s, offs_d, grp, valid, offs, tmask, s_g, s_n, s_l, goff, KIND:
 @triton.jit
 def _slot_state(j, kidx_ptr, offs_d, dmask, cnt, MASK_KIND: tl.constexpr, K: tl.constexpr):
     """State index of slot ``j`` (a scalar, or one per channel) and which channels have it."""
-    if MASK_KIND == 0:
+    if MASK_KIND == MASK_DENSE:
         s = j
         valid = dmask
-    elif MASK_KIND == 1:
+    elif MASK_KIND == MASK_COLUMN:
         s = tl.load(kidx_ptr + j)
         valid = dmask
     else:
@@ -153,11 +158,11 @@ def _scan_kernel(
     slots = tl.arange(0, KB)[None, :]
     hc = tl.zeros([BLOCK_D, KB], dtype=ACC)  # the state carried from chunk to chunk, per slot
 
-    if MASK_KIND == 2:
+    if MASK_KIND == MASK_CHANNEL:
         cnt = tl.load(kcnt_ptr + offs_d, mask=dmask, other=0)
     else:
         cnt = tl.zeros([BLOCK_D], dtype=tl.int32)
-    if MASK_KIND == 2 and UNROLL == 1:  # a runtime loop stops at the block's largest kept count
+    if MASK_KIND == MASK_CHANNEL and UNROLL == 1:  # a runtime loop stops at the block's largest kept count
         k_loop = tl.max(cnt, axis=0)
     else:
         k_loop = K
@@ -219,10 +224,10 @@ def _scan_kernel(
         tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=m2)
 
     if RETURN_LAST:  # the carried states to their state indices (pruned entries stay 0)
-        if MASK_KIND == 0:
+        if MASK_KIND == MASK_DENSE:
             s_all = slots + offs_d[:, None] * 0
             v_all = dmask[:, None] & (slots < K)
-        elif MASK_KIND == 1:
+        elif MASK_KIND == MASK_COLUMN:
             s_all = tl.load(kidx_ptr + slots + offs_d[:, None] * 0, mask=slots < K, other=0)
             v_all = dmask[:, None] & (slots < K)
         else:
@@ -426,21 +431,7 @@ def _feedthrough(
 
 
 def plan_scan(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    delta_softplus: bool,
-    return_last_state: bool,
-    state_mask: torch.Tensor | None,
-    kept_idx: torch.Tensor | None,
-    kept_count: torch.Tensor | None,
-    pruned_states: str,
-    config: ScanConfig | None = None,
+    plan: ScanPlan, inputs: ScanInputs, config: ScanConfig | None = None
 ) -> tuple[list[Launch], torch.Tensor, torch.Tensor | None]:
     """Allocate the outputs and buffers of one call and list its launches, in order.
 
@@ -448,25 +439,22 @@ def plan_scan(
     time-invariant B / C with a ``zero_transition`` mask computes its per-channel feed-through sum
     here (a batched matmul on ``u``'s device).
     """
+    u, delta, A, B, C, D, z, delta_bias = inputs
     b, d, l = u.shape
     n = A.shape[1]
     dev = u.device
-    acc_torch, acc_tl = acc_dtype(u, delta, A, B, C, D, z, delta_bias)
-    if state_mask is None:
-        mask_kind, k = MASK_DENSE, n
-    elif state_mask.dim() == 1:
-        mask_kind, k = MASK_COLUMN, int(kept_idx.shape[0])
-    else:
-        mask_kind, k = MASK_CHANNEL, int(kept_idx.shape[1])
+    acc_torch, acc_tl = plan.math_dtype, TL_DTYPES[plan.math_dtype]
+    mask_kind, k = plan.mask_kind, plan.k
+    state_mask, kept_idx, kept_count = plan.state_mask, plan.kept_idx, plan.kept_count
+    return_last_state = plan.return_last_state
     group_sizes = [d // t.shape[1] for t in (B, C) if t.dim() == 4]
     group_size = math.gcd(*group_sizes) if group_sizes else 0
     cfg = config or scan_config(b, d, l, k, u.dtype, acc_torch, dev, group_size)
     block_d, T = cfg.block_d, cfg.chunk
     out = torch.empty((b, d, l), dtype=u.dtype, device=dev)
-    pruned_exist = mask_kind == MASK_CHANNEL or (mask_kind == MASK_COLUMN and k < n)
     last = None
     if return_last_state:
-        last = (torch.zeros if pruned_exist else torch.empty)((b, d, n), dtype=acc_torch, device=dev)
+        last = (torch.zeros if plan.pruned else torch.empty)((b, d, n), dtype=acc_torch, device=dev)
     if b == 0 or d == 0:
         return [], out, last
 
@@ -474,7 +462,7 @@ def plan_scan(
     # as some callers pass them) would cost a load per timestep instead of one vector per thread
     B = B.contiguous() if B.dim() != 2 and B.stride(-1) != 1 else B
     C = C.contiguous() if C.dim() != 2 and C.stride(-1) != 1 else C
-    per_channel = mask_kind == MASK_CHANNEL
+    per_channel = mask_kind == _plan.MASK_CHANNEL
     gB, sB_b, sB_g, sB_n = bc_strides(B, B.dim() == 4)
     gC, sC_b, sC_g, sC_n = bc_strides(C, C.dim() == 4)
     if B.dim() == 2:  # time-invariant (d, n): one value per (channel, state)
@@ -489,7 +477,7 @@ def plan_scan(
 
     launches: list[Launch] = []
     ft, ft_kind, sub_kept, dpg_F, sF = out, FT_NONE, False, 1, (0, 0, 0)
-    if pruned_states == "zero_transition" and pruned_exist:
+    if plan.feedthrough:
         ft, sub_kept, pre = _feedthrough(B, C, state_mask, b, d, l, acc_torch, acc_tl)
         launches += pre
         dpg_F = d // ft.shape[1]
@@ -514,7 +502,7 @@ def plan_scan(
         MASK_KIND=mask_kind, K=k, UNROLL=_unroll(k, per_channel, b_kind, c_kind),
         B_KIND=b_kind, C_KIND=c_kind, FT_KIND=ft_kind, SUB_KEPT=sub_kept,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), RETURN_LAST=return_last_state and k > 0, MULTI_CHUNK=multi_chunk,
+        SOFTPLUS=plan.softplus, RETURN_LAST=return_last_state and k > 0, MULTI_CHUNK=multi_chunk,
         BLOCK_D=block_d, T=T, KB=next_pow2(k), ACC=acc_tl, num_warps=cfg.num_warps,
     )  # fmt: skip
     launches.append(Launch(_scan_kernel, (triton.cdiv(d, block_d), b), args, kwargs))
@@ -522,33 +510,15 @@ def plan_scan(
 
 
 def selective_scan_triton(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    delta_softplus: bool,
-    return_last_state: bool,
-    state_mask: torch.Tensor | None,
-    kept_idx: torch.Tensor | None,
-    kept_count: torch.Tensor | None,
-    pruned_states: str,
-    *,
-    config: ScanConfig | None = None,
+    plan: ScanPlan, inputs: ScanInputs, *, config: ScanConfig | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Selective scan on the Triton kernels; arguments validated by the caller (``ops.dispatch``).
+    """Selective scan on the Triton kernels; arguments validated by ``ops.selective_scan``.
 
     Same contract as ``torch_backend.selective_scan_torch``: returns ``(out, last_state or None)``.
     ``config`` overrides :func:`scan_config` (for tests and tuning).
     """
-    with device_guard(u.device):
-        launches, out, last = plan_scan(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-            state_mask, kept_idx, kept_count, pruned_states, config,
-        )  # fmt: skip
+    with device_guard(inputs.u.device):
+        launches, out, last = plan_scan(plan, inputs, config)
         for launch in launches:
             launch()
     return out, last

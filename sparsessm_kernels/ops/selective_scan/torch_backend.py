@@ -35,9 +35,10 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from .checks import math_dtype
+from ..plan import ScanInputs, ScanPlan
 
-_TARGET_CHUNK_ELEMENTS = 1_500_000
+TARGET_CHUNK_ELEMENTS = 1_500_000
+"""Elements of one chunk buffer ``(b, T, k, d)`` the chunked torch backends aim for (cache-resident)."""
 
 
 def _chunk_len(batch: int, n_kept: int, d: int, seqlen: int) -> int:
@@ -53,20 +54,21 @@ def _chunk_len(batch: int, n_kept: int, d: int, seqlen: int) -> int:
             raise ValueError(f"SPARSESSM_TORCH_CHUNK: expected a positive integer, got {value}")
         return min(value, seqlen)
     per_step = max(1, batch * max(n_kept, 1) * d)
-    return max(1, min(seqlen, max(8, min(256, _TARGET_CHUNK_ELEMENTS // per_step))))
+    return max(1, min(seqlen, max(8, min(256, TARGET_CHUNK_ELEMENTS // per_step))))
 
 
 MASKED_DENSE_FRACTION = 0.65
 """Per-channel masks keeping more than this fraction of ``n`` in some channel run masked-dense."""
 
 
-class _StatePlan:
+class SlotTables:
     """Which states each channel works on, built from the layout tensors of a ``StateLayout``.
 
     Args:
         A: ``(d, n)``. groups: B/C groups. state_mask: None, bool ``(n,)`` or ``(d, n)``.
         kept_idx: ``(k,)`` (column) or ``(d, k_max)`` (per-channel) ascending kept indices.
         kept_count: ``(d,)`` kept states per channel (per-channel masks), else None.
+        feedthrough: the pruned states feed through (the plan's ``feedthrough``).
         for_scan: build the chunked-scan tables (selection matrices); the decode step gathers.
         fixed_B, fixed_C: time-invariant ``(d, n)`` B / C (scan only), or None when input-dependent
             (then ``groups`` counts the groups of the input-dependent ones only).
@@ -93,7 +95,7 @@ class _StatePlan:
         state_mask: torch.Tensor | None,
         kept_idx: torch.Tensor | None,
         kept_count: torch.Tensor | None,
-        pruned_states: str,
+        feedthrough: bool,
         dtype: torch.dtype,
         *,
         for_scan: bool = True,
@@ -148,20 +150,19 @@ class _StatePlan:
             self.select = select.view(groups * n, self.k * d)
 
         pruned_skipped = state_mask is not None and not self.masked_dense
-        if for_scan and pruned_states == "zero_transition" and pruned_skipped:
+        if for_scan and feedthrough and pruned_skipped:
             full = state_mask if state_mask.dim() == 2 else state_mask[None, :].expand(d, n)
-            if not bool(full.all()):
-                weight = (~full).to(dtype)  # (d, n)
-                for fixed in (fixed_B, fixed_C):
-                    if fixed is not None:
-                        weight = weight * fixed.to(dtype)
-                if not some_variable:
-                    self.feedthrough_const = weight.sum(dim=1)
-                else:
-                    group_of = torch.arange(d, device=dev) // (d // groups)
-                    ft = torch.zeros(groups, n, d, dtype=dtype, device=dev)
-                    ft[group_of, :, torch.arange(d, device=dev)] = weight
-                    self.feedthrough = ft.reshape(groups * n, d)
+            weight = (~full).to(dtype)  # (d, n)
+            for fixed in (fixed_B, fixed_C):
+                if fixed is not None:
+                    weight = weight * fixed.to(dtype)
+            if not some_variable:
+                self.feedthrough_const = weight.sum(dim=1)
+            else:
+                group_of = torch.arange(d, device=dev) // (d // groups)
+                ft = torch.zeros(groups, n, d, dtype=dtype, device=dev)
+                ft[group_of, :, torch.arange(d, device=dev)] = weight
+                self.feedthrough = ft.reshape(groups * n, d)
 
     def per_slot(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """A per-state ``(d, n)`` table (A, a time-invariant B or C) at every slot: ``(k, d)``,
@@ -239,31 +240,17 @@ class _ChunkBuffers:
         self.C = buffer(b, T, k, d) if products else None  # gathered C, or C * h
 
 
-def selective_scan_torch(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    delta_softplus: bool,
-    return_last_state: bool,
-    state_mask: torch.Tensor | None,
-    kept_idx: torch.Tensor | None,
-    kept_count: torch.Tensor | None,
-    pruned_states: str,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Chunked selective scan; arguments validated by the caller (see ``ops.dispatch``).
+def selective_scan_torch(plan: ScanPlan, inputs: ScanInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chunked selective scan; arguments validated by ``ops.selective_scan``.
 
-    Shapes: u, delta, z ``(b, d, l)``; A ``(d, n)``; B, C ``(b, n, l)``, ``(b, g, n, l)`` or
-    time-invariant ``(d, n)``; D, delta_bias ``(d,)``; state_mask None, bool ``(n,)`` or ``(d, n)``
-    with the ``kept_idx`` / ``kept_count`` tables of its ``StateLayout``.
+    Shapes: see :class:`~sparsessm_kernels.ops.plan.ScanInputs`; the mask tables come with the plan.
 
     Returns ``(out (b, d, l) in u.dtype, last_state (b, d, n) or None)``.
     """
-    dtype = math_dtype(u, delta, A, B, C, D, z, delta_bias)
+    u, delta, A, B, C, D, z, delta_bias = inputs
+    state_mask, kept_idx, kept_count = plan.state_mask, plan.kept_idx, plan.kept_count
+    pruned_states, delta_softplus = plan.pruned_states, plan.softplus
+    dtype = plan.math_dtype
     b, d, l = u.shape
     n = A.shape[1]
     fixed_B = B if B.dim() == 2 else None  # time-invariant (d, n)
@@ -275,13 +262,13 @@ def selective_scan_torch(
     # to (b, l, k, d).
     BT = _time_major_bc(B, groups, dtype) if fixed_B is None else None
     CT = _time_major_bc(C, groups, dtype) if fixed_C is None else None
-    plan = _StatePlan(
-        A, groups, state_mask, kept_idx, kept_count, pruned_states, dtype, fixed_B=fixed_B, fixed_C=fixed_C
+    tables = SlotTables(
+        A, groups, state_mask, kept_idx, kept_count, plan.feedthrough, dtype, fixed_B=fixed_B, fixed_C=fixed_C
     )
-    k = plan.k
-    if plan.kept_cols is not None:
-        BT_k = None if BT is None else BT.index_select(2, plan.kept_cols)
-        CT_k = None if CT is None else CT.index_select(2, plan.kept_cols)
+    k = tables.k
+    if tables.kept_cols is not None:
+        BT_k = None if BT is None else BT.index_select(2, tables.kept_cols)
+        CT_k = None if CT is None else CT.index_select(2, tables.kept_cols)
     bias = None if delta_bias is None else delta_bias.to(dtype)
     D_m = None if D is None else D.to(dtype)
 
@@ -291,14 +278,17 @@ def selective_scan_torch(
     h = torch.zeros(b, k, d, dtype=dtype, device=dev)
     out = torch.empty(b, d, l, dtype=u.dtype, device=dev)
     write_direct = out.dtype == dtype
-    products = plan.select is not None or plan.C_kd is not None  # a (b, T, k, d) buffer for C * h
-    bufs = _ChunkBuffers(b, T, k, d, dtype, dev, products, plan.feedthrough is not None)
+    products = tables.select is not None or tables.C_kd is not None  # a (b, T, k, d) buffer for C * h
+    has_ft = tables.feedthrough is not None
+    bufs = _ChunkBuffers(b, T, k, d, dtype, dev, products, has_ft)
 
     for start in range(0, l, T):
         Tc = min(T, l - start)
         s = slice(start, start + Tc)
         if Tc != bufs.T:  # the shorter last chunk gets its own contiguous buffers
-            bufs = _ChunkBuffers(b, Tc, k, d, dtype, dev, products, plan.feedthrough is not None, slot="tail")
+            bufs = _ChunkBuffers(
+                b, Tc, k, d, dtype, dev, products, tables.feedthrough is not None, slot="tail"
+            )
         # Prologue, channel-major: dt = softplus(delta + bias), du = dt * u.
         dt_c, du_c = bufs.dt_cm, bufs.du_cm
         if bias is not None:
@@ -314,41 +304,41 @@ def selective_scan_torch(
 
         if k > 0:
             dA, H = bufs.dA, bufs.H
-            torch.mul(dt[:, :, None, :], plan.A_kd, out=dA)
+            torch.mul(dt[:, :, None, :], tables.A_kd, out=dA)
             dA.exp_()
-            if plan.slot_mask is not None and pruned_states == "zero_transition":
-                dA.mul_(plan.slot_mask)
-            if plan.B_kd is not None:  # time-invariant B
-                torch.mul(du[:, :, None, :], plan.B_kd, out=H)
-            elif plan.select is None:
+            if tables.slot_mask is not None and pruned_states == "zero_transition":
+                dA.mul_(tables.slot_mask)
+            if tables.B_kd is not None:  # time-invariant B
+                torch.mul(du[:, :, None, :], tables.B_kd, out=H)
+            elif tables.select is None:
                 torch.mul(du[:, :, None, :], BT_k[:, s, :, None], out=H)
             else:  # gather the B row of every (slot, channel) with one 0/1 matmul, scale by du
-                torch.matmul(BT[:, s], plan.select, out=H.view(b, Tc, k * d))
+                torch.matmul(BT[:, s], tables.select, out=H.view(b, Tc, k * d))
                 H.mul_(du[:, :, None, :])
-            if plan.slot_mask is not None and pruned_states == "remove":
-                H.mul_(plan.slot_mask)
+            if tables.slot_mask is not None and pruned_states == "remove":
+                H.mul_(tables.slot_mask)
             H_t, dA_t = bufs.H_t, bufs.dA_t
             H_t[0].addcmul_(dA_t[0], h)
             for t in range(1, Tc):
                 H_t[t].addcmul_(dA_t[t], H_t[t - 1])
             h = H_t[Tc - 1].clone()
-            if plan.C_kd is not None:  # time-invariant C
-                torch.sum(torch.mul(H, plan.C_kd, out=bufs.C), dim=2, out=y)
-            elif plan.select is None:
+            if tables.C_kd is not None:  # time-invariant C
+                torch.sum(torch.mul(H, tables.C_kd, out=bufs.C), dim=2, out=y)
+            elif tables.select is None:
                 torch.matmul(CT_k[:, s, None, :], H, out=y.view(b, Tc, 1, d))
             else:
                 Cg = bufs.C
-                torch.matmul(CT[:, s], plan.select, out=Cg.view(b, Tc, k * d))
+                torch.matmul(CT[:, s], tables.select, out=Cg.view(b, Tc, k * d))
                 torch.sum(Cg.mul_(H), dim=2, out=y)
         else:
             y.zero_()
-        if plan.feedthrough is not None:  # rows B*C, or the input-dependent one of B and C
+        if tables.feedthrough is not None:  # rows B*C, or the input-dependent one of B and C
             rows = CT[:, s] if BT is None else BT[:, s] if CT is None else BT[:, s] * CT[:, s]
             ft = bufs.ft_tm
-            torch.matmul(rows, plan.feedthrough, out=ft)
+            torch.matmul(rows, tables.feedthrough, out=ft)
             y.addcmul_(du, ft)
-        elif plan.feedthrough_const is not None:  # both time-invariant
-            y.addcmul_(du, plan.feedthrough_const)
+        elif tables.feedthrough_const is not None:  # both time-invariant
+            y.addcmul_(du, tables.feedthrough_const)
 
         # Epilogue, channel-major: out = (y + u * D) * silu(z).
         y_c = out[:, :, s] if write_direct else bufs.y_cm
@@ -362,11 +352,11 @@ def selective_scan_torch(
             out[:, :, s].copy_(y_c)
 
     last_state = None
-    if return_last_state:
+    if plan.return_last_state:
         last_state = torch.zeros(b, d, n, dtype=dtype, device=dev)
         if k > 0:
-            h_dk = h.transpose(1, 2) * plan.valid  # (b, d, k); padding and pruned slots -> 0
-            last_state.scatter_add_(2, plan.slots.expand(b, d, k), h_dk)
+            h_dk = h.transpose(1, 2) * tables.valid  # (b, d, k); padding and pruned slots -> 0
+            last_state.scatter_add_(2, tables.slots.expand(b, d, k), h_dk)
     return out, last_state
 
 
@@ -403,127 +393,3 @@ def _time_major_bc(t: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Te
         t = t.repeat_interleave(groups // t.shape[1], dim=1)
     b, g, n, l = t.shape
     return t.permute(0, 3, 1, 2).to(dtype).reshape(b, l, g * n).contiguous()
-
-
-def selective_state_update_torch(
-    state: torch.Tensor,
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    dt_bias: torch.Tensor | None,
-    dt_softplus: bool,
-    state_mask: torch.Tensor | None,
-    kept_idx: torch.Tensor | None,
-    kept_count: torch.Tensor | None,
-    pruned_states: str,
-    state_batch_indices: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One decode step, vectorised over batch and channels; ``state`` updated in place.
-
-    Shapes: state ``(b, d, n)`` or compact ``(b, d, k)``; x, dt, z ``(b, d)``; A ``(d, n)``;
-    B, C ``(b, n)`` or ``(b, g, n)``; D, dt_bias ``(d,)``. Returns ``(b, d)`` in ``x.dtype``.
-    With ``state_batch_indices`` ``(b,)`` the state is ``(S, d, ...)`` and row ``i`` uses
-    ``state[state_batch_indices[i]]``; rows with an index outside ``[0, S)`` are skipped (output
-    0). Selecting the valid rows synchronises with the device (boolean indexing).
-    """
-    if state_batch_indices is not None:
-        valid = (state_batch_indices >= 0) & (state_batch_indices < state.shape[0])
-        rows = valid.nonzero().flatten()
-        idx = state_batch_indices[rows].long()
-        out = torch.zeros_like(x)
-        if rows.numel() == 0:
-            return out
-        sub = state.index_select(0, idx)
-
-        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.index_select(0, rows)
-
-        out[rows] = selective_state_update_torch(
-            sub, pick(x), pick(dt), A, pick(B), pick(C), D, pick(z), dt_bias, dt_softplus,
-            state_mask, kept_idx, kept_count, pruned_states,
-        )  # fmt: skip
-        state.index_copy_(0, idx, sub)
-        return out
-    dtype = math_dtype(state, x, dt, A, B, C, D, z, dt_bias)
-    b, d = x.shape
-    n = A.shape[1]
-    dt_m = _as(dt, dtype)
-    if dt_bias is not None:
-        dt_m = dt_m + _as(dt_bias, dtype)
-    if dt_softplus:
-        dt_m = F.softplus(dt_m)
-    x_m = _as(x, dtype)
-    dtx = dt_m * x_m  # (b, d)
-    B_m, C_m = _state_rows(B, d, dtype), _state_rows(C, d, dtype)  # (b, 1 or d, n)
-
-    if state_mask is None:
-        A_m, cols = _as(A, dtype), None
-    else:
-        plan = _StatePlan(A, 1, state_mask, kept_idx, kept_count, pruned_states, dtype, for_scan=False)
-        A_m = plan.A_kd.t()  # (d, k)
-        cols = plan.slots[0] if state_mask.dim() == 1 else plan.slots  # (k,) or (d, k)
-    compact = state_mask is not None and state.shape[-1] != n
-
-    # h = exp(dt * A) * state + dt * x * B on the k worked states, in the math precision.
-    h = torch.exp(dt_m[..., None] * A_m)  # (b, d, k)
-    h.mul_(_as(state, dtype) if state_mask is None or compact else _take_states(_as(state, dtype), cols))
-    h.addcmul_(dtx[..., None], B_m if cols is None else _take_states(B_m, cols))
-    if state_mask is not None and state_mask.dim() == 2:
-        h.mul_(plan.valid)  # padding slots of unequal per-channel masks stay 0
-    C_k = C_m if cols is None else _take_states(C_m, cols)  # (b, 1 or d, k)
-    if C_k.shape[1] == 1:  # shared rows: one (d, k) @ (k, 1) matmul per batch row
-        y = torch.matmul(h, C_k.transpose(1, 2)).reshape(b, d)
-    else:
-        y = (h * C_k).sum(dim=-1)
-    if state_mask is not None and pruned_states == "zero_transition":
-        # feed-through of the pruned states: dt * x * sum_{pruned} B * C
-        pruned = ~state_mask
-        bc = B_m * C_m  # (b, 1 or d, n)
-        if state_mask.dim() == 1:
-            y = y + dtx * (bc * pruned).sum(dim=-1)
-        elif bc.shape[1] == 1:
-            y = y + dtx * (bc[:, 0] @ pruned.t().to(dtype))
-        else:
-            y = y + dtx * (bc * pruned).sum(dim=-1)
-
-    if state_mask is None or compact:
-        state.copy_(h)
-    else:
-        full = torch.zeros(b, d, n, dtype=dtype, device=state.device)  # pruned entries -> 0
-        state.copy_(full.scatter_add_(2, cols.expand(b, d, plan.k), h))  # padding slots add 0
-    if D is not None:
-        y = y + x_m * _as(D, dtype)
-    if z is not None:
-        y = y * F.silu(_as(z, dtype))
-    return _as(y, x.dtype)
-
-
-def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t.to(dtype)`` without the dispatcher round trip when ``t`` already has ``dtype``: the decode
-    step is tiny, and ten no-op ``.to`` calls were a tenth of its host time."""
-    return t if t.dtype == dtype else t.to(dtype)
-
-
-def _state_rows(t: torch.Tensor, d: int, dtype: torch.dtype) -> torch.Tensor:
-    """B/C ``(b, n)`` -> ``(b, 1, n)`` (broadcast over channels); grouped ``(b, g, n)`` -> ``(b, d, n)``."""
-    t = _as(t, dtype)
-    if t.dim() == 2:
-        return t[:, None, :]
-    return t.repeat_interleave(d // t.shape[1], dim=1)
-
-
-def _take_states(t: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Pick states along the last axis: ``cols`` ``(k,)`` (shared) or ``(d, k)`` (per channel).
-
-    ``t`` is ``(b, 1 or d, n)``; the result is ``(b, 1 or d, k)`` for shared ``cols`` and
-    ``(b, d, k)`` for per-channel ``cols``.
-    """
-    if cols.dim() == 1:
-        return t.index_select(-1, cols)
-    b = t.shape[0]
-    d, k = cols.shape
-    return torch.gather(t.expand(b, d, t.shape[-1]), 2, cols.expand(b, d, k))

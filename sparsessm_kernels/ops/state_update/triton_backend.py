@@ -1,6 +1,6 @@
 """Triton decode-step kernel: one step of the (sparse) selective SSM, state updated in place.
 
-Semantics are :func:`sparsessm_kernels.ops.reference.selective_state_update_ref`. A program owns
+Semantics are :func:`sparsessm_kernels.ops.state_update.reference.selective_state_update_ref`. A program owns
 ``BLOCK_D`` channels of one batch row and works on a ``(BLOCK_D, KB)`` tile of the state, where
 ``KB = next_pow2(slots)`` follows the number of **stored** states, not ``n``:
 
@@ -19,11 +19,12 @@ Semantics are :func:`sparsessm_kernels.ops.reference.selective_state_update_ref`
 distinct.
 
 The output is computed from the updated state in float32 (float64 for float64 inputs) before the
-state is rounded to its dtype. As in the prefill scan (``selective_scan.py``), ``exp`` is ``exp2`` of
-``A`` pre-scaled by ``log2(e)`` and softplus / SiLU use the hardware's base-2 exp / log and a fast
-division. Block sizes are fixed (``BLOCK_D * KB`` about 1024); no autotuning, which would replay
-the in-place update. No host synchronisation. :func:`plan_state_update` lists the launch without
-running it (for the ahead-of-time compile of ``sparsessm_kernels.ops.triton.aot``).
+state is rounded to its dtype. As in the prefill scan (``selective_scan/triton_backend.py``),
+``exp`` is ``exp2`` of ``A`` pre-scaled by ``log2(e)`` and softplus / SiLU use the hardware's
+base-2 exp / log and a fast division. Block sizes are fixed (``BLOCK_D * KB`` about 1024); no
+autotuning, which would replay the in-place update. No host synchronisation.
+:func:`plan_state_update` lists the launch without running it (for the ahead-of-time compile of
+``sparsessm_kernels.ops.triton.aot``).
 """
 
 from __future__ import annotations
@@ -32,9 +33,26 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, Launch, acc_dtype, bc_strides, device_guard, int_dummy, next_pow2, silu, softplus
+from .. import plan as _plan
+from ..plan import ScanPlan, StepInputs
+from ..triton._common import (
+    LOG2E,
+    TL_DTYPES,
+    Launch,
+    bc_strides,
+    device_guard,
+    int_dummy,
+    next_pow2,
+    silu,
+    softplus,
+)
 
 MODE_DENSE, MODE_COMPACT, MODE_MASKED = 0, 1, 2
+# the kernel's MODE values, and the plan's mask kinds as its MASK_KIND values
+K_DENSE: tl.constexpr = tl.constexpr(MODE_DENSE)
+K_COMPACT: tl.constexpr = tl.constexpr(MODE_COMPACT)
+K_MASKED: tl.constexpr = tl.constexpr(MODE_MASKED)
+MASK_COLUMN: tl.constexpr = tl.constexpr(_plan.MASK_COLUMN)
 
 
 @triton.jit
@@ -63,17 +81,17 @@ def _state_update_kernel(
         row = bi + offs_d * 0
 
     # state index of every (channel, slot) and whether the slot exists
-    if MODE == 1:
+    if MODE == K_COMPACT:
         valid = dmask[:, None] & (slots[None, :] < k)
-        if MASK_KIND == 1:
+        if MASK_KIND == MASK_COLUMN:
             s = tl.load(kidx_ptr + slots, mask=slots < k, other=0)[None, :]
         else:
             s = tl.load(kidx_ptr + offs_d[:, None] * k + slots[None, :], mask=valid, other=0)
     else:
         valid = dmask[:, None] & (slots[None, :] < n)
         s = slots[None, :]
-    if MODE == 2:
-        if MASK_KIND == 1:
+    if MODE == K_MASKED:
+        if MASK_KIND == MASK_COLUMN:
             kept = tl.load(mask_ptr + slots, mask=slots < n, other=0)[None, :] != 0
         else:
             kept = tl.load(mask_ptr + offs_d[:, None] * s_mc + slots[None, :], mask=valid, other=0) != 0
@@ -101,19 +119,19 @@ def _state_update_kernel(
     h = tl.load(st_ptrs, mask=st_mask, other=0.0).to(ACC)
     dA = tl.exp2(dt[:, None] * A2)
     drive = dtx[:, None] * Bs
-    if MODE == 2:
+    if MODE == K_MASKED:
         dA = tl.where(kept, dA, 0.0)
         if not ZERO_TRANSITION:
             drive = tl.where(kept, drive, 0.0)
     h = dA * h + drive
     y = tl.sum(h * Cs, axis=1)
-    if MODE == 1 and ZERO_TRANSITION:  # pruned states: feed-through only, all rows minus the kept
+    if MODE == K_COMPACT and ZERO_TRANSITION:  # pruned states: feed-through only, all rows minus the kept
         full = tl.arange(0, NB)
         fmask = dmask[:, None] & (full[None, :] < n)
         Bf = tl.load(B_row + full[None, :] * sB_n, mask=fmask, other=0.0).to(ACC)
         Cf = tl.load(C_row + full[None, :] * sC_n, mask=fmask, other=0.0).to(ACC)
         y += dtx * (tl.sum(Bf * Cf, axis=1) - tl.sum(Bs * Cs, axis=1))
-    if MODE == 2:
+    if MODE == K_MASKED:
         h = tl.where(kept, h, 0.0)
     tl.store(st_ptrs, h.to(state_ptr.dtype.element_ty), mask=st_mask)
 
@@ -128,38 +146,24 @@ def _state_update_kernel(
 
 
 def plan_state_update(
-    state: torch.Tensor,
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    dt_bias: torch.Tensor | None,
-    dt_softplus: bool,
-    state_mask: torch.Tensor | None,
-    kept_idx: torch.Tensor | None,
-    kept_count: torch.Tensor | None,
-    pruned_states: str,
-    state_batch_indices: torch.Tensor | None = None,
-    block_d: int | None = None,
+    plan: ScanPlan, inputs: StepInputs, block_d: int | None = None
 ) -> tuple[list[Launch], torch.Tensor]:
     """Allocate the output of one decode step and list its launch: ``(launches, out)``."""
+    state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices = inputs
+    state_mask, kept_idx = plan.state_mask, plan.kept_idx
     b, d = x.shape
     n = A.shape[1]
     dev = x.device
-    _, acc_tl = acc_dtype(state, x, dt, A, B, C, D, z, dt_bias)
+    acc_tl = TL_DTYPES[plan.math_dtype]
     if state_mask is None:
-        mode, mask_kind, slots = MODE_DENSE, 0, n
+        mode, slots = MODE_DENSE, n
     else:
-        mask_kind = 1 if state_mask.dim() == 1 else 2
         if state.shape[-1] != n:
             mode, slots = MODE_COMPACT, int(state.shape[-1])
         else:
             mode, slots = MODE_MASKED, n
     kb = next_pow2(max(slots, 1))
-    nb = next_pow2(n) if mode == MODE_COMPACT and pruned_states == "zero_transition" else 1
+    nb = next_pow2(n) if mode == MODE_COMPACT and plan.zero_transition else 1
     if block_d is None:
         block_d = max(1, min(64, 1024 // max(kb, nb)))
     block_d = min(block_d, next_pow2(d))
@@ -185,43 +189,24 @@ def plan_state_update(
         s_mc, *out.stride(),
     )  # fmt: skip
     kwargs = dict(
-        MODE=mode, MASK_KIND=mask_kind, ZERO_TRANSITION=pruned_states == "zero_transition",
+        MODE=mode, MASK_KIND=plan.mask_kind, ZERO_TRANSITION=plan.zero_transition,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
-        SOFTPLUS=bool(dt_softplus), HAS_SBI=state_batch_indices is not None,
+        SOFTPLUS=plan.softplus, HAS_SBI=state_batch_indices is not None,
         BLOCK_D=block_d, KB=kb, NB=nb, ACC=acc_tl, num_warps=4,
     )  # fmt: skip
     return [Launch(_state_update_kernel, (triton.cdiv(d, block_d), b), args, kwargs)], out
 
 
 def selective_state_update_triton(
-    state: torch.Tensor,
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    dt_bias: torch.Tensor | None,
-    dt_softplus: bool,
-    state_mask: torch.Tensor | None,
-    kept_idx: torch.Tensor | None,
-    kept_count: torch.Tensor | None,
-    pruned_states: str,
-    state_batch_indices: torch.Tensor | None = None,
-    *,
-    block_d: int | None = None,
+    plan: ScanPlan, inputs: StepInputs, *, block_d: int | None = None
 ) -> torch.Tensor:
-    """One decode step on the Triton kernel; arguments validated by the caller (``ops.dispatch``).
+    """One decode step on the Triton kernel; arguments validated by the public op.
 
     ``state`` ``(b, d, n)``, compact ``(b, d, k)``, or ``(S, d, ...)`` with ``state_batch_indices``;
     updated in place. Returns ``(b, d)`` in ``x.dtype``.
     """
-    with device_guard(x.device):
-        launches, out = plan_state_update(
-            state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_mask, kept_idx, kept_count,
-            pruned_states, state_batch_indices, block_d,
-        )  # fmt: skip
+    with device_guard(inputs.x.device):
+        launches, out = plan_state_update(plan, inputs, block_d)
         for launch in launches:
             launch()
     return out

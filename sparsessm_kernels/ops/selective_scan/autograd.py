@@ -9,8 +9,9 @@ exact gradients:
   enabled and differentiates it. Time and memory are those of the reference (one timestep at a
   time, every step kept for the backward): correct, not fast.
 * ``selective_state_update`` mutates its state, and ``torch.library`` gives no autograd formula to
-  a mutating op; :func:`.dispatch.selective_state_update` instead runs the differentiable
-  reference itself when an input needs a gradient (:func:`needs_grad`).
+  a mutating op; :func:`sparsessm_kernels.ops.selective_state_update` instead runs the
+  differentiable reference itself when an input needs a gradient
+  (:func:`sparsessm_kernels.ops.library.needs_grad`).
 
 Pruned entries follow the semantics (docs/semantics.md): the gradient of ``A`` at a pruned state
 is 0 under both ``pruned_states`` modes, and under ``remove`` nothing flows through a pruned
@@ -27,11 +28,6 @@ from .reference import selective_scan_ref
 
 _SCAN_TENSOR_ARGS = 8  # u, delta, A, B, C, D, z, delta_bias: the differentiable inputs
 _SCAN_ARGS = 15  # every argument of sparsessm::selective_scan
-
-
-def needs_grad(*tensors: torch.Tensor | None) -> bool:
-    """Whether autograd will record a call on ``tensors`` (grad mode on, some input requires grad)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _scan_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:

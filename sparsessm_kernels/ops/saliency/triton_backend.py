@@ -1,6 +1,6 @@
 """Triton kernel of the SparseSSM calibration statistics (transition saliency).
 
-Computes :func:`sparsessm_kernels.ops.calibration.state_saliency_ref`: for every state
+Computes :func:`sparsessm_kernels.ops.saliency.reference.state_saliency_ref`: for every state
 ``(c, s)`` the score ``mean_b dA_t^2 h_{t-1}^2`` with ``dA_t = exp(dt_t[c] A[c, s])``, either
 summed over time with weights ``w_t`` (``(d, n)``) or per step (``(l, d, n)``), **without
 materialising the** ``(b, l, d, n)`` **state trajectory**.
@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, device_guard, next_pow2, softplus, time_invariant_as_grouped
+from ..triton._common import acc_dtype, device_guard, next_pow2, softplus, time_invariant_as_grouped
 
 
 @triton.jit
@@ -99,7 +99,7 @@ def state_saliency_triton(
     block_b: int | None = None,
     block_d: int | None = None,
 ) -> torch.Tensor:
-    """Saliency on the Triton kernel; arguments validated by the caller (``ops.calibration``).
+    """Saliency on the Triton kernel; arguments validated by ``ops.state_saliency``.
 
     ``time_weights`` ``(l,)`` float32 on the device. Returns ``(d, n)`` or ``(l, d, n)`` in float32
     (float64 for float64 inputs).
