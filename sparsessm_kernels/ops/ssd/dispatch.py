@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from ..autograd import needs_grad
+from ..library import needs_grad
 from ..dispatch import BACKENDS, BackendUnavailableError, _statuses, _triton_probe, _warn_once
 from ..layout import check_pruned_states
 from .checks import (
