@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/bench_e2e.py                  # default run on this machine
     python benchmarks/bench_e2e.py --quick          # tiny smoke run (seconds; used by the tests)
     python benchmarks/bench_e2e.py --shapes 130m 1.4b --seqlen 4096 --decode-batch 1 64
+    python benchmarks/bench_e2e.py --decoders cg --baselines mamba_ssm
 
 What is measured (``sparsessm_kernels.models.MambaLM`` with random weights, Mamba-1 shapes):
 
@@ -14,9 +15,15 @@ What is measured (``sparsessm_kernels.models.MambaLM`` with random weights, Mamb
   ``--decode-batch`` after a short prompt, with compact ``(b, d, k)`` ssm caches for the sparse
   variants;
 * for the variants ``dense``, ``ssm_col50`` (column mask, 50 % of the states of every layer),
-  ``ssm_2:4`` (2:4 along the states), ``ssm_col50+proj_2:4`` (column 50 % plus ``in_proj`` /
-  ``x_proj`` / ``out_proj`` pruned to 2:4 by magnitude and run by
+  ``ssm_2:4`` (2:4 along the states), ``ssm_col50+proj_2:4`` and ``ssm_2:4+proj_2:4`` (those masks
+  plus ``in_proj`` / ``x_proj`` / ``out_proj`` pruned to 2:4 by magnitude and run by
   :class:`sparsessm_kernels.nn.SemiStructuredLinear`);
+* each with the decoders of ``--decoders``: ``eager`` (``model(token, cache=cache)`` steps) and ``cg``
+  (the static decoder of ``generate(cg=True)``: persistent cache, precomputed constants, on CUDA a
+  CUDA-graph replay per step);
+* baselines with the dense weights (``--baselines``): transformers' ``MambaForCausalLM`` with
+  mamba_ssm's kernels and mamba_ssm's own ``MambaLMHeadModel.generate(cg=True)``, each skipped with
+  the reason when it does not import (see ``_e2e_baselines.py``);
 * ``proj``: the projections alone -- dense ``nn.Linear`` (cuBLAS on CUDA) vs the 2:4
   ``SemiStructuredLinear`` for ``in_proj`` (``d_model -> 2 d_inner``) and ``out_proj``
   (``d_inner -> d_model``) at ``--proj-tokens`` tokens.
@@ -27,7 +34,8 @@ their tokens/s are not those of the full models, and on CPU the 2:4 projections 
 dense fallback (same results, no speedup) -- the CPU numbers show the SSM-sparsity effect only.
 
 Correctness guard: before a model variant is timed, its logits for ``prompt + 1 token`` computed
-as prefill + one decode step are compared with one full forward of the same tokens; projection
+as prefill + one decode step (eager and static) are compared with one full forward of the same
+tokens; a baseline's full-forward logits are compared with this model's; projection
 rows compare the 2:4 module with ``F.linear`` on the same pruned weight. The run aborts (exit 1,
 nothing written) when an error exceeds the tolerance. The JSON has the schema of
 ``bench_scan.py`` (``benchmark``, ``device``, ``date``, ``versions``, ``backends``, ``config``,
