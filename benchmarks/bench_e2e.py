@@ -258,10 +258,14 @@ class Bench:
                 continue
             bl = baselines.build(name, model, self.device, self.dtype)
             ids = self._check_ids()
-            err = self._guard(
-                f"{shape.name} baseline {name}: logits vs this model's",
-                self._rel_err(bl.last_logits(ids), model(ids)[:, -1].float()),
-            )
+            err = self._rel_err(bl.last_logits(ids), model(ids)[:, -1].float())
+            if not err <= self.tol:  # reported, not fatal: the guard protects this package's numbers
+                self.skip(
+                    f"baseline {name} ({shape.name})",
+                    f"its logits differ from this model's by {err:.3e} (relative) > tolerance {self.tol:.1e} "
+                    "with the same weights; not timed",
+                )
+                continue
             extra = {
                 "model": shape.name,
                 "projections": "dense",

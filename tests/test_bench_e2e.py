@@ -7,6 +7,7 @@ test process.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 TOP_KEYS = {"benchmark", "device", "date", "versions", "backends", "config", "results", "skipped"}
 RESULT_KEYS = {
@@ -175,3 +177,58 @@ def test_no_baselines(tmp_path: Path) -> None:
     assert data["config"]["baselines"] == [] and data["config"]["decoders"] == ["cg"]
     assert not [s for s in data["skipped"] if s["what"].startswith("baseline ")]
     assert {r["decoder"] for r in data["results"]} == {"cg"}
+
+
+def _bench_module():
+    """benchmarks/bench_e2e.py imported as a module (registered first: dataclasses look it up)."""
+    name = "_bench_e2e_script"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "bench_e2e.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.mark.parametrize("agree", [True, False], ids=["agrees", "disagrees"])
+def test_slow_transformers_baseline(monkeypatch: pytest.MonkeyPatch, agree: bool) -> None:
+    """--slow-baselines times transformers' PyTorch fallback (no mamba_ssm needed) with this model's
+    weights; a baseline whose logits disagree with this model's is reported as skipped, not timed."""
+    pytest.importorskip("transformers")
+    bench_e2e = _bench_module()
+    cpu = torch.device("cpu")
+    args = bench_e2e.build_parser().parse_args(
+        [
+            "--quick",
+            "--baselines",
+            "transformers",
+            "--slow-baselines",
+            "--decode-batch",
+            "2",
+            "--repeats",
+            "1",
+        ]
+    )
+    bench_e2e.resolve_args(args, cpu)
+    bench = bench_e2e.Bench(args, cpu, torch.float32)
+    shape = bench_e2e.parse_shape("tiny", None)
+    if not agree:
+        monkeypatch.setattr(
+            bench_e2e.baselines.Baseline,
+            "last_logits",
+            lambda self, ids: torch.ones(ids.shape[0], args.vocab),
+        )
+    with torch.no_grad():
+        model = bench.build(shape)
+        bench.run_baselines(model, shape, {"d_model": 64, "n_layer": 2, "d": 128, "n": 16})
+    if agree:
+        assert [(r["kind"], r["baseline"], r["decoder"]) for r in bench.results] == [
+            ("prefill", "transformers", "generate"),
+            ("decode", "transformers", "generate"),
+        ]
+        assert bench.results[1]["generate_tokens"] == bench_e2e.BASELINE_MIN_STEPS
+        assert not bench.skipped
+    else:
+        assert bench.results == []
+        assert len(bench.skipped) == 1 and "differ from this model's" in bench.skipped[0]["reason"]
