@@ -37,7 +37,8 @@ Correctness guard: before a model variant is timed, its logits for ``prompt + 1 
 as prefill + one decode step (eager and static) are compared with one full forward of the same
 tokens; a baseline's full-forward logits are compared with this model's; projection
 rows compare the 2:4 module with ``F.linear`` on the same pruned weight. The run aborts (exit 1,
-nothing written) when an error exceeds the tolerance. The JSON has the schema of
+nothing written) when an error of this package's rows exceeds the tolerance (a baseline that
+disagrees is reported as skipped instead). The JSON has the schema of
 ``bench_scan.py`` (``benchmark``, ``device``, ``date``, ``versions``, ``backends``, ``config``,
 ``results``, ``skipped``), see benchmarks/README.md.
 """
