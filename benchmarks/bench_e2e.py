@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/bench_e2e.py                  # default run on this machine
     python benchmarks/bench_e2e.py --quick          # tiny smoke run (seconds; used by the tests)
     python benchmarks/bench_e2e.py --shapes 130m 1.4b --seqlen 4096 --decode-batch 1 64
+    python benchmarks/bench_e2e.py --decoders cg --baselines mamba_ssm
 
 What is measured (``sparsessm_kernels.models.MambaLM`` with random weights, Mamba-1 shapes):
 
@@ -14,9 +15,15 @@ What is measured (``sparsessm_kernels.models.MambaLM`` with random weights, Mamb
   ``--decode-batch`` after a short prompt, with compact ``(b, d, k)`` ssm caches for the sparse
   variants;
 * for the variants ``dense``, ``ssm_col50`` (column mask, 50 % of the states of every layer),
-  ``ssm_2:4`` (2:4 along the states), ``ssm_col50+proj_2:4`` (column 50 % plus ``in_proj`` /
-  ``x_proj`` / ``out_proj`` pruned to 2:4 by magnitude and run by
+  ``ssm_2:4`` (2:4 along the states), ``ssm_col50+proj_2:4`` and ``ssm_2:4+proj_2:4`` (those masks
+  plus ``in_proj`` / ``x_proj`` / ``out_proj`` pruned to 2:4 by magnitude and run by
   :class:`sparsessm_kernels.nn.SemiStructuredLinear`);
+* each with the decoders of ``--decoders``: ``eager`` (``model(token, cache=cache)`` steps) and ``cg``
+  (the static decoder of ``generate(cg=True)``: persistent cache, precomputed constants, on CUDA a
+  CUDA-graph replay per step);
+* baselines with the dense weights (``--baselines``): transformers' ``MambaForCausalLM`` with
+  mamba_ssm's kernels and mamba_ssm's own ``MambaLMHeadModel.generate(cg=True)``, each skipped with
+  the reason when it does not import (see ``_e2e_baselines.py``);
 * ``proj``: the projections alone -- dense ``nn.Linear`` (cuBLAS on CUDA) vs the 2:4
   ``SemiStructuredLinear`` for ``in_proj`` (``d_model -> 2 d_inner``) and ``out_proj``
   (``d_inner -> d_model``) at ``--proj-tokens`` tokens.
@@ -27,9 +34,11 @@ their tokens/s are not those of the full models, and on CPU the 2:4 projections 
 dense fallback (same results, no speedup) -- the CPU numbers show the SSM-sparsity effect only.
 
 Correctness guard: before a model variant is timed, its logits for ``prompt + 1 token`` computed
-as prefill + one decode step are compared with one full forward of the same tokens; projection
+as prefill + one decode step (eager and static) are compared with one full forward of the same
+tokens; a baseline's full-forward logits are compared with this model's; projection
 rows compare the 2:4 module with ``F.linear`` on the same pruned weight. The run aborts (exit 1,
-nothing written) when an error exceeds the tolerance. The JSON has the schema of
+nothing written) when an error of this package's rows exceeds the tolerance (a baseline that
+disagrees is reported as skipped instead). The JSON has the schema of
 ``bench_scan.py`` (``benchmark``, ``device``, ``date``, ``versions``, ``backends``, ``config``,
 ``results``, ``skipped``), see benchmarks/README.md.
 """
@@ -46,9 +55,11 @@ import torch
 
 if __package__:  # imported as benchmarks.bench_e2e
     from . import _common as common
+    from . import _e2e_baselines as baselines
 else:  # run as a script: python benchmarks/bench_e2e.py
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import _common as common
+    import _e2e_baselines as baselines
 
 from sparsessm_kernels.models import MambaLM, MambaLMConfig
 from sparsessm_kernels.nn import SemiStructuredLinear, prune_2to4_, semi_structured_status, sparsify_
@@ -65,7 +76,11 @@ PRESETS: dict[str, tuple[int, int]] = {
     "tiny": (64, 2),
 }
 VOCAB = 50288
-VARIANTS = ("dense", "ssm_col50", "ssm_2:4", "ssm_col50+proj_2:4")
+VARIANTS = ("dense", "ssm_col50", "ssm_2:4", "ssm_col50+proj_2:4", "ssm_2:4+proj_2:4")
+"""In the order they run (the ``proj`` variants prune the projections once, for the rest of the run)."""
+DECODERS = ("eager", "cg")
+BASELINE_MIN_STEPS = 8
+"""Tokens a baseline's timed ``generate`` adds at least (its per-token time is a difference of two runs)."""
 PROJECTIONS = ("in_proj", "x_proj", "out_proj")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 3e-2, torch.bfloat16: 6e-2}
@@ -153,14 +168,16 @@ class Bench:
             **common.timing_row_fields(stats),
             "speedup_vs_dense": None,
             "speedup_vs_dense_significant": None,
+            "speedup_vs_eager": None,
             "speedup_vs_transformers": None,
+            "speedup_vs_mamba_ssm": None,
             "max_abs_err_vs_reference": err,
             **extra,
         }
         self.results.append(row)
         tps = row.get("tokens_per_s")
         common.log(
-            f"  {kind:7s} {mask:20s} {backend:12s} b{shape.get('b')} "
+            f"  {kind:7s} {mask:20s} {backend:12s} {row.get('decoder') or '':17s} b{shape.get('b')} "
             f"median {stats.median_ms:9.3f} ms" + (f"  {tps:,.0f} tok/s" if tps else "") + f"  err {err:.1e}"
         )
         return row
@@ -202,81 +219,238 @@ class Bench:
             path = "+".join(sorted(set(proj_report.values()))) or "dense"
         return sparsity, path
 
-    def check_model(self, model: MambaLM, label: str) -> float:
-        """prefill + 1 decode step vs one full forward of the same tokens (relative max error)."""
+    def _check_ids(self) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.args.seed + 1)
-        ids = torch.randint(0, self.args.vocab, (2, self.args.prompt_len + 1), generator=gen).to(self.device)
-        full = model(ids)[:, -1].float()
-        cache = model.allocate_cache(2)
-        model(ids[:, :-1], cache=cache, last_logits_only=True)
-        step = model(ids[:, -1:], cache=cache)[:, -1].float()
-        err = float((step - full).abs().max()) / (float(full.abs().max()) + 1e-6)
-        return self._guard(f"{label}: prefill+decode vs full forward", err)
+        return torch.randint(0, self.args.vocab, (2, self.args.prompt_len + 1), generator=gen).to(self.device)
 
-    def run_model(self, shape: ModelShape) -> None:
-        common.log(
-            f"[model] {shape.name}: d_model {shape.d_model}, n_layer {shape.n_layer}, {self.args.dtype}"
-        )
-        model = self.build(shape)
-        proj_report: dict[str, str] = {}
-        gen = torch.Generator().manual_seed(self.args.seed + 2)
-        for variant in self.args.variants:
-            sparsity, proj_path = self.set_variant(model, variant, proj_report)
-            err = self.check_model(model, f"{shape.name} {variant}")
-            base = {"d_model": shape.d_model, "n_layer": shape.n_layer, "d": shape.d_inner, "n": 16}
+    def _rel_err(self, got: torch.Tensor, want: torch.Tensor) -> float:
+        return float((got.float() - want).abs().max()) / (float(want.abs().max()) + 1e-6)
+
+    def check_model(self, model: MambaLM, label: str) -> float:
+        """prefill + 1 decode step vs one full forward of the same tokens (relative max error), for each
+        decoder in ``--decoders`` (``cg``: through the model's static decoder); the largest error."""
+        ids = self._check_ids()
+        full = model(ids)[:, -1].float()
+        errs = []
+        if "eager" in self.args.decoders:
+            cache = model.allocate_cache(2)
+            model(ids[:, :-1], cache=cache, last_logits_only=True)
+            step = model(ids[:, -1:], cache=cache)[:, -1]
+            errs.append(self._guard(f"{label}: prefill+decode vs full forward", self._rel_err(step, full)))
+        if "cg" in self.args.decoders:
+            decoder = model.static_decoder()
+            view = decoder.prepare(model, 2)
+            with decoder.constants_frozen(model):
+                decoder.capture_if_needed(model, view)
+                model(ids[:, :-1], cache=view, last_logits_only=True)
+                step = decoder.step(model, ids[:, -1], view)
+            err = self._rel_err(step, full)
+            errs.append(self._guard(f"{label}: static (cg) prefill+decode vs full forward", err))
+        return max(errs)
+
+    # -- baselines
+    def run_baselines(self, model: MambaLM, shape: ModelShape, base: dict[str, int]) -> None:
+        """Time each ``--baselines`` model (loaded with ``model``'s dense weights) or record why not."""
+        gen = torch.Generator().manual_seed(self.args.seed + 4)
+        for name in self.args.baselines:
+            reason = baselines.unavailable_reason(name, self.args.slow_baselines)
+            if reason is not None:
+                self.skip(f"baseline {name} ({shape.name})", reason)
+                continue
+            bl = baselines.build(name, model, self.device, self.dtype)
+            ids = self._check_ids()
+            err = self._rel_err(bl.last_logits(ids), model(ids)[:, -1].float())
+            if not err <= self.tol:  # reported, not fatal: the guard protects this package's numbers
+                self.skip(
+                    f"baseline {name} ({shape.name})",
+                    f"its logits differ from this model's by {err:.3e} (relative) > tolerance {self.tol:.1e} "
+                    "with the same weights; not timed",
+                )
+                continue
             extra = {
-                "sparsity": round(sparsity, 6),
                 "model": shape.name,
-                "projections": proj_path,
-                "pruned_states": None if variant == "dense" else "zero_transition",
+                "projections": "dense",
+                "decoder": bl.decoder,
+                "baseline": name,
+                "baseline_kernels": bl.kernels,
             }
-            # prefill
             b, seqlen = self.args.prefill_batch, self.args.seqlen
             ids = torch.randint(0, self.args.vocab, (b, seqlen), generator=gen).to(self.device)
-            cache = model.allocate_cache(b)
-
-            def prefill(ids=ids, cache=cache, model=model) -> None:
-                cache.reset()
-                model(ids, cache=cache, last_logits_only=True)
-
-            stats = self._time(prefill)
+            stats = self._time(lambda ids=ids, bl=bl: bl.prefill(ids))
             self._row(
                 "prefill",
-                self.ops_backend,
+                name,
                 {**base, "b": b, "l": seqlen},
-                variant,
+                "dense",
                 stats,
                 err,
                 tokens_per_s=b * seqlen * 1e3 / stats.median_ms,
                 **extra,
             )
-            # decode
+            steps = max(self.args.decode_steps, BASELINE_MIN_STEPS)
             for batch in self.args.decode_batch:
                 prompt = torch.randint(0, self.args.vocab, (batch, self.args.prompt_len), generator=gen)
-                cache = model.allocate_cache(batch)
-                logits = model(prompt.to(self.device), cache=cache, last_logits_only=True)
-                token = logits[:, -1].argmax(-1, keepdim=True)
-                state = "compact" if any(lc.compact for lc in cache.layers) else "full"
-
-                def step(token=token, cache=cache, model=model) -> None:
-                    model(token, cache=cache)
-
-                stats = self._time(step, inner=self.args.decode_steps)
+                stats = self._time_generate_per_token(bl, prompt.to(self.device), steps)
                 self._row(
                     "decode",
-                    self.ops_backend,
+                    name,
                     {**base, "b": batch, "l": 1},
-                    variant,
+                    "dense",
                     stats,
                     err,
                     tokens_per_s=batch * 1e3 / stats.median_ms,
-                    state=state,
-                    ssm_cache_bytes=cache.ssm_state_nbytes(),
+                    state="full",
+                    generate_tokens=steps,
                     **extra,
                 )
+            del bl
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _time_generate_per_token(
+        self, bl: baselines.Baseline, prompt: torch.Tensor, steps: int
+    ) -> common.TimingStats:
+        """Per-token decode time of ``bl.generate``: each sample is ``(t(1 + steps tokens) - t(1 token))
+        / steps`` from one timed run of each, so prefill and the first token cancel."""
+        for _ in range(self.args.warmup):  # the longest first: mamba_ssm captures its graphs for it
+            bl.generate(prompt, 1 + steps)
+            bl.generate(prompt, 1)
+        one = {"warmup": 0, "repeats": 1}
+        samples = []
+        for _ in range(self.args.repeats):
+            long = common.time_fn(lambda: bl.generate(prompt, 1 + steps), self.device, **one).median_ms
+            short = common.time_fn(lambda: bl.generate(prompt, 1), self.device, **one).median_ms
+            samples.append((long - short) / steps)
+        return common.summarize(samples)
+
+    # -- this package's model
+    def run_model(self, shape: ModelShape) -> None:
+        common.log(
+            f"[model] {shape.name}: d_model {shape.d_model}, n_layer {shape.n_layer}, {self.args.dtype}"
+        )
+        model = self.build(shape)
+        base = {"d_model": shape.d_model, "n_layer": shape.n_layer, "d": shape.d_inner, "n": 16}
+        self.run_baselines(model, shape, base)  # before any variant: the model is dense
+        proj_report: dict[str, str] = {}
+        gen = torch.Generator().manual_seed(self.args.seed + 2)
+        for variant in self.args.variants:
+            sparsity, proj_path = self.set_variant(model, variant, proj_report)
+            err = self.check_model(model, f"{shape.name} {variant}")
+            extra = {
+                "sparsity": round(sparsity, 6),
+                "model": shape.name,
+                "projections": proj_path,
+                "pruned_states": None if variant == "dense" else "zero_transition",
+                "baseline": None,
+            }
+            b, seqlen = self.args.prefill_batch, self.args.seqlen
+            ids = torch.randint(0, self.args.vocab, (b, seqlen), generator=gen).to(self.device)
+            prompts = [
+                torch.randint(0, self.args.vocab, (batch, self.args.prompt_len), generator=gen).to(
+                    self.device
+                )
+                for batch in self.args.decode_batch
+            ]
+            for decoder in self.args.decoders:
+                run = self._eager if decoder == "eager" else self._static
+                run(model, variant, ids, prompts, base, err, {**extra, "decoder": decoder})
         del model
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def _prefill_row(
+        self, variant: str, stats: common.TimingStats, base: dict, err: float, extra: dict
+    ) -> None:
+        b, seqlen = self.args.prefill_batch, self.args.seqlen
+        self._row(
+            "prefill",
+            self.ops_backend,
+            {**base, "b": b, "l": seqlen},
+            variant,
+            stats,
+            err,
+            tokens_per_s=b * seqlen * 1e3 / stats.median_ms,
+            **extra,
+        )
+
+    def _decode_row(
+        self,
+        variant: str,
+        stats: common.TimingStats,
+        batch: int,
+        cache: Any,
+        base: dict,
+        err: float,
+        extra: dict,
+    ) -> None:
+        self._row(
+            "decode",
+            self.ops_backend,
+            {**base, "b": batch, "l": 1},
+            variant,
+            stats,
+            err,
+            tokens_per_s=batch * 1e3 / stats.median_ms,
+            state="compact" if any(lc.compact for lc in cache.layers) else "full",
+            ssm_cache_bytes=cache.ssm_state_nbytes(),
+            **extra,
+        )
+
+    def _eager(
+        self,
+        model: MambaLM,
+        variant: str,
+        ids: torch.Tensor,
+        prompts: list,
+        base: dict,
+        err: float,
+        extra: dict,
+    ) -> None:
+        """Eager rows: prefill into a fresh cache, then ``model(token, cache=cache)`` steps."""
+        cache = model.allocate_cache(ids.shape[0])
+
+        def prefill() -> None:
+            cache.reset()
+            model(ids, cache=cache, last_logits_only=True)
+
+        self._prefill_row(variant, self._time(prefill), base, err, extra)
+        for prompt in prompts:
+            cache = model.allocate_cache(prompt.shape[0])
+            token = model(prompt, cache=cache, last_logits_only=True)[:, -1].argmax(-1, keepdim=True)
+            stats = self._time(
+                lambda token=token, cache=cache: model(token, cache=cache), inner=self.args.decode_steps
+            )
+            self._decode_row(variant, stats, prompt.shape[0], cache, base, err, extra)
+
+    def _static(
+        self,
+        model: MambaLM,
+        variant: str,
+        ids: torch.Tensor,
+        prompts: list,
+        base: dict,
+        err: float,
+        extra: dict,
+    ) -> None:
+        """``generate(cg=True)`` rows: prefill into the static decoder's persistent cache (eager, with the
+        precomputed constants), then its steps (CUDA-graph replays on CUDA), as ``generate`` runs them."""
+        decoder = model.static_decoder()
+        decoder.prepare(model, max(ids.shape[0], *(p.shape[0] for p in prompts)))  # one allocation
+        with decoder.constants_frozen(model):
+
+            def prefill() -> None:
+                model(ids, cache=decoder.view(ids.shape[0]), last_logits_only=True)
+
+            self._prefill_row(variant, self._time(prefill), base, err, extra)
+            for prompt in prompts:
+                view = decoder.view(prompt.shape[0])
+                decoder.capture_if_needed(model, view)
+                token = model(prompt, cache=view, last_logits_only=True)[:, -1].argmax(-1)
+                stats = self._time(
+                    lambda token=token, view=view: decoder.step(model, token, view),
+                    inner=self.args.decode_steps,
+                )
+                self._decode_row(variant, stats, prompt.shape[0], view, base, err, extra)
 
     # -- projections alone
     def run_proj(self, shape: ModelShape) -> None:
@@ -327,21 +501,32 @@ class Bench:
                 )
 
     def fill_speedups(self) -> None:
-        dense: dict[tuple, dict[str, Any]] = {}
+        """``speedup_vs_dense`` (same decoder), ``speedup_vs_eager`` (cg rows), ``speedup_vs_transformers``
+        / ``speedup_vs_mamba_ssm`` (this package's rows, same kind / model / batch / length)."""
+        ours, refs = [], {}
         for row in self.results:
             s = row["shape"]
             if row["kind"] == "proj":
-                key = ("proj", row["model"], row["projection"], s["l"])
                 if row["backend"] == "dense":
-                    dense[key] = row
+                    refs[("proj", row["model"], row["projection"], s["l"])] = row
+                continue
+            where = (row["kind"], row["model"], s["b"], s["l"])
+            if row.get("baseline"):
+                refs[(row["baseline"], *where)] = row
             else:
-                key = (row["kind"], row["model"], s["b"], s["l"])
-                if row["mask"] == "dense":
-                    dense[key] = row
-            row["_key"] = key
+                refs[(row["decoder"], row["mask"], *where)] = row
+                ours.append((row, where))
         for row in self.results:
-            base = dense.get(row.pop("_key"))
-            row["speedup_vs_dense"], row["speedup_vs_dense_significant"] = common.speedup_of(base, row)
+            if row["kind"] == "proj":
+                base = refs.get(("proj", row["model"], row["projection"], row["shape"]["l"]))
+                row["speedup_vs_dense"], row["speedup_vs_dense_significant"] = common.speedup_of(base, row)
+        for row, where in ours:
+            dense = refs.get((row["decoder"], "dense", *where))
+            row["speedup_vs_dense"], row["speedup_vs_dense_significant"] = common.speedup_of(dense, row)
+            if row["decoder"] != "eager":
+                row["speedup_vs_eager"] = common.speedup_of(refs.get(("eager", row["mask"], *where)), row)[0]
+            for name in baselines.BASELINES:
+                row[f"speedup_vs_{name}"] = common.speedup_of(refs.get((name, *where)), row)[0]
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -358,8 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--shapes",
         nargs="+",
         default=None,
-        help=f"model shapes: {', '.join(PRESETS)}. Default: 130m 370m 1.4b 2.8b on CUDA, "
-        "130m on CPU (--quick: tiny)",
+        help=f"model shapes: {', '.join(PRESETS)}. Default: 130m 1.4b on CUDA, 130m on CPU (--quick: tiny)",
     )
     p.add_argument(
         "--layers",
@@ -375,7 +559,30 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         choices=VARIANTS,
-        help=f"model variants. Default: all ({', '.join(VARIANTS)})",
+        help=f"model variants (run in this order). Default: all ({', '.join(VARIANTS)})",
+    )
+    p.add_argument(
+        "--decoders",
+        nargs="+",
+        default=None,
+        choices=DECODERS,
+        help="how this package's model prefills and decodes: eager (model(token, cache=...)) and/or cg "
+        "(the static decoder of generate(cg=True): persistent cache, precomputed constants, CUDA-graph "
+        "replay on CUDA). Default: both",
+    )
+    p.add_argument(
+        "--baselines",
+        nargs="*",
+        default=None,
+        choices=baselines.BASELINES,
+        help="baselines with the same dense weights: transformers (MambaForCausalLM with mamba_ssm's "
+        "kernels) and mamba_ssm (MambaLMHeadModel.generate(cg=True)); skipped with the reason when not "
+        "importable. Default: both; none with an empty list",
+    )
+    p.add_argument(
+        "--slow-baselines",
+        action="store_true",
+        help="time transformers' Mamba even without mamba_ssm (its PyTorch fallback)",
     )
     p.add_argument("--seqlen", type=int, default=None, help="prefill tokens. Default: 2048 CUDA, 256 CPU")
     p.add_argument("--prefill-batch", type=int, default=None, help="prefill batch size. Default: 1")
@@ -422,10 +629,12 @@ def resolve_args(args: argparse.Namespace, device: torch.device) -> list[str]:
     """Fill defaults that depend on --quick and the device; return notes for the JSON."""
     cuda = device.type == "cuda"
     defaults: dict[str, Any] = {
-        "shapes": ["130m", "370m", "1.4b", "2.8b"] if cuda else ["130m"],
+        "shapes": ["130m", "1.4b"] if cuda else ["130m"],
         "layers": None if cuda else 4,
         "vocab": VOCAB,
         "variants": list(VARIANTS),
+        "decoders": list(DECODERS),
+        "baselines": list(baselines.BASELINES),
         "seqlen": 2048 if cuda else 256,
         "prefill_batch": 1,
         "decode_batch": [1, 16, 64],
@@ -446,6 +655,9 @@ def resolve_args(args: argparse.Namespace, device: torch.device) -> list[str]:
     for name in ("repeats", "decode_steps", "seqlen", "prefill_batch", "prompt_len", "vocab"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')}: must be >= 1")
+    args.variants = [v for v in VARIANTS if v in args.variants]  # the proj variants last
+    args.decoders = [d for d in DECODERS if d in args.decoders]
+    args.baselines = [b for b in baselines.BASELINES if b in args.baselines]
     notes = []
     if not cuda:
         notes.append(
@@ -476,6 +688,10 @@ def render(results: list[dict[str, Any]]) -> str:
             "kind": r["kind"],
             "proj": r.get("projection"),
             "backend": r["backend"],
+            "decoder": r.get("decoder") or "-",
+            "vs_eager": common.fmt_float(r.get("speedup_vs_eager"), suffix="x"),
+            "vs_transformers": common.fmt_float(r.get("speedup_vs_transformers"), suffix="x"),
+            "vs_mamba_ssm": common.fmt_float(r.get("speedup_vs_mamba_ssm"), suffix="x"),
         }
         (proj_rows if r["kind"] == "proj" else model_rows).append(cells)
     out = []
@@ -490,12 +706,16 @@ def render(results: list[dict[str, Any]]) -> str:
                     ("b", "b"),
                     ("l", "l"),
                     ("backend", "ops"),
+                    ("decoder", "decoder"),
                     ("path", "projections"),
                     ("state", "cache"),
                     ("median", "median ms"),
                     ("iqr", "IQR ms"),
                     ("tps", "tokens/s"),
                     ("speedup", "vs dense"),
+                    ("vs_eager", "vs eager"),
+                    ("vs_transformers", "vs transformers"),
+                    ("vs_mamba_ssm", "vs mamba_ssm"),
                     ("err", "rel err"),
                 ],
             )
@@ -549,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
         f"2:4 path {proj_path}, dtype {args.dtype}"
     )
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: the static decoder keys on parameter versions
             if not args.no_model:
                 for shape in shapes:
                     bench.run_model(shape)

@@ -364,6 +364,12 @@ def _scan_seqlen_plot(data: dict[str, Any], plotter: Plotter) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------ e2e
+def _e2e_variant(r: dict[str, Any]) -> str:
+    """The variant with its decoder when not eager (``dense [cg]``; baselines: ``dense [generate]``)."""
+    decoder = r.get("decoder")
+    return str(r.get("mask", "?")) + (f" [{decoder}]" if decoder and decoder != "eager" else "")
+
+
 def e2e_section(data: dict[str, Any], plotter: Plotter) -> str:
     """Markdown (and a plot) for a ``bench_e2e.py`` result."""
     out = [f"### End to end: {run_label(data)}", ""]
@@ -376,7 +382,7 @@ def e2e_section(data: dict[str, Any], plotter: Plotter) -> str:
             [
                 r.get("kind", "?"),
                 r.get("model", "-"),
-                r.get("mask", "?"),
+                _e2e_variant(r),
                 r.get("backend", "?"),
                 shape.get("b", "-"),
                 shape.get("l", "-"),
@@ -426,7 +432,7 @@ def _e2e_plot(data: dict[str, Any], plotter: Plotter) -> Path | None:
             x = f"{r.get('model', '')} b{shape.get('b', '?')}" + (
                 f" l{shape['l']}" if kind != "decode" else ""
             )
-            pts.append((x, str(r.get("mask", "?")), float(r["speedup_vs_dense"])))
+            pts.append((x, _e2e_variant(r), float(r["speedup_vs_dense"])))
         panels.append((f"{kind}: speedup vs dense per variant", pts))
     return _speedup_figure(
         plotter, panels, f"end-to-end benchmark, {run_label(data)}", f"{_stem(data)}_speedup.png"

@@ -174,10 +174,11 @@ def test_decoder_rebuilds_after_mask_weight_and_dtype_changes() -> None:
     assert all(blk.mixer.frozen_constants is None for blk in model.backbone.layers)  # cleared after use
 
 
-def test_constants_are_precomputed_once(monkeypatch) -> None:
+@pytest.mark.parametrize("make", [_mamba, _mamba2], ids=["mamba1", "mamba2"])
+def test_constants_are_precomputed_once(monkeypatch, make) -> None:
     from sparsessm_kernels.ops import MixerConstants
 
-    model = _mamba()
+    model = make()
     builds = Counter()
     original = MixerConstants.get
 
@@ -196,6 +197,27 @@ def test_constants_are_precomputed_once(monkeypatch) -> None:
         model.backbone.layers[0].mixer.A_log.add_(0.0)  # an in-place write rebuilds that layer's
     model.generate(_ids(2, 4), 2)
     assert builds["A"] == N_LAYER + 1
+
+
+def test_mamba2_constants_match_the_parameters() -> None:
+    """Mamba-2's cached constants are ``-exp(A_log)``, ``D`` (viewed per head with ``D_has_hdim``) and
+    ``dt_bias``, float32 (float64 ``D`` / ``dt_bias`` stay float64), and follow in-place writes."""
+    cfg = Mamba2LMConfig(
+        vocab_size=VOCAB, d_model=D_MODEL, n_layer=1, d_state=N_STATE, headdim=8, D_has_hdim=True
+    )
+    mixer = Mamba2LM.from_config(cfg, seed=0).eval().backbone.layers[0].mixer
+    for dtype in (torch.bfloat16, torch.float64):
+        mixer.to(dtype).requires_grad_(False)  # cached only when autograd does not record them
+        A, D, dt_bias = mixer.fp32_constants()
+        wide = torch.float64 if dtype == torch.float64 else torch.float32
+        assert A.dtype == torch.float32 and D.dtype == wide and dt_bias.dtype == wide
+        assert torch.equal(A, -torch.exp(mixer.A_log.float()))
+        assert torch.equal(D, mixer.D.to(wide).view(mixer.nheads, mixer.headdim))
+        assert torch.equal(dt_bias, mixer.dt_bias.to(wide))
+        assert mixer.fp32_constants()[0] is A  # cached
+        with torch.no_grad():
+            mixer.dt_bias.add_(1.0)
+        assert torch.equal(mixer.fp32_constants()[2], mixer.dt_bias.to(wide))
 
 
 # ---------------------------------------------------------------------- no host sync

@@ -13,7 +13,8 @@
 #   gputest    only `pytest -m gpu`
 #   bench130m  bench_scan.py on the 130m layer (all masks, all GPU backends, decode 1/64/256)
 #   preset     bench_scan.py --preset gpu-grid
-#   e2e        bench_e2e.py (whole-model tokens/s; extra options in E2E_ARGS)
+#   e2e        bench_e2e.py (whole-model tokens/s, eager and static (cg) decode, transformers /
+#              mamba_ssm baselines when importable; extra options in E2E_ARGS)
 #   segsweep   the cuda scan on the GPU grid at time segments 0 (auto), 4, 16, 32, 64 and 128
 #   decodegraph  the GPU decode grid timed as CUDA-graph replays (kernel time, no launch cost)
 #   ssd        bench_ssd.py: the Mamba-2 (SSD) Triton kernels against mamba_ssm's (after `mamba`)

@@ -7,8 +7,9 @@ kernels. :class:`StaticDecoder` removes it the way graph-captured decoders do:
   seen (or :meth:`~.causal_lm.SSMCausalLM.prepare_static_decode`), allocated once and reused by every
   ``generate(cg=True)`` call; a batch ``b`` uses views of its first ``b`` rows, so the state
   addresses never change (prefill writes them in place, decode steps update them in place);
-* **per-layer constants** computed once (Mamba-1: ``A = -exp(A_log)``, ``D`` and the ``dt`` bias in
-  float32, see :meth:`~.mamba.MambaMixer.fp32_constants`; state layouts live on the device already);
+* **per-layer constants** computed once (``A = -exp(A_log)``, ``D`` and the ``dt`` bias in float32,
+  see :meth:`~.mamba.MambaMixer.fp32_constants` and :meth:`~.mamba2.Mamba2Mixer.fp32_constants`;
+  state layouts live on the device already);
 * **a decode body without Python-int state or host synchronisation**:
   :meth:`~.causal_lm.SSMCausalLM.decode_body` maps ``(b,)`` token ids to ``(b, vocab)`` logits and
   advances the cache (Mamba needs no position), so ``torch.compile(fullgraph=True)`` traces it as

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import SSDStateLayout, ssd_scan, ssd_state_update
+from ..ops import MixerConstants, SSDStateLayout, ssd_scan, ssd_state_update
 from .cache import LayerCache, MambaCache
 from .causal_lm import SSMCausalLM, initial_dt_bias
 from .conv import causal_conv_silu, conv_silu_step, fill_conv_state
@@ -90,6 +90,10 @@ class Mamba2Mixer(nn.Module):
         pruned_states: ``"remove"`` or ``"zero_transition"`` for the masked states.
         head_transition_mask: bool ``(nheads,)`` (``None`` = every head keeps its transition), set
             by :meth:`Mamba2LM.set_head_transition_mask`.
+        constants: float32 ``A = -exp(A_log)``, ``D``, ``dt_bias`` (float64 ``D`` / ``dt_bias`` stay
+            float64), built once (:class:`~sparsessm_kernels.ops.MixerConstants`; call
+            ``constants.clear()`` after writing a parameter through ``.data``).
+        frozen_constants: set by a :class:`~.decode.StaticDecoder` while it decodes (precomputed once).
     """
 
     def __init__(self, config: Mamba2LMConfig, layer_idx: int = 0) -> None:
@@ -114,6 +118,8 @@ class Mamba2Mixer(nn.Module):
         self.pruned_states: str = DEFAULT_PRUNED_STATES
         self.head_transition_mask: torch.Tensor | None = None
         self._head_mask_copies: dict[torch.device, torch.Tensor] = {}
+        self.constants = MixerConstants(keep_float64=True)
+        self.frozen_constants: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # -------------------------------------------------------------- helpers
     def _sparse_args(self, device: torch.device) -> dict:
@@ -133,6 +139,18 @@ class Mamba2Mixer(nn.Module):
     def _A(self) -> torch.Tensor:
         """``A = -exp(A_log)`` ``(nheads,)`` float32."""
         return -torch.exp(self.A_log.float())
+
+    def fp32_constants(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(A (nheads,), D, dt_bias (nheads,))`` as the SSD ops take them: ``A`` float32, ``D``
+        ``(nheads,)`` or ``(nheads, headdim)`` and ``dt_bias`` in float32 (float64 stays float64).
+
+        :attr:`frozen_constants` when set (a :class:`~.decode.StaticDecoder` precomputes them once
+        and sets them while it decodes), else :attr:`constants` (built once per parameter version).
+        """
+        if self.frozen_constants is not None:
+            return self.frozen_constants
+        A, D, dt_bias = self.constants.get(self.A_log, self.D, self.dt_bias)
+        return A, D.view(self.nheads, self.headdim) if self.D_has_hdim else D, dt_bias
 
     def _check_cache(self, lc: LayerCache) -> None:
         if lc.layout is not self.layout:
@@ -175,15 +193,16 @@ class Mamba2Mixer(nn.Module):
         gn = self.ngroups * self.d_state
         x, B, C = xbc.split([self.d_inner, gn, gn], dim=-1)
         heads = (b, seqlen, self.nheads, self.headdim)
+        A, D, dt_bias = self.fp32_constants()
         result = ssd_scan(
             x.reshape(heads),
             dt,
-            self._A(),
+            A,
             B.reshape(b, seqlen, self.ngroups, self.d_state),
             C.reshape(b, seqlen, self.ngroups, self.d_state),
-            D=self._D(),
+            D=D,
             z=None if self.rmsnorm else z.reshape(heads),
-            dt_bias=self.dt_bias,
+            dt_bias=dt_bias,
             dt_softplus=True,
             dt_limit=self.dt_limit,
             return_final_states=cache is not None,
@@ -218,16 +237,17 @@ class Mamba2Mixer(nn.Module):
         gn = self.ngroups * self.d_state
         x, B, C = xbc.split([self.d_inner, gn, gn], dim=-1)
         heads = (b, self.nheads, self.headdim)
+        A, D, dt_bias = self.fp32_constants()
         y = ssd_state_update(
             cache.ssm_state,
             x.reshape(heads),
             dt,
-            self._A(),
+            A,
             B.reshape(b, self.ngroups, self.d_state),
             C.reshape(b, self.ngroups, self.d_state),
-            D=self._D(),
+            D=D,
             z=None if self.rmsnorm else z.reshape(heads),
-            dt_bias=self.dt_bias,
+            dt_bias=dt_bias,
             dt_softplus=True,
             dt_limit=self.dt_limit,
             **self._sparse_args(hidden.device),

@@ -18,7 +18,8 @@ intermediate activations (the pruning capture) passes a ``record`` dict and an `
 :func:`mixer_forward` fills the dict and stops as soon as the input of ``upto`` is known.
 
 ``A = -exp(A_log)``, ``D`` and the ``dt`` bias are used in float32 (:class:`MixerConstants`: built
-once per layer and rebuilt when a parameter changes, never cached while autograd records them).
+once per layer and rebuilt when a parameter changes, never cached while autograd records them; the
+Mamba-2 mixer keeps its per-layer constants in the same cache).
 """
 
 from __future__ import annotations
@@ -82,12 +83,10 @@ def _key(t: torch.Tensor | None) -> tuple[Any, ...] | None:
     return None if t is None else (id(t), t.data_ptr(), t._version)
 
 
-def _detached_float(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.detach().float()
-
-
-def _as_float(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.float()
+def _as_float(t: torch.Tensor | None, keep_float64: bool = False) -> torch.Tensor | None:
+    if t is None:
+        return None
+    return t if keep_float64 and t.dtype == torch.float64 else t.float()
 
 
 def _capturing(t: torch.Tensor) -> bool:
@@ -100,6 +99,11 @@ def _capturing(t: torch.Tensor) -> bool:
 class MixerConstants:
     """``A = -exp(A_log)``, ``D`` and the ``dt`` bias of one layer in float32, built once.
 
+    Shapes are the parameters' own: Mamba-1 ``A_log`` ``(d, n)``, ``D`` / bias ``(d,)``; Mamba-2
+    ``A_log`` / bias ``(nheads,)``, ``D`` ``(nheads,)`` or ``(d,)``. With ``keep_float64`` (Mamba-2,
+    whose SSD ops compute in float64 when an input is float64) a float64 ``D`` and bias stay float64;
+    ``A`` is always float32.
+
     The values are rebuilt when a parameter changes: the cache is keyed on each parameter object, its
     ``data_ptr`` (new memory after ``.to()``, a new dtype or device) and its version counter (bumped by
     every in-place write: ``copy_``, optimizer steps, ``load_state_dict``), and holds the source tensors
@@ -111,9 +115,10 @@ class MixerConstants:
     parameters themselves (later in-place updates reach it).
     """
 
-    __slots__ = ("_cached",)
+    __slots__ = ("_cached", "keep_float64")
 
-    def __init__(self) -> None:
+    def __init__(self, keep_float64: bool = False) -> None:
+        self.keep_float64 = keep_float64
         self._cached: tuple[tuple[Any, ...], tuple[torch.Tensor | None, ...], tuple] | None = None
 
     def clear(self) -> None:
@@ -121,25 +126,30 @@ class MixerConstants:
         self._cached = None
 
     def __deepcopy__(self, memo: dict) -> MixerConstants:  # a copied model has other parameters
-        return MixerConstants()
+        return MixerConstants(self.keep_float64)
 
-    def __getstate__(self) -> None:
-        return None
+    def __getstate__(self) -> tuple[bool]:  # never the cached tensors (a non-empty tuple: see pickle)
+        return (self.keep_float64,)
 
-    def __setstate__(self, state: None) -> None:
+    def __setstate__(self, state: tuple[bool]) -> None:
+        self.keep_float64 = bool(state[0])
         self._cached = None
+
+    def _float(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        return _as_float(t, self.keep_float64)
 
     def get(
         self, A_log: torch.Tensor, D: torch.Tensor | None, dt_bias: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """``(A, D, dt_bias)``: ``-exp(A_log.float())`` ``(d, n)``, ``D.float()``, ``dt_bias.float()``."""
+        """``(A, D, dt_bias)``: ``-exp(A_log.float())``, ``D.float()``, ``dt_bias.float()`` (shapes of the
+        parameters; see the class docstring for ``keep_float64``)."""
         recording = torch.is_grad_enabled() and (
             A_log.requires_grad
             or (D is not None and D.requires_grad)
             or (dt_bias is not None and dt_bias.requires_grad)
         )
         if recording or torch.compiler.is_compiling() or A_log.is_inference() or _capturing(A_log):
-            return -torch.exp(A_log.float()), _as_float(D), _as_float(dt_bias)
+            return -torch.exp(A_log.float()), self._float(D), self._float(dt_bias)
         # The held sources keep their objects and memory alive, so an id or address seen again is the
         # same (host and device pointers share one address space); A's shape catches a parameter whose
         # data was replaced by a view of its old memory.
@@ -147,7 +157,11 @@ class MixerConstants:
         cached = self._cached
         if cached is not None and cached[0] == key:
             return cached[2]
-        values = (-torch.exp(A_log.detach().float()), _detached_float(D), _detached_float(dt_bias))
+        values = (
+            -torch.exp(A_log.detach().float()),
+            self._float(None if D is None else D.detach()),
+            self._float(None if dt_bias is None else dt_bias.detach()),
+        )
         held = tuple((t, t.detach()) for t in (A_log, D, dt_bias) if t is not None)  # objects and memory
         self._cached = (key, held, values)
         return values

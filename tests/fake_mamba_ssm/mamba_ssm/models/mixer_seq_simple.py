@@ -11,6 +11,7 @@ from torch import nn
 from mamba_ssm.models.config_mamba import MambaConfig
 from mamba_ssm.modules.block import Block
 from mamba_ssm.modules.mamba_simple import Mamba
+from mamba_ssm.utils.generation import GenerationMixin
 
 
 class RMSNorm(nn.Module):
@@ -84,7 +85,7 @@ class MixerModel(nn.Module):
         return self.norm_f(residual.to(dtype=self.norm_f.weight.dtype))
 
 
-class MambaLMHeadModel(nn.Module):
+class MambaLMHeadModel(nn.Module, GenerationMixin):
     def __init__(self, config: MambaConfig, initializer_cfg=None, device=None, dtype=None):
         super().__init__()
         self.config = config
