@@ -17,9 +17,9 @@ import os
 
 import torch
 
-from ..library import needs_grad
 from ..dispatch import BACKENDS, BackendUnavailableError, _statuses, _triton_probe, _warn_once
 from ..layout import check_pruned_states
+from ..library import needs_grad
 from .checks import (
     check_chunk_size,
     check_dt_limit,
