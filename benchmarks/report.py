@@ -644,7 +644,12 @@ def _quality_plot(data: dict[str, Any], plotter: Plotter) -> Path | None:
                 ax.axhline(dense[key], color="black", linestyle="--", linewidth=0.8, label="dense")
             ax.set_xlabel("sparsity" + (" (N:4: 3:4, 2:4, 1:4)" if structure == "N:M" else ""))
             ax.set_ylabel(f"{text} ppl")
-            ax.set_title(MAMBA2_TARGETS[structure] if mamba2 else f"A_log {structure}", fontsize=10)
+            ax.set_title(
+                MAMBA2_TARGETS[structure].replace("`", "") if mamba2 else f"A_log {structure}", fontsize=10
+            )
+            values = [r[key] for r in panel if r.get(key) is not None]
+            if mamba2 and values and max(values) > 3 * min(values):
+                ax.set_yscale("log")  # a broken model next to near-dense ones
             if i == 0 and (j == 0 or mamba2):
                 ax.legend(fontsize=7)
     fig.suptitle(
@@ -658,7 +663,10 @@ def _quality_plot(data: dict[str, Any], plotter: Plotter) -> Path | None:
 def _plot_label(row: dict[str, Any], mamba2: bool) -> str:
     """A plot line's name: the method (Mamba-2: with its pattern family when the target has several)."""
     if mamba2 and row["structure"] in ("N:M", "column", "unstructured") and row["scope"] in ("states", "ffn"):
-        return f"{row['method']} {'N:4' if row['structure'] == 'N:M' else row['structure']}"
+        family = (
+            ("N:4" if row["scope"] == "states" else row["pattern"]) if row["structure"] == "N:M" else None
+        )
+        return f"{row['method']} {family or row['structure']}"
     return row["label"]
 
 
