@@ -449,17 +449,90 @@ def _ppl(value: Any, best: str | None = None) -> str:
 
 
 def _mamba2(data: dict[str, Any]) -> bool:
-    """A ``quality/run.py --arch mamba2`` result (state masks per ``B`` / ``C`` group, not ``A_log``)."""
+    """A ``quality/run.py --arch mamba2`` result (rows per target: states, A_log, projections, heads)."""
     return data.get("arch") == "mamba2"
+
+
+MAMBA2_TARGETS = {
+    "states": "states (`B` / `C` columns per group)",
+    "ssm": "`A_log` (per head)",
+    "ffn": "projections",
+    "heads": "heads",
+    "headdim": "head channels",
+}
+"""Row ``scope`` of a Mamba-2 quality result -> what it prunes, in table order."""
+
+
+def _quality_texts(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(row key, text name)`` of the evaluated texts (WikiText only when measured)."""
+    dense, rows = data.get("dense") or {}, data["results"]
+    texts = [("ppl_heldout", "held-out stdlib")]
+    if dense.get("ppl_wikitext") is not None or any(r.get("ppl_wikitext") is not None for r in rows):
+        texts.append(("ppl_wikitext", "WikiText-2 test"))
+    return texts
+
+
+def mamba2_quality_table(data: dict[str, Any]) -> str:
+    """One table of a Mamba-2 result: a row per target, method and pattern family, a column per text
+    and sparsity; the best of each target, pattern family and column in bold."""
+    dense, rows = data.get("dense") or {}, data["results"]
+    texts = _quality_texts(data)
+    sparsities = sorted({float(r["sparsity"]) for r in rows})
+    order = list(MAMBA2_TARGETS)
+    keys = sorted(
+        dict.fromkeys((r["scope"], r["method"], r["structure"]) for r in rows),
+        key=lambda k: order.index(k[0]) if k[0] in order else len(order),
+    )  # stable: methods keep their run order within a target
+    cell = {(r["scope"], r["method"], r["structure"], float(r["sparsity"])): r for r in rows}
+    best: dict[tuple[str, str, float, str], str] = {}
+    for key, _ in texts:
+        for scope, _, structure in keys:
+            for s in sparsities:
+                values = [
+                    r[key]
+                    for (sc, _, st, sp), r in cell.items()
+                    if (sc, st, sp) == (scope, structure, s) and r.get(key) is not None
+                ]
+                if values:
+                    best[(scope, structure, s, key)] = f"{min(values):.3f}"
+    short = {"ppl_heldout": "held-out", "ppl_wikitext": "WikiText"}
+    headers = ["target", "method", "pattern"] + [f"{short[k]} {s:g}" for k, _ in texts for s in sparsities]
+    table = [["dense", "-", "-"] + [_ppl(dense.get(k)) for k, _ in texts for _ in sparsities]]
+    for scope, method, structure in keys:
+        patterns = dict.fromkeys(
+            cell[(scope, method, structure, s)]["pattern"]
+            for s in sparsities
+            if (scope, method, structure, s) in cell
+        )
+        pattern = "removed" if structure == "structured" else " / ".join(patterns)
+        table.append(
+            [scope, method, pattern]
+            + [
+                _ppl(
+                    (cell.get((scope, method, structure, s)) or {}).get(k), best.get((scope, structure, s, k))
+                )
+                for k, _ in texts
+                for s in sparsities
+            ]
+        )
+    legend = ", ".join(f"`{k}` = {v}" for k, v in MAMBA2_TARGETS.items())
+    return "\n".join(
+        [
+            "Mamba-2 pruning, perplexity per byte by sparsity (lower is better; best per target, pattern "
+            f"family and column in bold; {legend}):",
+            "",
+            md_table(headers, table, [False] * 3 + [True] * (len(headers) - 3)),
+        ]
+    )
 
 
 def quality_tables(data: dict[str, Any]) -> str:
     """The quality tables alone (SSM grid per text, whole-model table), without plots."""
+    if _mamba2(data):
+        return mamba2_quality_table(data)
     dense = data.get("dense") or {}
     rows = data["results"]
-    texts = [("ppl_heldout", "held-out stdlib")]
-    if dense.get("ppl_wikitext") is not None or any(r.get("ppl_wikitext") is not None for r in rows):
-        texts.append(("ppl_wikitext", "WikiText-2 test"))
+    texts = _quality_texts(data)
     out: list[str] = []
     ssm = [r for r in rows if r.get("scope") == "ssm"]
     if ssm:
@@ -479,14 +552,13 @@ def quality_tables(data: dict[str, Any]) -> str:
             for _, pattern, s in columns:
                 values = [v for (lab, p, sp), v in cell.items() if p == pattern and sp == s and v is not None]
                 best[(pattern, s)] = f"{min(values):.3f}" if values else None
-            headers = ["state method" if _mamba2(data) else "A_log method"]
+            headers = ["A_log method"]
             headers += [f"{p} {s:g}" for _, p, s in columns]
             table = [["dense"] + [_ppl(dense.get(key))] * len(columns)]
             for lab in labels:
                 table.append([lab] + [_ppl(cell.get((lab, p, s)), best[(p, s)]) for _, p, s in columns])
-            what = "Mamba-2 state (`B` / `C` columns per group)" if _mamba2(data) else "SSM (`A_log`)"
             out += [
-                f"{what} pruning, perplexity per byte on the {text} text (lower is better, best per "
+                f"SSM (`A_log`) pruning, perplexity per byte on the {text} text (lower is better, best per "
                 "column in bold):",
                 "",
                 md_table(headers, table, [False] + [True] * len(columns)),
@@ -546,14 +618,18 @@ def quality_section(data: dict[str, Any], plotter: Plotter) -> str:
 
 
 def _quality_plot(data: dict[str, Any], plotter: Plotter) -> Path | None:
-    ssm = [r for r in data["results"] if r.get("scope") == "ssm"]
+    mamba2 = _mamba2(data)
+    ssm = [r for r in data["results"] if mamba2 or r.get("scope") == "ssm"]
     if not ssm:
         return None
     dense = data.get("dense") or {}
     keys = [("ppl_heldout", "held-out stdlib")]
     if any(r.get("ppl_wikitext") is not None for r in ssm):
         keys.append(("ppl_wikitext", "WikiText-2 test"))
-    structures = [s for s in ("unstructured", "N:M", "column") if any(r["structure"] == s for r in ssm)]
+    # panels: A_log structures (Mamba-1), targets (Mamba-2; lines per method and pattern family)
+    field = "scope" if mamba2 else "structure"
+    names = list(MAMBA2_TARGETS) if mamba2 else ["unstructured", "N:M", "column"]
+    structures = [s for s in names if any(r[field] == s for r in ssm)]
     plt = plotter.plt
     fig, axes = plt.subplots(
         len(keys), len(structures), figsize=(4.5 * len(structures), 3.6 * len(keys)), squeeze=False
@@ -561,11 +637,12 @@ def _quality_plot(data: dict[str, Any], plotter: Plotter) -> Path | None:
     for i, (key, text) in enumerate(keys):
         for j, structure in enumerate(structures):
             ax = axes[i][j]
-            for lab in dict.fromkeys(r["label"] for r in ssm):
+            panel = [r for r in ssm if r[field] == structure]
+            for lab in dict.fromkeys(_plot_label(r, mamba2) for r in panel):
                 pts = sorted(
                     (float(r["sparsity"]), r[key])
-                    for r in ssm
-                    if r["label"] == lab and r["structure"] == structure and r.get(key) is not None
+                    for r in panel
+                    if _plot_label(r, mamba2) == lab and r.get(key) is not None
                 )
                 if pts:
                     ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=lab)
@@ -573,13 +650,30 @@ def _quality_plot(data: dict[str, Any], plotter: Plotter) -> Path | None:
                 ax.axhline(dense[key], color="black", linestyle="--", linewidth=0.8, label="dense")
             ax.set_xlabel("sparsity" + (" (N:4: 3:4, 2:4, 1:4)" if structure == "N:M" else ""))
             ax.set_ylabel(f"{text} ppl")
-            ax.set_title("states per group" if _mamba2(data) else f"A_log {structure}", fontsize=10)
-            if i == 0 and j == 0:
+            ax.set_title(
+                MAMBA2_TARGETS[structure].replace("`", "") if mamba2 else f"A_log {structure}", fontsize=10
+            )
+            values = [r[key] for r in panel if r.get(key) is not None]
+            if mamba2 and values and max(values) > 3 * min(values):
+                ax.set_yscale("log")  # a broken model next to near-dense ones
+            if i == 0 and (j == 0 or mamba2):
                 ax.legend(fontsize=7)
     fig.suptitle(
-        f"SSM pruning quality, {data.get('model', {}).get('name', '')}, {run_label(data)}", fontsize=10
+        f"{'Mamba-2' if mamba2 else 'SSM'} pruning quality, {data.get('model', {}).get('name', '')}, "
+        f"{run_label(data)}",
+        fontsize=10,
     )
     return plotter.save(fig, f"{_stem(data)}_ppl.png")
+
+
+def _plot_label(row: dict[str, Any], mamba2: bool) -> str:
+    """A plot line's name: the method (Mamba-2: with its pattern family when the target has several)."""
+    if mamba2 and row["structure"] in ("N:M", "column", "unstructured") and row["scope"] in ("states", "ffn"):
+        family = (
+            ("N:4" if row["scope"] == "states" else row["pattern"]) if row["structure"] == "N:M" else None
+        )
+        return f"{row['method']} {family or row['structure']}"
+    return row["label"]
 
 
 def _plot_links(paths: Sequence[Path]) -> list[str]:

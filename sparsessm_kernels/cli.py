@@ -626,8 +626,9 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
         "prune its SSMs at 50% with sparsessm (unstructured, 2:4, column) and magnitude (unstructured, "
         "2:4), evaluate held-out perplexity, check the sparse scan against the reference, time dense vs "
         "sparse scans, print one table and write demo_report.json (+ a PNG when matplotlib is installed). "
-        "--arch mamba2: the embedded tiny Mamba-2 with per-group state masks at 50% (weight-magnitude and "
-        "random scores), compact-cache decode checked and timed against dense decode."
+        "--arch mamba2: the embedded tiny Mamba-2 with per-group state masks at 50% (sparsessm column and "
+        "2:4 from calibration, magnitude column), compact-cache decode checked and timed against dense "
+        "decode."
     )
     parser.add_argument(
         "--arch",

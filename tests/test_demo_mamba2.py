@@ -1,5 +1,5 @@
-"""The embedded tiny Mamba-2 checkpoint, its state scorers, ``sparsessm demo --arch mamba2`` and the
-package data that ships both embedded checkpoints."""
+"""The embedded tiny Mamba-2 checkpoint, ``sparsessm demo --arch mamba2`` and the package data that
+ships both embedded checkpoints."""
 
 from __future__ import annotations
 
@@ -16,16 +16,9 @@ import torch
 
 from sparsessm_kernels import cli
 from sparsessm_kernels.demo import heldout_tokens
-from sparsessm_kernels.demo.mamba2_states import (
-    STATE_SCORERS,
-    bc_magnitude_scores,
-    kept_per_group,
-    prune_states,
-    top_states,
-)
 from sparsessm_kernels.demo.run import MODEL_DIRS
 from sparsessm_kernels.demo.run_mamba2 import DEMO_CASES_MAMBA2
-from sparsessm_kernels.models import Mamba2LM, Mamba2LMConfig, MambaLM
+from sparsessm_kernels.models import Mamba2LM, MambaLM
 from sparsessm_kernels.prune import evaluate_perplexity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,60 +71,6 @@ def test_embedded_logits_equal_transformers(arch: str):
         torch.testing.assert_close(ours(ids), hf(ids).logits.float(), rtol=1e-4, atol=1e-4)
 
 
-# ------------------------------------------------------------------ state scorers
-def _small() -> Mamba2LM:
-    cfg = Mamba2LMConfig(vocab_size=32, d_model=16, n_layer=2, d_state=8, headdim=8, ngroups=2)
-    return Mamba2LM.from_config(cfg, seed=1).eval()
-
-
-def test_bc_magnitude_scores_against_a_loop():
-    m = _small().mixer(0)
-    W, conv = m.in_proj.weight.detach(), m.conv1d.weight.detach()[:, 0]
-    want = torch.empty(m.ngroups, m.d_state)
-    for g in range(m.ngroups):
-        for j in range(m.d_state):
-            b = m.d_inner + m.d_inner + g * m.d_state + j  # z | x | B | C rows of in_proj
-            c = b + m.ngroups * m.d_state
-            bc, cc = b - m.d_inner, c - m.d_inner  # conv channels: x | B | C
-            want[g, j] = W[b].norm() * conv[bc].norm() * W[c].norm() * conv[cc].norm()
-    torch.testing.assert_close(bc_magnitude_scores(m), want)
-
-
-def test_top_states_and_kept_per_group():
-    scores = torch.tensor([[0.1, 0.9, 0.5, 0.3], [4.0, 1.0, 3.0, 2.0]])
-    assert top_states(scores, 2).tolist() == [[False, True, True, False], [True, False, True, False]]
-    assert [kept_per_group(32, s) for s in (0.25, 0.5, 0.75)] == [24, 16, 8]
-    for bad in (1.0, -0.1):
-        with pytest.raises(ValueError, match="sparsity"):
-            kept_per_group(32, bad)
-    with pytest.raises(ValueError, match="prunes every state"):
-        kept_per_group(2, 0.9)
-
-
-@pytest.mark.parametrize("method", sorted(STATE_SCORERS))
-def test_prune_states_equals_zeroed_bc_weights(method: str):
-    """Removing a state = zeroing the in_proj rows and conv channels that make its B / C columns."""
-    model = _small()
-    summary = prune_states(model, method, 0.5, seed=3)
-    assert summary == {"kept_per_group": 4, "d_state": 8, "pruned": 16, "total": 32, "sparsity": 0.5}
-    ref = _small()
-    with torch.no_grad():
-        for i in range(2):
-            m, r = model.mixer(i), ref.mixer(i)
-            assert m.pruned_states == "remove" and m.layout.uniform and m.layout.n_kept == 4
-            gone = (~m.layout.mask).flatten().nonzero().flatten()  # (group, state) flattened
-            gn = m.ngroups * m.d_state
-            for off in (0, gn):  # B, then C
-                r.in_proj.weight[2 * m.d_inner + off + gone] = 0
-                r.conv1d.weight[m.d_inner + off + gone] = 0
-                r.conv1d.bias[m.d_inner + off + gone] = 0
-    ids = torch.randint(0, 32, (2, 19), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        torch.testing.assert_close(model(ids), ref(ids), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="method"):
-        prune_states(model, "nope", 0.5)
-
-
 # ------------------------------------------------------------------ the demo
 def test_demo_mamba2_quick(tmp_path: Path, capsys):
     out = tmp_path / "demo2"
@@ -140,12 +79,12 @@ def test_demo_mamba2_quick(tmp_path: Path, capsys):
     assert code == 0
     captured = capsys.readouterr()
     printed = captured.out
-    assert "no calibration" in captured.err  # said once: --seqlen / --nsamples do nothing here
     report = json.loads((out / "demo_report.json").read_text(encoding="utf-8"))
     assert report["arch"] == "mamba2" and report["timed"] == "decode"
     assert report["model"]["name"] == "tiny_mamba2" and report["model"]["ngroups"] == 2
     assert 1.0 < report["dense_ppl"] < 256.0
     assert [(r["method"], r["pattern"]) for r in report["results"]] == list(DEMO_CASES_MAMBA2)
+    assert report["settings"]["nsamples"] == 4  # --quick calibration
     for row in report["results"]:
         assert row["sparsity"] == pytest.approx(0.5) and row["kept_per_group"] == 16
         assert 1.0 < row["ppl"] < 256.0

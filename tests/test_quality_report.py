@@ -295,31 +295,73 @@ def test_report_bad_input(report, args, needle, capsys, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ Mamba-2
-def test_quality_quick_mamba2(tmp_path, report, capsys):
+def test_quality_quick_mamba2_runs_every_registered_method(tmp_path, report, capsys):
+    """Every entry of MAMBA2_METHODS prunes the tiny Mamba-2 at 0.5 (on a few windows) through the
+    library pipeline and gives a finite perplexity; the report renders the result."""
+    run = _load(QUALITY, "_bench_quality_run")
     out = tmp_path / "quality_mamba2.json"
-    proc = _run_quality("--arch", "mamba2", "--quick", "--device", "cpu", "--threads", "1", "--out", str(out))
+    sizes = ["--nsamples", "2", "--seqlen", "64", "--eval-seqlen", "128", "--eval-windows", "2"]
+    proc = _run_quality(
+        "--arch", "mamba2", "--quick", *sizes, "--device", "cpu", "--threads", "1", "--out", str(out)
+    )  # fmt: skip
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert "state method" in proc.stdout and "skipped: WikiText" in proc.stdout
+    assert "skipped: WikiText" in proc.stdout
     data = json.loads(out.read_text(encoding="utf-8"))
     assert set(data) >= TOP_KEYS and data["benchmark"] == "quality" and data["arch"] == "mamba2"
     assert data["model"]["name"] == "tiny_mamba2" and data["model"]["ngroups"] == 2
-    assert data["config"]["methods"] == list(_load(QUALITY, "_bench_quality_run").MAMBA2_METHODS)
+    assert data["config"]["methods"] == list(run.MAMBA2_METHODS)
+    assert set(data["data"]["calibration"]["used_by"]) == {
+        n for n, m in run.MAMBA2_METHODS.items() if m.method not in ("magnitude", "random")
+    }
     assert 1.0 < data["dense"]["ppl_heldout"] < 256.0 and data["dense"]["ppl_wikitext"] is None
-    for row in data["results"]:
+    rows = {r["name"]: r for r in data["results"]}
+    assert list(rows) == list(run.MAMBA2_METHODS)  # every method once, at 0.5 (2:4: its own 0.5)
+    structures = {"states": {"column", "N:M"}, "ssm": {"unstructured"}, "ffn": {"unstructured", "N:M"}}
+    for name, row in rows.items():
+        method = run.MAMBA2_METHODS[name]
         assert set(row) >= ROW_KEYS, set(ROW_KEYS) - set(row)
-        assert (row["scope"], row["structure"], row["pattern"]) == ("ssm", "column", "per-group")
-        assert row["sparsity"] == 0.5 and row["achieved_sparsity"]["ssm"] == pytest.approx(0.5)
-        assert row["d_state_after"] == data["model"]["d_state"] // 2
-        assert 1.0 < row["ppl_heldout"] < 256.0
-    # report.py renders it as a state-pruning grid
+        assert (row["scope"], row["method"]) == (method.targets, method.method)
+        assert row["structure"] in structures.get(row["scope"], {"structured"})
+        assert row["sparsity"] == 0.5 and math.isfinite(row["ppl_heldout"]) and row["ppl_heldout"] > 1.0
+        achieved = row["achieved_sparsity"]
+        if row["scope"] in ("states", "ssm"):
+            assert achieved["ssm"] == pytest.approx(0.5)
+        elif row["scope"] == "ffn":
+            assert achieved["ffn"] == pytest.approx(0.5, abs=0.01)
+        else:  # heads / head channels removed: a share of the mixer's parameters
+            assert 0.2 < achieved["heads"] < 0.6
+        if row["scope"] == "states":
+            assert row["d_state_after"] == [data["model"]["d_state"]] * data["model"]["n_layer"]
+        assert row["passes"][0].startswith(f"--method {method.method} --targets {method.targets} ")
+    # report.py renders it as one table, a row per target, method and pattern family
     assert report.main(["--inputs", str(out), "--quality-table"]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("Mamba-2 state (`B` / `C` columns per group) pruning")
-    assert "| bc-magnitude |" in text and "per-group 0.5" in text
+    assert text.startswith("Mamba-2 pruning, perplexity per byte")
+    assert "| states | sparsessm | column |" in text and "| heads | flap | removed |" in text
+    assert "| ffn | wanda | 2:4 |" in text
+
+
+def test_mamba2_grid_sparsities():
+    """25 / 50 / 75 %: N:4 state patterns 3:4 / 2:4 / 1:4, 2:4 projections once at 0.5, and an N:M
+    sparsity with no N:4 pattern goes to ``skipped``."""
+    run = _load(QUALITY, "_bench_quality_run")
+    skipped: list[dict[str, str]] = []
+    cases = run.mamba2_cases(tuple(run.MAMBA2_METHODS), (0.25, 0.5, 0.75), 0, skipped)
+    assert not skipped
+    got = {(c.scope, c.method, c.pattern, c.sparsity) for c in cases}
+    assert {("states", "sparsessm", p, s) for p, s in (("3:4", 0.25), ("2:4", 0.5), ("1:4", 0.75))} <= got
+    assert [c.sparsity for c in cases if (c.scope, c.method, c.pattern) == ("ffn", "wanda", "2:4")] == [0.5]
+    assert len(cases) == 65
+    for case in cases:
+        (cfg,) = case.passes
+        assert cfg.resolve().sparsity == pytest.approx(case.sparsity)
+    cases = run.mamba2_cases(("states/random/N:M", "heads/flap"), (0.3,), 0, skipped)
+    assert [(c.scope, c.sparsity) for c in cases] == [("heads", 0.3)]
+    assert skipped and skipped[0]["what"] == "states/random/N:M at sparsity 0.3"
 
 
 def test_quality_methods_flag_needs_mamba2(tmp_path):
     proc = _run_quality("--quick", "--methods", "random", "--out", str(tmp_path / "q.json"))
     assert proc.returncode == 2 and "--methods" in proc.stderr
     proc = _run_quality("--arch", "mamba2", "--quick", "--methods", "nope", "--out", str(tmp_path / "q.json"))
-    assert proc.returncode == 2 and "--methods" in proc.stderr and "bc-magnitude" in proc.stderr
+    assert proc.returncode == 2 and "--methods" in proc.stderr and "states/sparsessm/column" in proc.stderr

@@ -62,7 +62,6 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,8 +71,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _common as common
 
-from sparsessm_kernels.demo import MODEL_DIR, heldout_tokens
-from sparsessm_kernels.demo.mamba2_states import prune_states
+from sparsessm_kernels.demo import heldout_tokens
 from sparsessm_kernels.demo.run import MODEL_DIRS, _train_tokens
 from sparsessm_kernels.models import Mamba2LM, MambaLM
 from sparsessm_kernels.prune import (
@@ -84,6 +82,7 @@ from sparsessm_kernels.prune import (
     prune_model,
 )
 from sparsessm_kernels.prune.capture import PruneResult
+from sparsessm_kernels.sparsity import parse_pattern
 
 DEFAULT_OUT = common.RESULTS_DIR / "quality.json"
 DEFAULT_OUT_MAMBA2 = common.RESULTS_DIR / "quality_mamba2.json"
@@ -141,6 +140,7 @@ class Case:
     projection_method: str | None = None
     alpha: float = 0.0
     passes: list[PruneConfig] = field(default_factory=list)
+    name: str | None = None  # the MAMBA2_METHODS entry (Mamba-2 cases)
 
     @property
     def allocation(self) -> bool:
@@ -153,9 +153,9 @@ class Case:
             parts = [f"--method {cfg.method}", f"--targets {cfg.targets}", f"--pattern {cfg.pattern}"]
             if cfg.nm is None:
                 parts.append(f"--sparsity {cfg.sparsity:g}")
-            if cfg.method == "sparsessm" and cfg.targets != "ffn":
+            if cfg.method == "sparsessm" and cfg.targets in ("ssm", "all"):
                 parts.append(f"--aggregation {cfg.aggregation}")
-            if cfg.targets != "ssm":
+            if cfg.targets in ("ffn", "all"):
                 parts.append(f"--alpha {cfg.alpha or 0:g}")
             out.append(" ".join(parts))
         return out
@@ -249,12 +249,19 @@ def whole_cases(patterns: tuple[str, ...], projection_methods: tuple[str, ...], 
 
 
 # ------------------------------------------------------------------------------------ running
+_SUMMARY_GROUP = {"A_log": "ssm", "ssm_state": "ssm", "heads": "heads", "headdim": "heads"}
+"""Module kind -> achieved-sparsity group (projections and ``conv1d``: ``ffn``)."""
+
+
 def _summary(results: list[PruneResult]) -> dict[str, Any]:
-    """Achieved sparsity over the pruned modules: ``ssm`` (A_log), ``ffn`` (projections), ``total``."""
+    """Achieved sparsity over the pruned modules: ``ssm`` (``A_log``; Mamba-2 states too), ``ffn``
+    (projections), ``heads`` (Mamba-2 heads / head channels: the mixer parameters removed; only when
+    present), ``total``."""
     groups: dict[str, list[int]] = {"ssm": [0, 0], "ffn": [0, 0], "total": [0, 0]}
     for res in results:
         for rec in res.modules:
-            for key in ("ssm" if rec.kind == "A_log" else "ffn", "total"):
+            for key in (_SUMMARY_GROUP.get(rec.kind, "ffn"), "total"):
+                groups.setdefault(key, [0, 0])
                 groups[key][0] += rec.pruned
                 groups[key][1] += rec.params
     return {
@@ -304,6 +311,7 @@ def run_case(
     eval_s = time.perf_counter() - t1
     summary = _summary(results)
     return {
+        **({"name": case.name} if case.name else {}),
         "scope": case.scope,
         "method": case.method,
         "aggregation": case.aggregation,
@@ -328,84 +336,112 @@ def run_case(
 # ------------------------------------------------------------------------------------ Mamba-2
 @dataclass(frozen=True)
 class Mamba2Method:
-    """One Mamba-2 method of ``--arch mamba2``.
+    """One Mamba-2 method of ``--arch mamba2``: ``sparsessm prune --targets T --method M`` with one
+    pattern family, run by the library's pipeline (:func:`~sparsessm_kernels.prune.prune_model`).
 
     Attributes:
-        prune: ``(model, calibration windows (nsamples, seqlen) int64, sparsity, seed, device) ->
-            summary``; prunes ``model`` in place; the summary has at least ``pruned``, ``total``
-            and ``sparsity`` (achieved), and ``kept_per_group`` for state masks.
-        pattern: the row's ``pattern`` (``per-group``: one state mask per ``B`` / ``C`` group).
-        calibrated: whether ``prune`` reads the calibration windows.
-        structure: the row's ``structure`` (``column``: whole states removed; the report groups
-            rows by it).
+        targets: ``states`` (``B`` / ``C`` state columns per group), ``ssm`` (``A_log`` per head),
+            ``ffn`` (``in_proj`` / ``out_proj``), ``heads`` / ``headdim`` (physical removal).
+        method: ``--method``.
+        structure: ``column`` / ``N:M`` (states), ``unstructured`` / ``2:4`` (``A_log`` heads,
+            projections) or ``structured`` (heads / headdim: whole heads or head channels removed).
     """
 
-    prune: Callable[[Mamba2LM, torch.Tensor, float, int, torch.device], dict[str, Any]]
-    pattern: str
-    calibrated: bool
-    structure: str = "column"
+    targets: str
+    method: str
+    structure: str
+
+    def pattern(self, sparsity: float) -> str | None:
+        """``--pattern`` at ``sparsity`` (``None``: no N:4 pattern prunes exactly that much)."""
+        if self.structure == "N:M":
+            return nm_pattern(sparsity)
+        if self.structure == "2:4":
+            return "2:4"
+        return "unstructured" if self.structure == "structured" else self.structure
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the method reads the calibration windows (magnitude and random read weights only)."""
+        return self.method not in ("magnitude", "random")
+
+    @property
+    def own_sparsity(self) -> float | None:
+        """The one sparsity of a fixed pattern (``2:4``: 0.5), run once whatever ``--sparsities``."""
+        return 0.5 if self.structure == "2:4" else None
+
+    def case(self, name: str, sparsity: float, seed: int) -> Case | None:
+        """The case of this method (registered as ``name``) at ``sparsity`` (``None``: no pattern)."""
+        pattern = self.pattern(sparsity)
+        if pattern is None:
+            return None
+        nm = parse_pattern(pattern)[1] is not None
+        cfg = PruneConfig(
+            method=self.method,
+            targets=self.targets,
+            pattern=pattern,
+            sparsity=None if nm else sparsity,
+            alpha=0.0,
+            seed=seed,
+        )
+        structure = "N:M" if nm else self.structure
+        shown = "structured" if self.structure == "structured" else pattern
+        return Case(self.targets, self.method, None, shown, structure, sparsity, None, 0.0, [cfg], name)
 
 
-def _state_scorer(name: str) -> Mamba2Method:
-    """The demo's weight-only scorer ``name``: a per-group state mask in every layer."""
-
-    def prune(model: Mamba2LM, calib: torch.Tensor, sparsity: float, seed: int, device: torch.device):
-        return prune_states(model, name, sparsity, seed=seed)
-
-    return Mamba2Method(prune, "per-group", calibrated=False)
-
-
-MAMBA2_METHODS: dict[str, Mamba2Method] = {
-    "bc-magnitude": _state_scorer("bc-magnitude"),
-    "random": _state_scorer("random"),
-}
-"""The Mamba-2 methods of ``--arch mamba2`` by name. ``bc-magnitude`` and ``random`` are the demo's
-weight-only state scorers (``sparsessm_kernels/demo/mamba2_states.py``); another method is one more
-entry whose ``prune`` prunes the model it is given."""
+def _mamba2_registry() -> dict[str, Mamba2Method]:
+    reg: dict[str, Mamba2Method] = {}
+    for structure in ("column", "N:M"):
+        for method in ("sparsessm", "magnitude", "random"):
+            reg[f"states/{method}/{structure}"] = Mamba2Method("states", method, structure)
+    for method in ("sparsessm", "magnitude", "random"):
+        reg[f"ssm/{method}"] = Mamba2Method("ssm", method, "unstructured")
+    for structure in ("unstructured", "2:4"):
+        for method in ("sparsegpt", "wanda", "magnitude", "snip", "random"):
+            reg[f"ffn/{method}/{structure}"] = Mamba2Method("ffn", method, structure)
+    for targets in ("heads", "headdim"):
+        for method in ("flap", "magnitude", "random"):
+            reg[f"{targets}/{method}"] = Mamba2Method(targets, method, "structured")
+    return reg
 
 
-def run_mamba2_case(
-    name: str,
-    sparsity: float,
-    dense: Mamba2LM,
-    calib: torch.Tensor,
-    evaluate: Evaluator,
-    seed: int,
-    device: torch.device,
-) -> dict[str, Any]:
-    """Prune a copy of ``dense`` with the Mamba-2 method ``name`` at ``sparsity``, evaluate it."""
-    method = MAMBA2_METHODS[name]
-    model = copy.deepcopy(dense)
-    t0 = time.perf_counter()
-    summary = method.prune(model, calib, sparsity, seed, device)
-    prune_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    ppl = evaluate(model)
-    eval_s = time.perf_counter() - t1
-    achieved = summary["sparsity"]
-    return {
-        "scope": "ssm",
-        "method": name,
-        "aggregation": None,
-        "label": name,
-        "pattern": method.pattern,
-        "structure": method.structure,
-        "sparsity": sparsity,
-        "projection_method": None,
-        "allocation": False,
-        "alpha": None,
-        "ppl_heldout": ppl["heldout"],
-        "ppl_wikitext": ppl["wikitext"],
-        "achieved_sparsity": {"ssm": round(achieved, 6), "ffn": None, "total": round(achieved, 6)},
-        "pruned_params": summary,
-        "d_state_after": summary.get("kept_per_group"),
-        "passes": [f"{name} --sparsity {sparsity:g}"],
-        "prune_s": round(prune_s, 3),
-        "eval_s": round(eval_s, 3),
-    }
+MAMBA2_METHODS: dict[str, Mamba2Method] = _mamba2_registry()
+"""Every Mamba-2 method of ``--arch mamba2`` by name (``targets/method[/structure]``): states
+(``sparsessm`` = the SSD output saliency from calibration, ``magnitude``, ``random``; column and
+N:4), ``A_log`` per head (``sparsessm``, ``magnitude``, ``random``), projections (``sparsegpt``,
+``wanda``, ``magnitude``, ``snip``, ``random``; unstructured and 2:4), heads and head channels
+(``flap``, ``magnitude``, ``random``)."""
+
+MAMBA2_SIZES = {"nsamples": 16, "seqlen": 256, "eval_seqlen": 512, "eval_windows": 32}
+"""``--arch mamba2`` defaults: the Mamba-1 grid's calibration halved and a quarter of its evaluation
+windows, so the 65-case grid runs in about 15 minutes on a shared 2-core CPU."""
+
+
+def mamba2_cases(
+    names: tuple[str, ...], sparsities: tuple[float, ...], seed: int, skipped: list[dict[str, str]]
+) -> list[Case]:
+    """Every method of ``names`` at every sparsity (a fixed pattern once, at its own sparsity);
+    N:M sparsities with no ``N:4`` pattern go to ``skipped``."""
+    cases = []
+    for name in names:
+        method = MAMBA2_METHODS[name]
+        own = method.own_sparsity
+        for sparsity in (own,) if own is not None else sparsities:
+            case = method.case(name, sparsity, seed)
+            if case is None:
+                skipped.append(
+                    {
+                        "what": f"{name} at sparsity {sparsity:g}",
+                        "reason": f"no N:{NM_GROUP} pattern prunes exactly {sparsity:g} "
+                        "(N:M fixes the sparsity at 1 - N/M)",
+                    }
+                )
+                continue
+            cases.append(case)
+    return cases
 
 
 def _method_list(text: str) -> tuple[str, ...]:
+    """``--methods``: comma-separated names of :data:`MAMBA2_METHODS`."""
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [n for n in names if n not in MAMBA2_METHODS]
     if unknown or not names:
@@ -567,7 +603,7 @@ def render(payload: dict[str, Any]) -> str:
         )
     columns = [
         ("scope", "scope"),
-        ("label", "state method" if payload.get("arch") == "mamba2" else "A_log method"),
+        ("label", "method" if payload.get("arch") == "mamba2" else "A_log method"),
         ("pattern", "pattern"),
         ("sparsity", "sparsity"),
         ("proj", "projections"),
@@ -581,7 +617,8 @@ def render(payload: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    mamba2 = args.arch == "mamba2"
+    sizes = QUICK_SIZES if args.quick else MAMBA2_SIZES if mamba2 else FULL_SIZES
     for key, value in sizes.items():  # explicit options override the (--quick) defaults
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -610,9 +647,11 @@ def main(argv: list[str] | None = None) -> int:
     skipped: list[dict[str, str]] = []
     if wiki is None:
         skipped.append({"what": "WikiText perplexity", "reason": wiki_info["skipped"]})
-    if args.arch == "mamba2":
-        return main_mamba2(args, device, threads, out_path, wiki, wiki_info, windows, skipped, argv)
-    if args.quick:
+    if mamba2:  # --quick: every method at 0.5
+        names = args.methods or tuple(MAMBA2_METHODS)
+        sparsities = (0.5,) if args.quick else tuple(args.sparsities)
+        cases = mamba2_cases(names, sparsities, args.seed, skipped)
+    elif args.quick:
         methods = (("sparsessm", "weighted"), ("magnitude", None))
         cases = ssm_cases(methods, STRUCTURES, (0.5,), args.seed, skipped)
         if not args.no_whole:
@@ -625,10 +664,11 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     common.log(f"device {device} ({common.device_info(device)['name']}), {len(cases)} cases")
-    dense = MambaLM.from_pretrained(MODEL_DIR)
+    model_dir = MODEL_DIRS[args.arch]
+    dense = (Mamba2LM if mamba2 else MambaLM).from_pretrained(model_dir)
     dense.eval()
-    held = heldout_tokens()
-    calib = calibration_windows(_train_tokens(MODEL_DIR), args.nsamples, args.seqlen, args.seed)
+    held = heldout_tokens(model_dir)
+    calib = calibration_windows(_train_tokens(model_dir), args.nsamples, args.seqlen, args.seed)
     texts = {"heldout": held, "wikitext": wiki}
     evaluate = Evaluator(texts, args.eval_seqlen, windows, device)
     for cfg in (c for case in cases for c in case.passes):  # every setting is valid before any work
@@ -665,131 +705,46 @@ def main(argv: list[str] | None = None) -> int:
         "max_eval_bytes": args.max_eval_bytes,
         "sparsities": list(args.sparsities) if not args.quick else [0.5],
         "nm_group": NM_GROUP,
-        "whole_sparsity": WHOLE_SPARSITY,
-        "whole_alpha": WHOLE_ALPHA,
         "device": str(device),
         "threads": threads.threads,
         "threads_reason": threads.reason,
         **common.run_provenance(argv, out_path),
     }
     model_cfg = dense.config
-    payload = {
-        **common.result_header("quality", device),
-        "config": config,
-        "model": {
-            "name": MODEL_DIR.name,
-            "params": sum(p.numel() for p in dense.parameters()),
-            "n_layer": model_cfg.n_layer,
-            "d_model": model_cfg.d_model,
-            "d_inner": model_cfg.d_inner,
-            "d_state": model_cfg.d_state,
-            "vocab_size": model_cfg.vocab_size,
-            "tokens": "UTF-8 bytes",
-        },
-        "data": {
-            "calibration": {
-                "text": "training files of the demo model (Python standard library sources)",
-                "nsamples": args.nsamples,
-                "seqlen": args.seqlen,
-            },
-            "heldout": {
-                "text": "held-out Python standard library files of the demo (this machine's stdlib)",
-                "python": platform.python_version(),
-                **(text_info(held, windows, args.eval_seqlen) or {}),
-            },
-            "wikitext": {**wiki_info, **(text_info(wiki, windows, args.eval_seqlen) or {})},
-        },
-        "dense": {"ppl_heldout": dense_ppl["heldout"], "ppl_wikitext": dense_ppl["wikitext"]},
-        "results": results,
-        "skipped": skipped,
-        "seconds": round(time.perf_counter() - t_start, 1),
+    model_info = {
+        "name": model_dir.name,
+        "params": sum(p.numel() for p in dense.parameters()),
+        "n_layer": model_cfg.n_layer,
+        "d_model": model_cfg.d_model,
+        "d_inner": model_cfg.d_inner,
+        "d_state": model_cfg.d_state,
+        "vocab_size": model_cfg.vocab_size,
+        "tokens": "UTF-8 bytes",
     }
-    common.write_json_atomic(out_path, payload)
-    print(render(payload))
-    for item in skipped:
-        print(f"skipped: {item['what']}: {item['reason']}")
-    print(f"\nwrote {out_path} in {payload['seconds']:.0f}s")
-    return 0
-
-
-def main_mamba2(
-    args: argparse.Namespace,
-    device: torch.device,
-    threads: Any,
-    out_path: Path,
-    wiki: torch.Tensor | None,
-    wiki_info: dict[str, Any],
-    windows: int,
-    skipped: list[dict[str, str]],
-    argv: list[str] | None,
-) -> int:
-    """``--arch mamba2``: every :data:`MAMBA2_METHODS` entry (or ``--methods``) x ``--sparsities``."""
-    model_dir = MODEL_DIRS["mamba2"]
-    names = args.methods or tuple(MAMBA2_METHODS)
-    sparsities = (0.5,) if args.quick else tuple(args.sparsities)
-    t_start = time.perf_counter()
-    common.log(
-        f"device {device} ({common.device_info(device)['name']}), {len(names) * len(sparsities)} cases"
-    )
-    dense = Mamba2LM.from_pretrained(model_dir).eval()
-    held = heldout_tokens(model_dir)
-    calib = calibration_windows(_train_tokens(model_dir), args.nsamples, args.seqlen, args.seed)
-    evaluate = Evaluator({"heldout": held, "wikitext": wiki}, args.eval_seqlen, windows, device)
-    with torch.no_grad():
-        dense_ppl = evaluate(dense)
-        common.log(
-            f"dense: held-out {_fmt(dense_ppl['heldout'])}, WikiText {_fmt(dense_ppl['wikitext'])} "
-            f"({time.perf_counter() - t_start:.1f}s)"
-        )
-        results = []
-        cases = [(name, s) for s in sparsities for name in names]
-        for i, (name, sparsity) in enumerate(cases, 1):
-            row = run_mamba2_case(name, sparsity, dense, calib, evaluate, args.seed, device)
-            results.append(row)
-            common.log(
-                f"[{i}/{len(cases)}] {name} {sparsity:g}: held-out {_fmt(row['ppl_heldout'])}, "
-                f"WikiText {_fmt(row['ppl_wikitext'])} ({row['prune_s'] + row['eval_s']:.1f}s)"
+    if mamba2:
+        config.update(arch="mamba2", methods=list(names))
+        if not args.quick:
+            config["sizes"] = (
+                f"--arch mamba2 defaults {MAMBA2_SIZES} (the Mamba-1 grid: {FULL_SIZES}): half the "
+                "calibration windows and a quarter of the evaluation windows, so the grid fits about 15 "
+                "minutes on a shared 2-core CPU"
             )
-    cfg = dense.config
+        model_info.update(
+            arch="mamba2", nheads=model_cfg.nheads, headdim=model_cfg.headdim, ngroups=model_cfg.ngroups
+        )
+    else:
+        config.update(whole_sparsity=WHOLE_SPARSITY, whole_alpha=WHOLE_ALPHA)
     payload = {
         **common.result_header("quality", device),
-        "arch": "mamba2",
-        "config": {
-            "arch": "mamba2",
-            "quick": args.quick,
-            "seed": args.seed,
-            "nsamples": args.nsamples,
-            "seqlen": args.seqlen,
-            "eval_seqlen": args.eval_seqlen,
-            "eval_windows": args.eval_windows,
-            "max_eval_bytes": args.max_eval_bytes,
-            "sparsities": list(sparsities),
-            "methods": list(names),
-            "device": str(device),
-            "threads": threads.threads,
-            "threads_reason": threads.reason,
-            **common.run_provenance(argv, out_path),
-        },
-        "model": {
-            "name": model_dir.name,
-            "arch": "mamba2",
-            "params": sum(p.numel() for p in dense.parameters()),
-            "n_layer": cfg.n_layer,
-            "d_model": cfg.d_model,
-            "d_inner": cfg.d_inner,
-            "nheads": cfg.nheads,
-            "headdim": cfg.headdim,
-            "ngroups": cfg.ngroups,
-            "d_state": cfg.d_state,
-            "vocab_size": cfg.vocab_size,
-            "tokens": "UTF-8 bytes",
-        },
+        **({"arch": "mamba2"} if mamba2 else {}),
+        "config": config,
+        "model": model_info,
         "data": {
             "calibration": {
                 "text": "training files of the demo model (Python standard library sources)",
                 "nsamples": args.nsamples,
                 "seqlen": args.seqlen,
-                "used_by": [n for n in names if MAMBA2_METHODS[n].calibrated],
+                **({"used_by": [n for n in names if MAMBA2_METHODS[n].calibrated]} if mamba2 else {}),
             },
             "heldout": {
                 "text": "held-out Python standard library files of the demo (this machine's stdlib)",

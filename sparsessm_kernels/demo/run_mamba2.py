@@ -2,19 +2,18 @@
 
 Steps, on the embedded checkpoint ``tiny_mamba2/`` (:data:`.run.MODEL_DIRS`):
 
-1. held-out text as for Mamba-1 (the held-out standard-library files of ``training_config.json``);
-2. for each case of :data:`DEMO_CASES_MAMBA2`: a fresh copy of the model whose every layer gets a
-   per-group state mask at 50% from a weight-magnitude scorer of :mod:`.mamba2_states`
-   (``pruned_states="remove"``: the pruned ``B`` / ``C`` columns contribute nothing), held-out
-   perplexity;
+1. held-out text and calibration windows as for Mamba-1 (the held-out / training standard-library
+   files of ``training_config.json``);
+2. for each case of :data:`DEMO_CASES_MAMBA2`: a fresh copy of the model, ``prune_model`` on its
+   states (``--targets states``, 50%: every layer gets a per-group state mask, the same number of
+   states kept in every group, ``pruned_states="remove"``: the pruned ``B`` / ``C`` columns
+   contribute nothing), held-out perplexity;
 3. the masked SSD scan of layer 0 on random layer-shaped inputs (``(1, scan_seqlen, nheads,
    headdim)``): its largest error against the float64 reference ``ssd_scan_ref`` on the first
    ``check_seqlen`` steps;
 4. decode with the compact cache (``(b, nheads, headdim, k)`` states): its logits against the
    masked model's full-sequence logits, and its time per token against the dense model's decode
    with the dense cache (``repeats`` interleaved calls of ``decode_tokens`` tokens each, batch 1).
-
-No calibration: the scorers read weights only.
 """
 
 from __future__ import annotations
@@ -30,12 +29,25 @@ import torch
 
 from .._threads import ThreadChoice
 from .._timing import Spread, time_interleaved
-from .mamba2_states import prune_states
-from .run import SPARSITY, DemoOptions, _device_name, heldout_tokens, timing_fields, write_report
+from .run import (
+    SPARSITY,
+    DemoOptions,
+    _device_name,
+    _train_tokens,
+    heldout_tokens,
+    timing_fields,
+    write_report,
+)
 
-DEMO_CASES_MAMBA2: tuple[tuple[str, str], ...] = (("bc-magnitude", "per-group"), ("random", "per-group"))
-"""``(scorer, pattern)`` pairs: the scorers of :data:`.mamba2_states.STATE_SCORERS`, every group
-keeping the same number of states."""
+DEMO_CASES_MAMBA2: tuple[tuple[str, str], ...] = (
+    ("sparsessm", "column"),
+    ("sparsessm", "2:4"),
+    ("magnitude", "column"),
+)
+"""``(method, pattern)`` pairs of ``sparsessm prune --targets states``: ``sparsessm`` = the SSD output
+saliency from calibration windows, ``magnitude`` = the norms of the state's ``B`` / ``C`` rows of
+``in_proj`` (weights only); ``column`` keeps each group's best half, ``2:4`` the best 2 of every 4
+states of a group."""
 
 PROMPT_TOKENS = 32
 """Held-out bytes prefilled before the timed decode steps."""
@@ -114,10 +126,10 @@ def demo_steps_mamba2(
 ) -> dict[str, Any]:
     """Steps of the Mamba-2 demo (see the module docstring); writes and returns the report."""
     from ..models import Mamba2LM
-    from ..prune import evaluate_perplexity
+    from ..prune import PruneConfig, calibration_windows, evaluate_perplexity, prune_model
 
-    log("no calibration: the Mamba-2 state scorers read weights only (--seqlen / --nsamples unused)")
     held = heldout_tokens(model_dir)
+    calib = calibration_windows(_train_tokens(model_dir), opts.nsamples, opts.seqlen, opts.seed)
     dense = Mamba2LM.from_pretrained(model_dir, device=device).eval()
     cfg = dense.config
 
@@ -137,7 +149,17 @@ def demo_steps_mamba2(
     for method, pattern in DEMO_CASES_MAMBA2:
         t0 = time.perf_counter()
         model = copy.deepcopy(dense)
-        summary = prune_states(model, method, SPARSITY, seed=opts.seed)
+        nm = pattern != "column"
+        prune_cfg = PruneConfig(
+            method=method,
+            targets="states",
+            pattern=pattern,
+            sparsity=None if nm else SPARSITY,
+            seed=opts.seed,
+        )
+        res = prune_model(model, calib, prune_cfg, device=device, progress=False)
+        pruned = sum(r.pruned for r in res.modules)
+        total = sum(r.params for r in res.modules)
         backend, err = _layer0_scan_check(model, opts, device)
         dense_run = _decode_runner(dense, ids, opts.decode_tokens)
         sparse_run = _decode_runner(model, ids, opts.decode_tokens)
@@ -145,8 +167,8 @@ def demo_steps_mamba2(
         row = {
             "method": method,
             "pattern": pattern,
-            "sparsity": summary["sparsity"],
-            "kept_per_group": summary["kept_per_group"],
+            "sparsity": pruned / total,
+            "kept_per_group": min(k for r in res.modules for k in r.extra["kept_per_group"]),
             "ppl": ppl(model),
             "backend": backend,
             **timing_fields(
