@@ -15,8 +15,8 @@ Semantics are :func:`sparsessm_kernels.ops.state_update.reference.selective_stat
 
 ``state_batch_indices`` (``(b,)`` integers, as in vLLM's continuous batching): row ``i`` updates
 ``state[state_batch_indices[i]]``; an index outside ``[0, state.shape[0])`` (e.g. a pad value of
--1) skips the row: its state is untouched and its output is 0. The indices of valid rows must be
-distinct.
+-1) or equal to ``pad_slot_id`` skips the row: its state is untouched and its output is 0. The
+indices of valid rows must be distinct.
 
 The output is computed from the updated state in float32 (float64 for float64 inputs) before the
 state is rounded to its dtype. As in the prefill scan (``selective_scan/triton_backend.py``),
@@ -59,7 +59,7 @@ MASK_COLUMN: tl.constexpr = tl.constexpr(_plan.MASK_COLUMN)
 def _state_update_kernel(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     kidx_ptr, mask_ptr, sbi_ptr, out_ptr,
-    d, n, k, n_rows, dpg_B, dpg_C,
+    d, n, k, n_rows, pad_slot, dpg_B, dpg_C,
     s_sb, s_sd, s_sk, s_xb, s_xd, s_tb, s_td, s_zb, s_zd, sA_d, sA_n,
     sB_b, sB_g, sB_n, sC_b, sC_g, sC_n, s_D, s_bias, s_mc, s_ob, s_od,
     MODE: tl.constexpr, MASK_KIND: tl.constexpr, ZERO_TRANSITION: tl.constexpr,
@@ -75,7 +75,7 @@ def _state_update_kernel(
 
     if HAS_SBI:  # the row's index, per channel (a broadcast load keeps every mask a tensor)
         row = tl.load(sbi_ptr + bi + offs_d * 0).to(tl.int64)
-        row_ok = (row >= 0) & (row < n_rows)
+        row_ok = (row >= 0) & (row < n_rows) & (row != pad_slot)
         row = tl.where(row_ok, row, 0)
     else:
         row = bi + offs_d * 0
@@ -146,9 +146,14 @@ def _state_update_kernel(
 
 
 def plan_state_update(
-    plan: ScanPlan, inputs: StepInputs, block_d: int | None = None
+    plan: ScanPlan,
+    inputs: StepInputs,
+    block_d: int | None = None,
+    *,
+    pad_slot_id: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[list[Launch], torch.Tensor]:
-    """Allocate the output of one decode step and list its launch: ``(launches, out)``."""
+    """List the launch of one decode step: ``(launches, out)`` (``out`` allocated when not given)."""
     state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices = inputs
     state_mask, kept_idx = plan.state_mask, plan.kept_idx
     b, d = x.shape
@@ -170,7 +175,8 @@ def plan_state_update(
 
     gB, sB_b, sB_g, sB_n = bc_strides(B, B.dim() == 3)
     gC, sC_b, sC_g, sC_n = bc_strides(C, C.dim() == 3)
-    out = torch.empty((b, d), dtype=x.dtype, device=dev)
+    if out is None:
+        out = torch.empty((b, d), dtype=x.dtype, device=dev)
     if b == 0 or d == 0:
         return [], out
     idummy = int_dummy(dev)  # for integer-pointer arguments the kernel variant never reads
@@ -182,7 +188,7 @@ def plan_state_update(
         state, x, dt, A, B, C,
         D if D is not None else out, z if z is not None else out, dt_bias if dt_bias is not None else out,
         kidx, mask_u8, sbi, out,
-        d, n, slots, state.shape[0], d // gB, d // gC,
+        d, n, slots, state.shape[0], -1 if pad_slot_id is None else int(pad_slot_id), d // gB, d // gC,
         *state.stride(), *x.stride(), *dt.stride(), *(z.stride() if z is not None else (0, 0)),
         *A.stride(), sB_b, sB_g, sB_n, sC_b, sC_g, sC_n,
         D.stride(0) if D is not None else 0, dt_bias.stride(0) if dt_bias is not None else 0,
@@ -198,15 +204,21 @@ def plan_state_update(
 
 
 def selective_state_update_triton(
-    plan: ScanPlan, inputs: StepInputs, *, block_d: int | None = None
+    plan: ScanPlan,
+    inputs: StepInputs,
+    *,
+    pad_slot_id: int | None = None,
+    out: torch.Tensor | None = None,
+    block_d: int | None = None,
 ) -> torch.Tensor:
     """One decode step on the Triton kernel; arguments validated by the public op.
 
     ``state`` ``(b, d, n)``, compact ``(b, d, k)``, or ``(S, d, ...)`` with ``state_batch_indices``;
-    updated in place. Returns ``(b, d)`` in ``x.dtype``.
+    updated in place; rows indexed ``pad_slot_id`` skipped. Returns ``(b, d)`` in ``x.dtype`` (written
+    to ``out`` when given).
     """
     with device_guard(inputs.x.device):
-        launches, out = plan_state_update(plan, inputs, block_d)
+        launches, out = plan_state_update(plan, inputs, block_d, pad_slot_id=pad_slot_id, out=out)
         for launch in launches:
             launch()
     return out
