@@ -7,7 +7,8 @@ Run from the repository root (no GPU needed; ``TRITON_INTERPRET`` must not be se
 
 Compiles, ahead of time, the launches of representative calls (every configuration the prefill
 scan's table and rule pick, each mask kind and ``pruned_states`` mode, time-invariant and grouped
-B / C, float16 / bfloat16 / float32 / float64 inputs, the decode step's modes; and, under
+B / C, float16 / bfloat16 / float32 / float64 inputs, the decode step's modes and every row of its
+configuration table ``step_config_table``; and, under
 ``ssd_launches``, the Mamba-2 (SSD) scan's four kernels for every row of its configuration table
 ``ssd_config_table`` and the SSD decode step's modes) with the argument
 specialisation a real call gets (``sparsessm_kernels.ops.triton.aot``), and records per launch:
@@ -43,6 +44,7 @@ def build_report(arch: int) -> tuple[dict[str, Any], list[str]]:
     from sparsessm_kernels.ops.selective_scan.triton_backend import CONFIG_TABLE, REFERENCE_SMS
     from sparsessm_kernels.ops.ssd.aot_calls import ssd_representative_calls
     from sparsessm_kernels.ops.ssd.triton_scan import SSD_CONFIG_TABLE
+    from sparsessm_kernels.ops.state_update.triton_backend import STEP_CONFIG_TABLE
     from sparsessm_kernels.ops.triton import aot
 
     rows, failures = aot.compile_report(arch)
@@ -61,6 +63,9 @@ def build_report(arch: int) -> tuple[dict[str, Any], list[str]]:
         "reference_sms": REFERENCE_SMS,
         "occupancy_limits": aot.SM90,
         "config_table": table,
+        "step_config_table": [
+            {"max_rows": rows, "max_width": width, **cfg._asdict()} for rows, width, cfg in STEP_CONFIG_TABLE
+        ],
         "launches": rows,
         "ssd_config_table": [
             {"shape_class": cls, "max_kept_width": width, **vars(cfg)} for cls, width, cfg in SSD_CONFIG_TABLE

@@ -118,6 +118,8 @@ def multi_head_state_update(
     pruned_states: str | None,
     head_transition_mask: torch.Tensor | None,
     backend: str,
+    pad_slot_id: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """mamba_ssm's ``selective_state_update`` on the multi-head layout (``state (b, nheads, dim, n)``).
 
@@ -129,6 +131,7 @@ def multi_head_state_update(
     **Untied** inputs (a full ``A (nheads, dim, n)``) are a Mamba-1 step on ``nheads * dim`` channels:
     :func:`sparsessm_kernels.selective_state_update` with Mamba-1 masks (``(n,)`` / ``(nheads * dim,
     n)``, default ``"zero_transition"``); ``head_transition_mask`` needs the tied form.
+    ``pad_slot_id`` and ``out`` (``(b, nheads, dim)``) as in both ops.
     """
     # (batch, dstate): one group, as mamba_ssm
     B = B.unsqueeze(1) if isinstance(B, torch.Tensor) and B.dim() == 2 else B
@@ -140,7 +143,7 @@ def multi_head_state_update(
             state, x, dt[..., 0], A[:, 0, 0], B, C, D, z, None if dt_bias is None else dt_bias[:, 0],
             dt_softplus, dt_limit=(-INF, INF), state_mask=state_mask,
             head_transition_mask=head_transition_mask, backend=backend,
-            state_batch_indices=state_batch_indices, **extra,
+            state_batch_indices=state_batch_indices, pad_slot_id=pad_slot_id, out=out, **extra,
         )  # fmt: skip
     if head_transition_mask is not None:
         raise ValueError(
@@ -151,15 +154,16 @@ def multi_head_state_update(
     rows, k = state.shape[0], state.shape[-1]
     viewable = _viewable(state)
     flat = state.view(rows, h * p, k) if viewable else state.reshape(rows, h * p, k)
-    out = _selective_state_update(
+    y = _selective_state_update(
         flat, x.reshape(b, h * p), dt.reshape(b, h * p), A.reshape(h * p, A.shape[-1]), B, C,
         None if D is None else D.reshape(h * p), None if z is None else z.reshape(b, h * p),
         None if dt_bias is None else dt_bias.reshape(h * p), dt_softplus,
-        state_mask=state_mask, backend=backend, state_batch_indices=state_batch_indices, **extra,
+        state_mask=state_mask, backend=backend, state_batch_indices=state_batch_indices,
+        pad_slot_id=pad_slot_id, **extra,
     )  # fmt: skip
     if not viewable:  # the update went to a copy
         state.copy_(flat.view(state.shape))
-    return out.view(b, h, p)
+    return y.view(b, h, p) if out is None else out.copy_(y.view(b, h, p))
 
 
 def _viewable(state: torch.Tensor) -> bool:

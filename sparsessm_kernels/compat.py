@@ -134,6 +134,8 @@ def selective_state_update(
     pruned_states: str | None = None,
     backend: str = "auto",
     head_transition_mask: torch.Tensor | None = None,
+    pad_slot_id: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """mamba_ssm's ``selective_state_update``: one decode step, ``state`` in place.
 
@@ -151,6 +153,9 @@ def selective_state_update(
             ``state[state_batch_indices[i]]`` (as in mamba_ssm; valid indices must be distinct).
             An index outside ``[0, slots)`` -- a pad slot such as -1, as in vLLM -- gives output 0
             and leaves the state alone.
+        pad_slot_id, out: keyword-only, as vLLM's ``selective_state_update``: rows whose index
+            equals ``pad_slot_id`` are skipped too; ``out`` is a preallocated output shaped like
+            ``x``, written (0 on skipped rows) and returned.
 
     Returns:
         ``out`` ``(batch, dim)`` in ``x.dtype``.
@@ -162,6 +167,7 @@ def selective_state_update(
         return multi_head_state_update(
             state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices, state_mask=state_mask,
             pruned_states=pruned_states, head_transition_mask=head_transition_mask, backend=backend,
+            pad_slot_id=pad_slot_id, out=out,
         )  # fmt: skip
     _reject_mixed_layouts(state, x, A)
     if head_transition_mask is not None:
@@ -175,7 +181,9 @@ def selective_state_update(
         "pruned_states": pruned_states or "zero_transition",
         "backend": backend,
     }
-    return _selective_state_update(state, *args, **kwargs, state_batch_indices=state_batch_indices)
+    return _selective_state_update(
+        state, *args, **kwargs, state_batch_indices=state_batch_indices, pad_slot_id=pad_slot_id, out=out
+    )
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

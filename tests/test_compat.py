@@ -46,7 +46,8 @@ def test_positional_signature_matches_mamba_ssm(name: str) -> None:
     assert got == MAMBA_SSM_SIGNATURES[name]
     assert all(p.default is inspect.Parameter.empty for p in positional[: REQUIRED[name]])
     keyword_only = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    extra = ["head_transition_mask"] if name == "selective_state_update" else []  # multi-head layout
+    # the multi-head layout's mask, and vLLM's pad slot and preallocated output
+    extra = ["head_transition_mask", "pad_slot_id", "out"] if name == "selective_state_update" else []
     assert keyword_only == ["state_mask", "pruned_states", "backend", *extra]
 
 

@@ -402,7 +402,10 @@ def test_empty_batch_reaches_no_backend(scan_inputs: dict, backend: str) -> None
     assert out.shape == (0, 8, 5) and last.shape == (0, 8, 4)
     step = [x["u"][..., 0], x["delta"][..., 0], x["A"], x["B"][..., 0], x["C"][..., 0], None, None, None]
     state = torch.zeros(0, 8, 4)
-    y = library.selective_state_update_op(state, *step, True, None, None, None, "zero_transition", backend)
+    y = torch.empty(0, 8)
+    library.selective_state_update_op(
+        state, *step, True, None, None, None, "zero_transition", backend, None, None, y
+    )
     assert y.shape == (0, 8)
 
 

@@ -92,6 +92,9 @@ def test_opcheck_selective_state_update(mask_kind: str) -> None:
         *_layout_args(mask),
         "zero_transition",
         "torch",
+        None,
+        None,
+        torch.empty(2, 8),
     )
     torch.library.opcheck(torch.ops.sparsessm.selective_state_update.default, args)
 
@@ -237,8 +240,9 @@ def test_fast_path_matches_the_registered_ops_exactly() -> None:
     state_ref = state.clone()
     step = _step_args(inputs)
     y = ssk.selective_state_update(state, *step, True, state_mask=layout)
-    y_ref = torch.ops.sparsessm.selective_state_update(
-        state_ref, *step, True, *_layout_args(mask), "zero_transition", "torch"
+    y_ref = torch.empty_like(y)
+    torch.ops.sparsessm.selective_state_update(
+        state_ref, *step, True, *_layout_args(mask), "zero_transition", "torch", None, None, y_ref
     )
     assert torch.equal(y, y_ref) and torch.equal(state, state_ref)
 

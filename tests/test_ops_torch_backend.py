@@ -6,9 +6,8 @@ import pytest
 import torch
 
 import sparsessm_kernels as ssk
-from sparsessm_kernels.ops import StateLayout, selective_scan_ref, selective_state_update_ref
+from sparsessm_kernels.ops import StateLayout, selective_scan_ref
 from tests.scan_cases import CASES, ScanCase, assert_close, make_inputs, to_float64
-from tests.step_cases import DECODE_CASES, DecodeCase, decode_setup
 
 
 @pytest.mark.parametrize("pruned_states", ["zero_transition", "remove"])
@@ -56,54 +55,6 @@ def test_return_last_state_false_returns_only_out() -> None:
     inputs, _ = make_inputs(ScanCase("plain"))
     out = ssk.selective_scan(**inputs)
     assert isinstance(out, torch.Tensor)
-
-
-@pytest.mark.parametrize("pruned_states", ["zero_transition", "remove"])
-@pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: c.name)
-@pytest.mark.parametrize("groups", [0, 2])
-def test_decode_step_matches_reference(case: DecodeCase, pruned_states: str, groups: int) -> None:
-    if case.mask == "none" and pruned_states == "remove":
-        pytest.skip("pruned_states only matters with a mask")
-    step, mask, state0, dtype = decode_setup(case, groups)
-    name, state_dtype = case.name, case.state_dtype
-    ours_state = state0.clone()
-    out = ssk.selective_state_update(
-        ours_state, **step, state_mask=mask, pruned_states=pruned_states, backend="torch"
-    )
-    ref_state = state0.clone().double()
-    ref = selective_state_update_ref(
-        ref_state, **to_float64(step), state_mask=mask, pruned_states=pruned_states
-    )
-    assert out.dtype == step["x"].dtype and ours_state.dtype == state_dtype
-    assert_close(out, ref, dtype, f"{name} out")
-    assert_close(ours_state, ref_state, state_dtype, f"{name} state")
-
-
-def test_decode_chain_equals_scan_with_compact_state() -> None:
-    case = ScanCase("chain", mask="2:4", seqlen=12, groups=0)
-    inputs, mask = make_inputs(case)
-    layout = StateLayout(mask)
-    out, last = ssk.selective_scan(**inputs, return_last_state=True, state_mask=layout)
-    b, d, l = inputs["u"].shape
-    state = torch.zeros(b, d, layout.n_kept)
-    steps = [
-        ssk.selective_state_update(
-            state,
-            inputs["u"][..., t],
-            inputs["delta"][..., t],
-            inputs["A"],
-            inputs["B"][..., t],
-            inputs["C"][..., t],
-            inputs["D"],
-            inputs["z"][..., t],
-            inputs["delta_bias"],
-            True,
-            state_mask=layout,
-        )
-        for t in range(l)
-    ]
-    torch.testing.assert_close(torch.stack(steps, -1), out, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(layout.expand_state(state), last, rtol=1e-5, atol=1e-5)
 
 
 def test_case_masks_exercise_both_per_channel_paths() -> None:

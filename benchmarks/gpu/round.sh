@@ -21,6 +21,8 @@
 #   cgtest     the GPU tests of static decoding and the direct 2:4 projections (graph capture/replay
 #              equality under torch.cuda.set_sync_debug_mode("error"), cuSPARSELt path vs dense)
 #   decode     bench_decode.py: eager vs static (CUDA-graph) decode per token, kernel-time floor
+#   step       bench_step.py --sweep: the decode step (dense vs compact 2:4, batch 256) against the
+#              HBM roofline, CUDA-graph replays over rotating state buffers, every launch configuration
 #   projections  bench_projections.py: 2:4 in_proj / out_proj vs dense F.linear, 1..16384 tokens
 #   mamba      build mamba_ssm's forward scan from the checkout in $MAMBA_SRC (benchmarks/gpu/
 #              mamba_baseline.py) and put it on PYTHONPATH: later steps time it as the baseline
@@ -105,6 +107,9 @@ for step in "$@"; do
       ;;
     decode)
       run_step decode "$(limit_of decode 240)" $PY benchmarks/bench_decode.py --out "$OUT/decode_gpu.json"
+      ;;
+    step)
+      run_step step "$(limit_of step 240)" $PY benchmarks/bench_step.py --sweep --out "$OUT/step_gpu.json"
       ;;
     projections)
       run_step projections "$(limit_of projections 180)" $PY benchmarks/bench_projections.py \

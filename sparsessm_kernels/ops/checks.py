@@ -382,6 +382,28 @@ def _check_state(state: torch.Tensor, b: int, d: int, n: int, n_kept: int | None
         raise ValueError(f"state: expected shape ({r}, d, n) = {allowed[0]}{what}, got {_shape(state)}")
 
 
+def check_pad_slot_id(pad_slot_id: object) -> int | None:
+    """``pad_slot_id`` of a decode step: None or an int (the ``state_batch_indices`` value of rows
+    to skip, vLLM's pad slot)."""
+    if pad_slot_id is None:
+        return None
+    if isinstance(pad_slot_id, bool) or not isinstance(pad_slot_id, int):
+        raise TypeError(f"pad_slot_id: expected None or an int, got {pad_slot_id!r}")
+    return pad_slot_id
+
+
+def check_out(out: object, like: torch.Tensor, meaning: str) -> None:
+    """``out`` of a decode step: None, or a tensor shaped and typed like ``like`` (``x``) on its
+    device; ``meaning`` names the shape, e.g. ``"(b, d) like x"``."""
+    if out is None:
+        return
+    check_tensor("out", out)
+    check_shape("out", out, _shape(like), meaning)
+    if out.dtype != like.dtype:
+        raise TypeError(f"out: expected dtype {like.dtype} (x's), got {out.dtype}")
+    check_same_device(x=like, out=out)
+
+
 def math_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     """float64 if any input is float64 (reference precision), else float32."""
     return (

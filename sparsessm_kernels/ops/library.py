@@ -191,11 +191,14 @@ def _(u, delta, A, B, C, D, z, delta_bias, *plan_args):
 
 
 # ------------------------------------------------------------------ the decode step
-def run_state_update(plan: ScanPlan, inputs: StepInputs) -> torch.Tensor:
-    """Run the plan's backend on one decode step (``inputs.state`` updated in place): ``(b, d)``."""
+def run_state_update(
+    plan: ScanPlan, inputs: StepInputs, pad_slot_id: int | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Run the plan's backend on one decode step (``inputs.state`` updated in place): ``(b, d)``,
+    written to ``out`` when given, rows indexed ``pad_slot_id`` skipped."""
     x = inputs.x
     if x.shape[0] == 0:  # an empty batch: no state row changes, no kernel launched
-        return x.new_empty(x.shape)
+        return x.new_empty(x.shape) if out is None else out
     if plan.backend == "torch":
         impl = selective_state_update_torch
     elif plan.backend == "triton":
@@ -204,7 +207,7 @@ def run_state_update(plan: ScanPlan, inputs: StepInputs) -> torch.Tensor:
         raise RuntimeError(
             f"sparsessm::selective_state_update: backend {plan.backend!r} is not available in this build"
         )
-    return impl(plan, inputs)
+    return impl(plan, inputs, pad_slot_id=pad_slot_id, out=out)
 
 
 def selective_state_update_op(
@@ -223,9 +226,14 @@ def selective_state_update_op(
     kept_count: torch.Tensor | None,
     pruned_states: str,
     backend: str,
-    state_batch_indices: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The body of ``sparsessm::selective_state_update``: the plan's fields as plain arguments."""
+    state_batch_indices: torch.Tensor | None,
+    pad_slot_id: int | None,
+    out: torch.Tensor,
+) -> None:
+    """The body of ``sparsessm::selective_state_update``: the plan's fields as plain arguments.
+
+    Mutates ``state`` and ``out`` (the output, allocated by the caller: a custom op's result may not
+    alias an input, so the op returns nothing and the public op returns ``out``)."""
     inputs = StepInputs(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices)
     plan = build_plan(
         backend,
@@ -237,14 +245,14 @@ def selective_state_update_op(
         kept_idx,
         kept_count,
     )
-    return run_state_update(plan, inputs)
+    run_state_update(plan, inputs, pad_slot_id, out)
 
 
 _selective_state_update_op = torch.library.custom_op(
-    "sparsessm::selective_state_update", selective_state_update_op, mutates_args=("state",)
+    "sparsessm::selective_state_update", selective_state_update_op, mutates_args=("state", "out")
 )
 
 
 @_selective_state_update_op.register_fake
-def _(state, x, *rest):
-    return x.new_empty(x.shape)
+def _(*args) -> None:
+    return None

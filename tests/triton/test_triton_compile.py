@@ -64,6 +64,11 @@ def test_kernels_compile_for_the_gpu(tmp_path: Path) -> None:
     table = {(e["block_d"], e["chunk"], e["num_warps"]) for e in report["config_table"]}
     assert table <= picked and {(2, 256, 2), (4, 128, 4), (4, 32, 4)} <= picked
     assert all(row["programs_per_sm"] >= 1 for row in launches)
+    # every configuration of the decode step's table was compiled, none spills at all
+    steps = [r for r in launches if r["kernel"] == "_state_update_kernel"]
+    step_picked = {(r["constants"]["BLOCK_D"], r["num_warps"]) for r in steps}
+    assert {(e["block_d"], e["num_warps"]) for e in report["step_config_table"]} <= step_picked
+    assert not [r["call"] for r in steps if r["spills"]]
 
     # the Mamba-2 (SSD) kernels: every row of their table, no spill at all
     ssd = report["ssd_launches"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..checks import check_same_device, check_shape, check_tensor
+from ..checks import check_out, check_same_device, check_shape, check_tensor
 from ..layout import MAX_D_STATE
 
 
@@ -220,22 +220,7 @@ def check_ssd_state(
     check_same_device(x=x, **{name: state})
 
 
-def check_pad_slot_id(pad_slot_id: object) -> int | None:
-    """``pad_slot_id``: None or an int (the ``state_batch_indices`` value of rows to skip)."""
-    if pad_slot_id is None:
-        return None
-    if isinstance(pad_slot_id, bool) or not isinstance(pad_slot_id, int):
-        raise TypeError(f"pad_slot_id: expected None or an int, got {pad_slot_id!r}")
-    return pad_slot_id
-
-
 def check_ssd_out(out: object, x: torch.Tensor) -> None:
     """``out`` of the decode step: None or a tensor shaped and typed like ``x`` ``(b, nheads, headdim)``
     on its device."""
-    if out is None:
-        return
-    check_tensor("out", out)
-    check_shape("out", out, _shape(x), "(b, nheads, headdim) like x")
-    if out.dtype != x.dtype:
-        raise TypeError(f"out: expected dtype {x.dtype} (x's), got {out.dtype}")
-    check_same_device(x=x, out=out)
+    check_out(out, x, "(b, nheads, headdim) like x")

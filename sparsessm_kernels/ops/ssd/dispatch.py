@@ -17,13 +17,13 @@ import os
 
 import torch
 
+from ..checks import check_pad_slot_id
 from ..dispatch import BACKENDS, BackendUnavailableError, _statuses, _triton_probe, _warn_once
 from ..layout import check_pruned_states
 from ..library import needs_grad
 from .checks import (
     check_chunk_size,
     check_dt_limit,
-    check_pad_slot_id,
     check_ssd_out,
     check_ssd_scan_inputs,
     check_ssd_state,

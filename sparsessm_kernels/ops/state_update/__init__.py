@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .. import library as _library
-from ..checks import check_state_update_inputs, math_dtype
+from ..checks import check_out, check_pad_slot_id, check_state_update_inputs, math_dtype
 from ..dispatch import resolve_backend
 from ..layout import StateLayout, as_layout, cached_layout, check_pruned_states
 from ..plan import PlanCache, ScanPlan, StepInputs, build_plan, plan_key
@@ -39,6 +39,8 @@ def selective_state_update(
     pruned_states: str = "zero_transition",
     backend: str = "auto",
     state_batch_indices: torch.Tensor | None = None,
+    pad_slot_id: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decode step of the (sparse) selective SSM, like mamba_ssm's ``selective_state_update``.
 
@@ -55,8 +57,13 @@ def selective_state_update(
         state_batch_indices: optional ``(b,)`` int32/int64 for continuous batching: row ``i`` updates
             ``state[state_batch_indices[i]]`` of a state with any number of rows ``(S, d, n or k)``.
             An index outside ``[0, S)`` (a pad such as -1) skips the row: output 0, no state
-            change. Valid indices must be distinct. (The torch backend synchronises to select
-            the rows; the Triton kernel does not.)
+            change. Valid indices must be distinct. No backend synchronises with the host.
+        pad_slot_id: optional int (vLLM's pad slot): rows whose ``state_batch_indices`` entry equals
+            it are skipped the same way, even when it names a row of the pool.
+        out: optional preallocated ``(b, d)`` output in ``x.dtype``: written (0 on skipped rows)
+            and returned.
+
+    The rule for skipped rows is written once in docs/semantics.md ("Skipped rows").
 
     Returns:
         ``out`` ``(b, d)`` in ``x.dtype``.
@@ -64,8 +71,11 @@ def selective_state_update(
     inputs = StepInputs(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices)
     shapes = _library.eager_shape_class(inputs)  # None: not plain eager
     plan = step_plan(inputs, shapes, state_mask, pruned_states, dt_softplus, backend)
+    pad_slot_id = check_pad_slot_id(pad_slot_id)
+    if out is not None:
+        check_out(out, x, "(b, d) like x")
     if shapes is not None:  # the fast path: no tracing, no mode, no input needing grad
-        return _library.run_state_update(plan, inputs)
+        return _library.run_state_update(plan, inputs, pad_slot_id, out)
     if _library.needs_grad(*inputs[:9]) and not torch.compiler.is_compiling():
         # A mutating op has no torch.library autograd formula: differentiate the reference.
         return selective_state_update_ref(
@@ -74,10 +84,15 @@ def selective_state_update(
             state_mask=state_mask,
             pruned_states=pruned_states,
             state_batch_indices=state_batch_indices,
+            pad_slot_id=pad_slot_id,
+            out=out,
         )
-    return torch.ops.sparsessm.selective_state_update(
-        *inputs[:9], *_library.flat_step_plan(plan), state_batch_indices
+    if out is None:
+        out = x.new_empty(x.shape)
+    torch.ops.sparsessm.selective_state_update(
+        *inputs[:9], *_library.flat_step_plan(plan), state_batch_indices, pad_slot_id, out
     )
+    return out
 
 
 _PLANS = PlanCache()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_state_update_inputs, math_dtype
+from ..checks import check_out, check_pad_slot_id, check_state_update_inputs, math_dtype
 from ..layout import StateLayout, as_layout, check_pruned_states
 from ..selective_scan.reference import _bc_per_channel, _masks
 
@@ -30,6 +30,8 @@ def selective_state_update_ref(
     state_mask: torch.Tensor | StateLayout | None = None,
     pruned_states: str = "zero_transition",
     state_batch_indices: torch.Tensor | None = None,
+    pad_slot_id: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decode step of the selective SSM; ``state`` is updated in place.
 
@@ -45,6 +47,9 @@ def selective_state_update_ref(
             batch uses ``state[state_batch_indices[i]]`` of a state with any number ``S`` of rows.
             An index outside ``[0, S)`` (a pad, e.g. -1) skips the row: its output is 0 and no
             state changes. Valid indices must be distinct.
+        pad_slot_id: optional int: rows whose ``state_batch_indices`` entry equals it are skipped
+            too, even when it names a row of the pool (docs/semantics.md, "Skipped rows").
+        out: optional preallocated ``(b, d)`` output in ``x.dtype``, written and returned.
 
     Returns:
         ``out`` ``(b, d)`` in ``x.dtype``. The output is computed from the updated state in the
@@ -56,10 +61,20 @@ def selective_state_update_ref(
     layout = as_layout(state_mask, d, n) if n else None
     n_kept = layout.n_kept if layout is not None and layout.uniform else None
     shape = check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias, n_kept, state_batch_indices)
+    pad_slot_id = check_pad_slot_id(pad_slot_id)
+    check_out(out, x, "(b, d) like x")
+    if out is not None:
+        return out.copy_(
+            selective_state_update_ref(
+                state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_mask=layout,
+                pruned_states=pruned_states, state_batch_indices=state_batch_indices,
+                pad_slot_id=pad_slot_id,
+            )
+        )  # fmt: skip
     if state_batch_indices is not None:  # one row at a time, each on its own state row
         out = torch.zeros_like(x)
         for i, row in enumerate(state_batch_indices.tolist()):
-            if not 0 <= row < state.shape[0]:
+            if not 0 <= row < state.shape[0] or row == pad_slot_id:
                 continue
             one = slice(i, i + 1)
             out[one] = selective_state_update_ref(

@@ -15,32 +15,57 @@ from ..plan import ScanPlan, StepInputs
 from ..selective_scan.torch_backend import SlotTables
 
 
-def selective_state_update_torch(plan: ScanPlan, inputs: StepInputs) -> torch.Tensor:
+def selective_state_update_torch(
+    plan: ScanPlan,
+    inputs: StepInputs,
+    *,
+    pad_slot_id: int | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One decode step, vectorised over batch and channels; ``state`` updated in place.
 
-    Shapes: see :class:`~sparsessm_kernels.ops.plan.StepInputs`. Returns ``(b, d)`` in ``x.dtype``.
-    With ``state_batch_indices`` ``(b,)`` the state is ``(S, d, ...)`` and row ``i`` uses
-    ``state[state_batch_indices[i]]``; rows with an index outside ``[0, S)`` are skipped (output
-    0). Selecting the valid rows synchronises with the device (boolean indexing).
+    Shapes: see :class:`~sparsessm_kernels.ops.plan.StepInputs`. Returns ``(b, d)`` in ``x.dtype``,
+    written to ``out`` when given. With ``state_batch_indices`` see :func:`_indexed_step`.
     """
-    state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices = inputs
+    if inputs.state_batch_indices is not None:
+        y = _indexed_step(plan, inputs, pad_slot_id)
+    else:
+        y = _step(plan, inputs)
+    return y if out is None else out.copy_(y)
+
+
+def _indexed_step(plan: ScanPlan, inputs: StepInputs, pad_slot_id: int | None) -> torch.Tensor:
+    """The step on a state pool ``(S, d, n or k)``: batch row ``i`` updates
+    ``state[state_batch_indices[i]]``; rows whose index is outside ``[0, S)`` or equals
+    ``pad_slot_id`` are skipped (output 0, no state row changes).
+
+    Without a host sync (no ``nonzero``, no ``.item()``): every batch row is computed on a gathered
+    copy of its state row (row 0 for skipped rows), and the pool is rewritten through the inverse
+    map ``owner[s]`` (the batch row that updates state row ``s``, or none), built by one scatter in
+    which every skipped row writes to an extra slot ``S`` that is then dropped. This reads and
+    writes the whole pool once, the price of not knowing on the host which rows are valid.
+    """
+    state, sbi = inputs.state, inputs.state_batch_indices
+    S, b = state.shape[0], sbi.shape[0]
+    valid = (sbi >= 0) & (sbi < S)
+    if pad_slot_id is not None:
+        valid &= sbi != pad_slot_id
+    rows = torch.where(valid, sbi, 0).long()
+    sub = state.index_select(0, rows)  # (b, d, n or k): a copy, updated in place below
+    y = _step(plan, inputs._replace(state=sub, state_batch_indices=None))
+    y = torch.where(valid[:, None], y, torch.zeros((), dtype=y.dtype, device=y.device))
+    owner = torch.full((S + 1,), b, dtype=torch.long, device=state.device)
+    owner.scatter_(0, torch.where(valid, rows, S), torch.arange(b, device=state.device))
+    owner = owner[:S]
+    updated = sub.index_select(0, owner.clamp(max=max(b - 1, 0)))  # (S, d, n or k)
+    state.copy_(torch.where((owner < b)[:, None, None], updated, state))
+    return y
+
+
+def _step(plan: ScanPlan, inputs: StepInputs) -> torch.Tensor:
+    """The step on ``state`` ``(b, d, n or k)`` (one state row per batch row)."""
+    state, x, dt, A, B, C, D, z, dt_bias, _ = inputs
     state_mask = plan.state_mask
-    if state_batch_indices is not None:
-        valid = (state_batch_indices >= 0) & (state_batch_indices < state.shape[0])
-        rows = valid.nonzero().flatten()
-        idx = state_batch_indices[rows].long()
-        out = torch.zeros_like(x)
-        if rows.numel() == 0:
-            return out
-        sub = state.index_select(0, idx)
-
-        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.index_select(0, rows)
-
-        rows_only = StepInputs(sub, pick(x), pick(dt), A, pick(B), pick(C), D, pick(z), dt_bias)
-        out[rows] = selective_state_update_torch(plan, rows_only)
-        state.index_copy_(0, idx, sub)
-        return out
     dtype = plan.math_dtype
     b, d = x.shape
     n = A.shape[1]

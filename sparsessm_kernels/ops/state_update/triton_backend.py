@@ -15,19 +15,22 @@ Semantics are :func:`sparsessm_kernels.ops.state_update.reference.selective_stat
 
 ``state_batch_indices`` (``(b,)`` integers, as in vLLM's continuous batching): row ``i`` updates
 ``state[state_batch_indices[i]]``; an index outside ``[0, state.shape[0])`` (e.g. a pad value of
--1) skips the row: its state is untouched and its output is 0. The indices of valid rows must be
-distinct.
+-1) or equal to ``pad_slot_id`` skips the row: its state is untouched and its output is 0. The
+indices of valid rows must be distinct.
 
 The output is computed from the updated state in float32 (float64 for float64 inputs) before the
 state is rounded to its dtype. As in the prefill scan (``selective_scan/triton_backend.py``),
 ``exp`` is ``exp2`` of ``A`` pre-scaled by ``log2(e)`` and softplus / SiLU use the hardware's
-base-2 exp / log and a fast division. Block sizes are fixed (``BLOCK_D * KB`` about 1024); no
-autotuning, which would replay the in-place update. No host synchronisation.
+base-2 exp / log and a fast division. The launch configuration (``BLOCK_D``, ``num_warps``) comes
+from :data:`STEP_CONFIG_TABLE` per shape class ``(b * d, tile width)``; no autotuning, which would
+replay the in-place update. No host synchronisation.
 :func:`plan_state_update` lists the launch without running it (for the ahead-of-time compile of
 ``sparsessm_kernels.ops.triton.aot``).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -55,11 +58,52 @@ K_MASKED: tl.constexpr = tl.constexpr(MODE_MASKED)
 MASK_COLUMN: tl.constexpr = tl.constexpr(_plan.MASK_COLUMN)
 
 
+class StepConfig(NamedTuple):
+    """The launch of the decode-step kernel: ``block_d`` channels per program (a power of 2) and
+    ``num_warps``."""
+
+    block_d: int
+    num_warps: int
+
+
+SMALL_ROWS = 16384
+"""``b * d`` up to which a step is a small one (batch 1 to ~8 of the benchmark layers): too few
+channels to fill the GPU with wide programs, so narrower programs give more of them."""
+
+STEP_CONFIG_TABLE: list[tuple[int | None, int, StepConfig]] = [
+    (SMALL_ROWS, 16, StepConfig(8, 2)),
+    (SMALL_ROWS, 64, StepConfig(8, 4)),
+    (SMALL_ROWS, 256, StepConfig(4, 4)),
+    (None, 16, StepConfig(64, 4)),
+    (None, 64, StepConfig(32, 8)),
+    (None, 256, StepConfig(16, 8)),
+]
+"""``(max b * d or None for any, max width, config)`` rows, the first that fits a call is taken.
+
+The width is the tile's state axis, ``max(next_pow2(stored states), next_pow2(n) when the compact
+zero_transition feed-through reads every B / C row)``: 8 or 16 for ``n = 16`` (2:4 compact, dense).
+Large steps (the batch-256 benchmark rows) take tiles of 1024 (width <= 16) to 4096 elements, 8 to
+16 per thread: enough bytes in flight per SM for a memory-bound kernel, every program's registers
+well below the spill limit. Small steps take tiles of 128 to 1024 elements so that ``b * d /
+block_d`` programs still cover the SMs (batch 1 at ``d = 1536``: 192 programs). Every
+configuration is compiled for sm_90 in ``benchmarks/results/triton_kernels_sm90_compile.json``
+(registers, no spill). Not yet timed on a GPU: ``benchmarks/bench_step.py --sweep`` (CUDA-graph
+replays over rotating state buffers) times the candidates, and a measured best replaces an entry."""
+
+
+def step_config(rows: int, width: int) -> StepConfig:
+    """The :data:`STEP_CONFIG_TABLE` entry of a step with ``rows = b * d`` and tile ``width``."""
+    for max_rows, max_width, cfg in STEP_CONFIG_TABLE:
+        if (max_rows is None or rows <= max_rows) and width <= max_width:
+            return cfg
+    raise ValueError(f"width: expected at most {STEP_CONFIG_TABLE[-1][1]} (n <= 256), got {width}")
+
+
 @triton.jit
 def _state_update_kernel(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     kidx_ptr, mask_ptr, sbi_ptr, out_ptr,
-    d, n, k, n_rows, dpg_B, dpg_C,
+    d, n, k, n_rows, pad_slot, dpg_B, dpg_C,
     s_sb, s_sd, s_sk, s_xb, s_xd, s_tb, s_td, s_zb, s_zd, sA_d, sA_n,
     sB_b, sB_g, sB_n, sC_b, sC_g, sC_n, s_D, s_bias, s_mc, s_ob, s_od,
     MODE: tl.constexpr, MASK_KIND: tl.constexpr, ZERO_TRANSITION: tl.constexpr,
@@ -75,7 +119,7 @@ def _state_update_kernel(
 
     if HAS_SBI:  # the row's index, per channel (a broadcast load keeps every mask a tensor)
         row = tl.load(sbi_ptr + bi + offs_d * 0).to(tl.int64)
-        row_ok = (row >= 0) & (row < n_rows)
+        row_ok = (row >= 0) & (row < n_rows) & (row != pad_slot)
         row = tl.where(row_ok, row, 0)
     else:
         row = bi + offs_d * 0
@@ -146,9 +190,15 @@ def _state_update_kernel(
 
 
 def plan_state_update(
-    plan: ScanPlan, inputs: StepInputs, block_d: int | None = None
+    plan: ScanPlan,
+    inputs: StepInputs,
+    config: StepConfig | None = None,
+    *,
+    pad_slot_id: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[list[Launch], torch.Tensor]:
-    """Allocate the output of one decode step and list its launch: ``(launches, out)``."""
+    """List the launch of one decode step: ``(launches, out)`` (``out`` allocated when not given);
+    ``config`` overrides the table's (for sweeps)."""
     state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices = inputs
     state_mask, kept_idx = plan.state_mask, plan.kept_idx
     b, d = x.shape
@@ -164,13 +214,14 @@ def plan_state_update(
             mode, slots = MODE_MASKED, n
     kb = next_pow2(max(slots, 1))
     nb = next_pow2(n) if mode == MODE_COMPACT and plan.zero_transition else 1
-    if block_d is None:
-        block_d = max(1, min(64, 1024 // max(kb, nb)))
-    block_d = min(block_d, next_pow2(d))
+    if config is None:
+        config = step_config(b * d, max(kb, nb))
+    block_d = min(config.block_d, next_pow2(d))
 
     gB, sB_b, sB_g, sB_n = bc_strides(B, B.dim() == 3)
     gC, sC_b, sC_g, sC_n = bc_strides(C, C.dim() == 3)
-    out = torch.empty((b, d), dtype=x.dtype, device=dev)
+    if out is None:
+        out = torch.empty((b, d), dtype=x.dtype, device=dev)
     if b == 0 or d == 0:
         return [], out
     idummy = int_dummy(dev)  # for integer-pointer arguments the kernel variant never reads
@@ -182,7 +233,7 @@ def plan_state_update(
         state, x, dt, A, B, C,
         D if D is not None else out, z if z is not None else out, dt_bias if dt_bias is not None else out,
         kidx, mask_u8, sbi, out,
-        d, n, slots, state.shape[0], d // gB, d // gC,
+        d, n, slots, state.shape[0], -1 if pad_slot_id is None else int(pad_slot_id), d // gB, d // gC,
         *state.stride(), *x.stride(), *dt.stride(), *(z.stride() if z is not None else (0, 0)),
         *A.stride(), sB_b, sB_g, sB_n, sC_b, sC_g, sC_n,
         D.stride(0) if D is not None else 0, dt_bias.stride(0) if dt_bias is not None else 0,
@@ -192,21 +243,27 @@ def plan_state_update(
         MODE=mode, MASK_KIND=plan.mask_kind, ZERO_TRANSITION=plan.zero_transition,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=plan.softplus, HAS_SBI=state_batch_indices is not None,
-        BLOCK_D=block_d, KB=kb, NB=nb, ACC=acc_tl, num_warps=4,
+        BLOCK_D=block_d, KB=kb, NB=nb, ACC=acc_tl, num_warps=config.num_warps,
     )  # fmt: skip
     return [Launch(_state_update_kernel, (triton.cdiv(d, block_d), b), args, kwargs)], out
 
 
 def selective_state_update_triton(
-    plan: ScanPlan, inputs: StepInputs, *, block_d: int | None = None
+    plan: ScanPlan,
+    inputs: StepInputs,
+    *,
+    pad_slot_id: int | None = None,
+    out: torch.Tensor | None = None,
+    config: StepConfig | None = None,
 ) -> torch.Tensor:
     """One decode step on the Triton kernel; arguments validated by the public op.
 
     ``state`` ``(b, d, n)``, compact ``(b, d, k)``, or ``(S, d, ...)`` with ``state_batch_indices``;
-    updated in place. Returns ``(b, d)`` in ``x.dtype``.
+    updated in place; rows indexed ``pad_slot_id`` skipped. Returns ``(b, d)`` in ``x.dtype`` (written
+    to ``out`` when given).
     """
     with device_guard(inputs.x.device):
-        launches, out = plan_state_update(plan, inputs, block_d)
+        launches, out = plan_state_update(plan, inputs, config, pad_slot_id=pad_slot_id, out=out)
         for launch in launches:
             launch()
     return out

@@ -225,7 +225,7 @@ def state_update_call(
     batch_indices: bool = False,
 ) -> list[Any]:
     """The launch of one ``selective_state_update`` call on ``meta`` tensors (float32 state,
-    compact ``(b, d, k)`` for uniform masks when ``compact``)."""
+    compact ``(b, d, k)`` for uniform masks when ``compact``), configured by the step's table."""
     from ..state_update.triton_backend import plan_state_update
 
     state_mask, kept_idx, kept_count = _meta_mask(mask, d, n)
@@ -294,6 +294,25 @@ def representative_calls() -> list[tuple[str, list[Any]]]:
     ]
     calls = [(f"scan {name}", scan_call(**{"dtype": bf16, "pruned_states": zt, **kw})) for name, kw in scans]
     calls += [(name, state_update_call(**kw)) for name, kw in steps]
+    calls += step_table_calls()
+    return calls
+
+
+def step_table_calls() -> list[tuple[str, list[Any]]]:
+    """A decode step for every row of the step's configuration table
+    (:data:`~..state_update.triton_backend.STEP_CONFIG_TABLE`): a dense state of ``n`` = the row's
+    width at batch 1 (small rows) or 256 (large rows), ``d = 1536``, and the compact 2:4 step for
+    the rows of width 16 (``k = 8`` stored, ``n = 16`` read by the feed-through)."""
+    from ..state_update.triton_backend import SMALL_ROWS, STEP_CONFIG_TABLE
+
+    calls = []
+    for max_rows, width, _ in STEP_CONFIG_TABLE:
+        b = 1 if max_rows == SMALL_ROWS else 256
+        kinds = [("dense", {})] + ([("2:4 compact", {"mask": "2:4"})] if width == 16 else [])
+        for kind, kw in kinds:
+            rows = "any b*d" if max_rows is None else f"b*d <= {max_rows}"
+            name = f"decode table: b {b} d 1536 n {width} {kind} ({rows}, width <= {width})"
+            calls.append((name, state_update_call(b=b, d=1536, n=width, **kw)))
     return calls
 
 
