@@ -11,11 +11,12 @@ import torch
 torch.manual_seed(0)
 os.environ.setdefault("SPARSESSM_BACKEND", "auto")
 
-# Without a GPU the Triton kernel tests (tests/triton/) run through Triton's CPU interpreter.
-# TRITON_INTERPRET (Triton's own variable) must be set before anything imports triton: Triton's
-# own library functions are built compiled or interpreted when triton is first imported, and
-# test modules collected before tests/triton/ may import it (e.g. through transformers). It only
-# affects Triton; backend="auto" still runs the torch backend for CPU tensors.
+# Without a GPU the Triton kernel tests (tests/triton/ and the triton cases of tests/ops/) run
+# through Triton's CPU interpreter. TRITON_INTERPRET (Triton's own variable) must be set before
+# anything imports triton: Triton's own library functions are built compiled or interpreted when
+# triton is first imported, and test modules collected before them may import it (e.g. through
+# transformers). It only affects Triton; backend="auto" still runs the torch backend for CPU
+# tensors.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

@@ -13,7 +13,7 @@ import torch
 # once: rounding to nearest even (PyTorch, the CUDA kernels, compiled Triton) is off by at most
 # 2^-8 relative, truncation toward zero by up to 2^-7. Triton's CPU interpreter truncates (its
 # NumPy fp32 -> bf16 conversion drops the low mantissa bits), so the Triton tests widen the bf16
-# tolerance to BF16_TRUNCATE exactly when the kernels run interpreted (tests/triton/conftest.py);
+# tolerance to BF16_TRUNCATE exactly when the kernels run interpreted (tests/backends.py);
 # compiled on a GPU they are held to the round-to-nearest bound like everything else.
 BF16_ROUND_TO_NEAREST = 2.0**-8
 BF16_TRUNCATE = 2.0**-7

@@ -3,9 +3,10 @@
 Three groups:
 
 * ``-m gpu`` (skipped without a GPU; skipped with the reason when ``sparsessm_kernels._C`` is not
-  built): the curated cases of ``tests/scan_cases.py`` against the float64 reference, through
-  ``selective_scan_cuda``, plus sweeps over the kernel variants (time segments, kept-state
-  counts), strided / misaligned / mixed-dtype inputs and the binding's errors.
+  built): sweeps over the kernel variants (time segments, kept-state counts), strided /
+  misaligned / mixed-dtype inputs and the binding's errors, through ``selective_scan_cuda``
+  against the float64 reference. The named cases of ``tests/scan_cases.py`` run on this backend
+  (GPU and emulated) with every other one in ``tests/ops/test_selective_scan.py``.
 * CPU tests that always run: how ``cuda_status`` reports a missing extension or a missing GPU,
   and that ``setup.py`` stays pure Python without ``SPARSESSM_BUILD_CUDA``.
 * CPU tests of the kernels that always run (about a minute of CPU): the standalone C++ test's
@@ -37,13 +38,10 @@ import sparsessm_kernels.ops.cuda as cuda_backend
 from sparsessm_kernels.ops import StateLayout, selective_scan_ref
 from sparsessm_kernels.ops.dispatch import BackendUnavailableError
 from sparsessm_kernels.ops.selective_scan.cuda_backend import selective_scan_cuda
+from tests.backends import cuda_runner, needs_build_flag
 from tests.scan_cases import CASES, TOLERANCES, ScanCase, assert_close, backend_args, make_inputs, to_float64
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILD_TESTS = os.environ.get("RUN_CUDA_BUILD_TESTS", "") == "1"
-needs_build_flag = pytest.mark.skipif(
-    not BUILD_TESTS, reason="compiles for minutes: set RUN_CUDA_BUILD_TESTS=1 to run it"
-)
 
 
 # ------------------------------------------------------------------------------------ runners
@@ -55,20 +53,7 @@ needs_build_flag = pytest.mark.skipif(
 )
 def runner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     """Where the kernels run: the real extension on the GPU, or the host emulation on the CPU."""
-    if request.param == "gpu":
-        usable, reason = cuda_backend.cuda_status()
-        if not usable:
-            pytest.skip(f"cuda backend not usable: {reason}")
-        ext = importlib.import_module(cuda_backend.EXTENSION)
-        return SimpleNamespace(name="gpu", device="cuda", ext=ext)
-    from tests.cuda_emulation.build import load_emulated_extension, missing_requirements
-
-    missing = missing_requirements()
-    if missing:
-        pytest.skip(f"cannot build the CUDA emulation here: {missing}")
-    ext = load_emulated_extension()
-    monkeypatch.setattr(cuda_backend, "extension", lambda: ext)
-    return SimpleNamespace(name="emulated", device="cpu", ext=ext)
+    return cuda_runner(request.param, monkeypatch)
 
 
 def _layout(mask: torch.Tensor | None, device: str) -> StateLayout | None:
@@ -109,17 +94,7 @@ def _check(
     assert_close(state.cpu(), ref_state, torch.float32, f"{what} last_state")
 
 
-# ------------------------------------------------------------------------- curated cases (GPU)
-KERNEL_CASES = [c for c in CASES if c.dtype != torch.float64]
-
-
-@pytest.mark.parametrize("pruned_states", ["zero_transition", "remove"])
-@pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: c.name)
-def test_curated_case_matches_reference(runner: SimpleNamespace, case: ScanCase, pruned_states: str) -> None:
-    inputs, mask = make_inputs(case)
-    _check(inputs, mask, pruned_states, runner.device, f"{runner.name} {case.name} {pruned_states}")
-
-
+# ------------------------------------------------------------------- binding behaviour (GPU)
 def test_float64_is_refused_with_a_clear_error(runner: SimpleNamespace) -> None:
     case = next(c for c in CASES if c.dtype == torch.float64)
     inputs, _ = make_inputs(case, device=runner.device)

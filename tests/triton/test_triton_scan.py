@@ -1,7 +1,9 @@
-"""Triton prefill scan against the float64 reference, on curated named cases.
+"""Triton prefill scan internals: launch configurations, chunk carries, dispatch, the configuration table.
 
-On CPU the kernels run through Triton's interpreter (see conftest.py), so the shapes are tiny;
-``@pytest.mark.gpu`` cases add full Mamba-1 layer sizes on a GPU.
+The op's named cases run on every backend in ``tests/ops/test_selective_scan.py``; here the
+Triton kernels are swept over launch configurations (channels per program, chunk lengths) against
+the float64 reference. On CPU the kernels run through Triton's interpreter (see conftest.py), so
+the shapes are tiny; ``@pytest.mark.gpu`` cases add full Mamba-1 layer sizes on a GPU.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from tests.scan_cases import (
     make_inputs,
     to_float64,
 )
-from tests.scan_cases import CASES as SHARED_CASES
 
 from .conftest import DEVICE, INTERPRETED, TRITON_TOLERANCES
 
@@ -143,48 +144,6 @@ def test_scan_matches_reference(tc: TritonCase, pruned_states: str) -> None:
     _check(tc.case, out, state, inputs, mask, pruned_states)
 
 
-# "remove" on a few mask kinds only: the curated cases above run both modes on every mask kind
-REMOVE_TOO = ("column_mask", "nm_2_4_mask", "unstructured_sparse_gather_path", "channel_with_no_state")
-
-
-def _shared_cases_with_modes():
-    for case in SHARED_CASES:
-        modes = ("zero_transition", "remove") if case.name in REMOVE_TOO else ("zero_transition",)
-        for ps in modes:
-            yield pytest.param(case, ps, id=f"{case.name}-{ps}")
-
-
-@pytest.mark.parametrize(("case", "pruned_states"), list(_shared_cases_with_modes()))
-def test_shared_named_cases(case: ScanCase, pruned_states: str) -> None:
-    """Every backend's named cases (``tests/scan_cases.py``) in chunks of 32 timesteps (or the
-    case's own chunk), so l = 17 (chunks of 8), 33, 40 and 41 cross chunks, and 16 channels per
-    program, so d = 24, 37 and 300 end in a partial block and groups of 8 or 12 channels are
-    gathered per channel."""
-    inputs, mask = make_inputs(case, device=DEVICE)
-    layout = None if mask is None else StateLayout(mask)
-    out, state = selective_scan_triton(
-        *backend_args(inputs, layout, pruned_states, "triton"), config=ScanConfig(16, case.chunk or 32, 4)
-    )
-    _check(case, out, state, inputs, mask, pruned_states)
-
-
-def test_return_last_state_false_and_strided_inputs() -> None:
-    case = _c("strided", n=8, mask="2:4", batch=2)
-    inputs, mask = _inputs(case)
-    # transformers passes B and C as transposes of (b, l, n) tensors and z as a chunk view
-    strided = {
-        **inputs,
-        "B": inputs["B"].transpose(1, 2).contiguous().transpose(1, 2),
-        "C": inputs["C"].transpose(1, 2).contiguous().transpose(1, 2),
-        "z": torch.cat([inputs["z"], inputs["z"]], dim=1)[:, : case.d],
-        "u": inputs["u"].transpose(1, 2).contiguous().transpose(1, 2),
-    }
-    assert not strided["B"].is_contiguous() and not strided["z"].is_contiguous()
-    out = ssk.selective_scan(**strided, state_mask=mask, backend="triton")
-    assert isinstance(out, torch.Tensor)
-    _check(case, out, None, inputs, mask, "zero_transition", return_last_state=False)
-
-
 @pytest.mark.parametrize(("mask_kind", "block_d"), [("none", 4), ("column", 2), ("2:4", 4)])
 def test_B_and_C_with_different_group_counts(mask_kind: str, block_d: int) -> None:
     """B in 2 groups of 6 channels, C in 3 of 4: the feed-through pre-pass works on the 6 groups of
@@ -200,14 +159,6 @@ def test_B_and_C_with_different_group_counts(mask_kind: str, block_d: int) -> No
             *backend_args(inputs, layout, pruned_states, "triton"), config=ScanConfig(block_d, 16, 4)
         )
         _check(case, out, state, inputs, mask, pruned_states)
-
-
-@pytest.mark.parametrize("mask_kind", ["none", "column", "2:4"])
-def test_empty_batch(mask_kind: str) -> None:
-    case = _c("empty", batch=0, n=8, mask=mask_kind)
-    inputs, mask = _inputs(case)
-    out, state = ssk.selective_scan(**inputs, return_last_state=True, state_mask=mask, backend="triton")
-    assert out.shape == (0, 12, 20) and state.shape == (0, 12, 8)
 
 
 def test_carried_chunks_equal_one_chunk() -> None:

@@ -1,6 +1,6 @@
 """Triton-only checks of the decode step: index validation, opcheck, CUDA-graph capture, full-size
 GPU steps and time-invariant B / C. The per-case comparison against the reference, slot pools
-with pad rows and chains against the scan run on every backend in ``tests/test_state_update.py``."""
+with pad rows and chains against the scan run on every backend in ``tests/ops/test_state_update.py``."""
 
 from __future__ import annotations
 
