@@ -147,6 +147,28 @@ def test_state_batch_indices_update_their_rows_and_skip_pads() -> None:
     assert torch.equal(none_valid, torch.zeros_like(none_valid))
 
 
+@pytest.mark.parametrize("pad_slot_id", [None, 3])
+def test_state_pool_step_does_not_sync(pad_slot_id: int | None) -> None:
+    case = SSDCase("pool", batch=3, seqlen=1, ngroups=2, mask="head", head_prune="some")
+    step = step_inputs(make_inputs(case), 0)
+    # a prebuilt layout: a raw mask is turned into one per call, which reads the mask on the host
+    step["state_mask"] = SSDStateLayout(step["state_mask"], nheads=case.nheads, ngroups=case.ngroups)
+    pool = torch.randn(5, 4, 8, 16, generator=torch.Generator().manual_seed(1))
+    idx = torch.tensor([3, -1, 0])
+
+    def run() -> torch.Tensor:
+        return ssk.ssd_state_update(pool, **step, state_batch_indices=idx, pad_slot_id=pad_slot_id)
+
+    run()  # layouts built outside the census
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = run()
+    names = {e.name for e in prof.events()}
+    assert "aten::index_select" in names  # the census saw the pool step
+    assert not names & {"aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero"}
+    if pad_slot_id == 3:
+        assert torch.equal(out[0], torch.zeros_like(out[0]))
+
+
 def test_gradients_match_the_reference() -> None:
     case = SSDCase("grad", batch=1, seqlen=13, nheads=4, headdim=3, ngroups=2, d_state=4, dtype=torch.float64)
     inputs = make_inputs(SSDCase(**{**case.__dict__, "mask": "head", "head_prune": "some", "init": True}))

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import math_dtype
+from ..slot_pool import step_on_slot_pool
 from .common import discretize_dt, gate
 from .layout import SSDStateLayout
 
@@ -271,22 +272,15 @@ def ssd_state_update_torch(
     state_batch_indices: torch.Tensor | None,
 ) -> torch.Tensor:
     """One SSD decode step on the kept states only; ``state`` updated in place. Returns ``(b, h, p)``."""
-    if state_batch_indices is not None:
-        ok = (state_batch_indices >= 0) & (state_batch_indices < state.shape[0])
-        batch_rows = torch.nonzero(ok).flatten()  # synchronises with the device
-        out = torch.zeros_like(x)
-        if batch_rows.numel() == 0:
-            return out
-        slots = state_batch_indices[batch_rows].long()
-        sub = state[slots]
-        pick = (x, dt, B, C, z)
-        xs, dts, Bs, Cs, zs = (None if t is None else t[batch_rows] for t in pick)
-        out[batch_rows] = ssd_state_update_torch(
-            sub, xs, dts, A, Bs, Cs, D, zs, dt_bias, dt_softplus, dt_limit, layout,
-            head_transition_mask, pruned_states, None,
-        )  # fmt: skip
-        state[slots] = sub
-        return out
+    if state_batch_indices is not None:  # a state pool: rows outside [0, S) are skipped, no host sync
+
+        def step(rows: torch.Tensor) -> torch.Tensor:
+            return ssd_state_update_torch(
+                rows, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, layout,
+                head_transition_mask, pruned_states, None,
+            )  # fmt: skip
+
+        return step_on_slot_pool(state, state_batch_indices, None, step)
 
     dtype = math_dtype(state, x, dt, A, B, C, D, z, dt_bias)
     b, h, p = x.shape

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..plan import ScanPlan, StepInputs
 from ..selective_scan.torch_backend import SlotTables
+from ..slot_pool import step_on_slot_pool
 
 
 def selective_state_update_torch(
@@ -36,30 +37,13 @@ def selective_state_update_torch(
 
 def _indexed_step(plan: ScanPlan, inputs: StepInputs, pad_slot_id: int | None) -> torch.Tensor:
     """The step on a state pool ``(S, d, n or k)``: batch row ``i`` updates
-    ``state[state_batch_indices[i]]``; rows whose index is outside ``[0, S)`` or equals
-    ``pad_slot_id`` are skipped (output 0, no state row changes).
+    ``state[state_batch_indices[i]]`` (:func:`~sparsessm_kernels.ops.slot_pool.step_on_slot_pool`: skipped
+    rows get output 0, no host sync)."""
 
-    Without a host sync (no ``nonzero``, no ``.item()``): every batch row is computed on a gathered
-    copy of its state row (row 0 for skipped rows), and the pool is rewritten through the inverse
-    map ``owner[s]`` (the batch row that updates state row ``s``, or none), built by one scatter in
-    which every skipped row writes to an extra slot ``S`` that is then dropped. This reads and
-    writes the whole pool once, the price of not knowing on the host which rows are valid.
-    """
-    state, sbi = inputs.state, inputs.state_batch_indices
-    S, b = state.shape[0], sbi.shape[0]
-    valid = (sbi >= 0) & (sbi < S)
-    if pad_slot_id is not None:
-        valid &= sbi != pad_slot_id
-    rows = torch.where(valid, sbi, 0).long()
-    sub = state.index_select(0, rows)  # (b, d, n or k): a copy, updated in place below
-    y = _step(plan, inputs._replace(state=sub, state_batch_indices=None))
-    y = torch.where(valid[:, None], y, torch.zeros((), dtype=y.dtype, device=y.device))
-    owner = torch.full((S + 1,), b, dtype=torch.long, device=state.device)
-    owner.scatter_(0, torch.where(valid, rows, S), torch.arange(b, device=state.device))
-    owner = owner[:S]
-    updated = sub.index_select(0, owner.clamp(max=max(b - 1, 0)))  # (S, d, n or k)
-    state.copy_(torch.where((owner < b)[:, None, None], updated, state))
-    return y
+    def step(rows: torch.Tensor) -> torch.Tensor:
+        return _step(plan, inputs._replace(state=rows, state_batch_indices=None))
+
+    return step_on_slot_pool(inputs.state, inputs.state_batch_indices, pad_slot_id, step)
 
 
 def _step(plan: ScanPlan, inputs: StepInputs) -> torch.Tensor:
