@@ -274,7 +274,7 @@ def test_raw_mask_layout_is_built_once_per_mask_and_version(monkeypatch: pytest.
     assert len(built) == 2 and not torch.equal(changed, first)
     want = ssk.selective_scan(u, delta, A, B, C, state_mask=mask.clone())  # a new tensor: a new layout
     assert len(built) == 3 and torch.equal(changed, want)
-    key = id(mask)
+    key = (id(mask), ())
     del mask
     import gc
 

@@ -151,8 +151,7 @@ def test_state_batch_indices_update_their_rows_and_skip_pads() -> None:
 def test_state_pool_step_does_not_sync(pad_slot_id: int | None) -> None:
     case = SSDCase("pool", batch=3, seqlen=1, ngroups=2, mask="head", head_prune="some")
     step = step_inputs(make_inputs(case), 0)
-    # a prebuilt layout: a raw mask is turned into one per call, which reads the mask on the host
-    step["state_mask"] = SSDStateLayout(step["state_mask"], nheads=case.nheads, ngroups=case.ngroups)
+    # a raw mask: its layout is built on the first call (outside the census) and cached
     pool = torch.randn(5, 4, 8, 16, generator=torch.Generator().manual_seed(1))
     idx = torch.tensor([3, -1, 0])
 

@@ -20,6 +20,8 @@ Two kinds of masks exist:
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -188,32 +190,43 @@ class StateLayout:
 # Layouts of raw masks passed to the ops, keyed by the mask tensor's identity: (a weak reference
 # to the mask, its version counter when the layout was built, the layout). An entry is dropped when
 # its mask is freed; an in-place change of the mask bumps its version, so the layout is rebuilt.
-_RAW_MASK_LAYOUTS: dict[int, tuple[weakref.ref, int, StateLayout]] = {}
+_RAW_MASK_LAYOUTS: dict[tuple[int, tuple], tuple[weakref.ref, int, Any]] = {}
+"""Layouts built from raw mask tensors: ``(id(mask), shape class) -> (weakref, version, layout)``."""
 
 
-def _forget_mask(key: int, ref: weakref.ref) -> None:
+def _forget_mask(key: tuple[int, tuple], ref: weakref.ref) -> None:
     entry = _RAW_MASK_LAYOUTS.get(key)
     if entry is not None and entry[0] is ref:  # not a newer mask that reuses the same id
         del _RAW_MASK_LAYOUTS[key]
 
 
-def _layout_of_raw_mask(mask: object) -> StateLayout:
-    """The :class:`StateLayout` of a raw mask tensor, built once per mask (and per in-place change).
+def layout_once_per_mask(
+    mask: torch.Tensor, build: Callable[[torch.Tensor], Any], shape_class: tuple = ()
+) -> Any:
+    """``build(mask)`` once per raw mask tensor (and per in-place change), per ``shape_class``.
 
-    Building a layout validates the mask and reads two numbers back to the host (``k`` and
-    whether every channel keeps ``k``): a device sync for a CUDA mask. Cached, a mask passed on
-    every call costs that once, not per call. Under ``torch.compile`` the layout is built inline.
+    Building a layout validates the mask and reads numbers back to the host (e.g. ``k``): a device
+    sync for a CUDA mask. Cached, a mask passed on every call costs that once, not per call. The
+    layout is built from a copy, so the cache holds no reference to the mask (it can be freed; its
+    entry goes with it). Under ``torch.compile`` the layout is built inline.
     """
-    if not isinstance(mask, torch.Tensor) or torch.compiler.is_compiling():
-        return StateLayout(mask)  # type: ignore[arg-type]  (validates and raises on bad input)
-    key = id(mask)
+    if torch.compiler.is_compiling():
+        return build(mask)
+    key = (id(mask), shape_class)
     entry = _RAW_MASK_LAYOUTS.get(key)
     if entry is not None and entry[0]() is mask and entry[1] == mask._version:
         return entry[2]
-    layout = StateLayout(mask.detach().clone())  # holds no reference to the key: it can be freed
+    layout = build(mask.detach().clone())
     ref = weakref.ref(mask, lambda r, key=key: _forget_mask(key, r))
     _RAW_MASK_LAYOUTS[key] = (ref, mask._version, layout)
     return layout
+
+
+def _layout_of_raw_mask(mask: object) -> StateLayout:
+    """The :class:`StateLayout` of a raw mask tensor, built once per mask (:func:`layout_once_per_mask`)."""
+    if not isinstance(mask, torch.Tensor):
+        return StateLayout(mask)  # type: ignore[arg-type]  (validates and raises on bad input)
+    return layout_once_per_mask(mask, StateLayout)
 
 
 def layout_of(state_mask: torch.Tensor | StateLayout | None) -> StateLayout | None:
@@ -232,7 +245,7 @@ def cached_layout(state_mask: object) -> StateLayout | bool | None:
         return state_mask
     if not isinstance(state_mask, torch.Tensor):
         return False
-    entry = _RAW_MASK_LAYOUTS.get(id(state_mask))
+    entry = _RAW_MASK_LAYOUTS.get((id(state_mask), ()))
     if entry is not None and entry[0]() is state_mask and entry[1] == state_mask._version:
         return entry[2]
     return False

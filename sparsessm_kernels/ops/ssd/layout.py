@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..layout import StateLayout, validate_state_mask
+from ..layout import StateLayout, layout_once_per_mask, validate_state_mask
 
 
 def _mask_shape_error(mask: torch.Tensor, nheads: int, ngroups: int, d_state: int) -> ValueError:
@@ -161,7 +161,10 @@ def as_ssd_layout(
     is_bool = isinstance(state_mask, torch.Tensor) and state_mask.dtype == torch.bool
     if is_bool and (state_mask.dim() != 2 or state_mask.shape[1] != d_state):
         raise _mask_shape_error(state_mask, nheads, ngroups, d_state)
-    return SSDStateLayout(state_mask, nheads=nheads, ngroups=ngroups)
+    if not isinstance(state_mask, torch.Tensor):
+        return SSDStateLayout(state_mask, nheads=nheads, ngroups=ngroups)  # validates and raises
+    build = lambda mask: SSDStateLayout(mask, nheads=nheads, ngroups=ngroups)  # noqa: E731
+    return layout_once_per_mask(state_mask, build, ("ssd", nheads, ngroups))
 
 
 def check_head_transition_mask(mask: object, nheads: int, device: torch.device) -> torch.Tensor | None:
