@@ -51,3 +51,24 @@ def step_on_slot_pool(
     updated = sub.index_select(0, owner.clamp(max=b - 1))  # (S, ...)
     state.copy_(torch.where((owner < b).view(S, *([1] * (state.dim() - 1))), updated, state))
     return y
+
+
+def loop_over_slot_pool(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    state_batch_indices: torch.Tensor,
+    pad_slot_id: int | None,
+    step_row: Callable[[slice, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """The references' form of the same rule: one batch row at a time, on its own state row.
+
+    ``step_row(rows, state_row)`` gets the batch slice ``i:i+1`` and the ``(1, ...)`` view of
+    ``state[state_batch_indices[i]]`` (updated in place) and returns that row's output; skipped rows
+    (index outside ``[0, S)`` or equal to ``pad_slot_id``) keep output 0. Returns ``(b, ...)`` like ``x``.
+    """
+    out = torch.zeros_like(x)
+    for i, row in enumerate(state_batch_indices.tolist()):
+        if not 0 <= row < state.shape[0] or row == pad_slot_id:
+            continue
+        out[i : i + 1] = step_row(slice(i, i + 1), state[row : row + 1])
+    return out

@@ -12,6 +12,7 @@ import torch
 
 from ..checks import math_dtype
 from ..layout import check_pruned_states
+from ..slot_pool import loop_over_slot_pool
 from .checks import check_dt_limit, check_ssd_scan_inputs, check_ssd_state, check_ssd_step_inputs
 from .common import discretize_dt, gate, head_state_masks
 from .layout import SSDStateLayout, as_ssd_layout, check_head_transition_mask, compact_width
@@ -175,28 +176,15 @@ def ssd_state_update_ref(
     check_ssd_state("state", state, rows, shape, compact_width(layout), x)
     heads_kept = check_head_transition_mask(head_transition_mask, h, x.device)
     if state_batch_indices is not None:  # one batch row at a time, each on its own state row
-        out = torch.zeros_like(x)
-        for i, row in enumerate(state_batch_indices.tolist()):
-            if not 0 <= row < state.shape[0] or row == pad_slot_id:
-                continue
-            one = slice(i, i + 1)
-            out[one] = ssd_state_update_ref(
-                state[row : row + 1],
-                x[one],
-                dt[one],
-                A,
-                B[one],
-                C[one],
-                D,
-                None if z is None else z[one],
-                dt_bias,
-                dt_softplus,
-                dt_limit=limits,
-                state_mask=layout,
-                pruned_states=pruned_states,
+
+        def step_row(one: slice, state_row: torch.Tensor) -> torch.Tensor:
+            return ssd_state_update_ref(
+                state_row, x[one], dt[one], A, B[one], C[one], D, None if z is None else z[one], dt_bias,
+                dt_softplus, dt_limit=limits, state_mask=layout, pruned_states=pruned_states,
                 head_transition_mask=heads_kept,
-            )
-        return out
+            )  # fmt: skip
+
+        return loop_over_slot_pool(state, x, state_batch_indices, pad_slot_id, step_row)
     dtype = math_dtype(state, x, dt, A, B, C, D, z, dt_bias)
     kept, transition, feeds = head_state_masks(layout, heads_kept, pruned_states, h, n, x.device)
     dt_m = discretize_dt(dt, dt_bias, dt_softplus, limits, dtype)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ..checks import check_out, check_pad_slot_id, check_state_update_inputs, math_dtype
 from ..layout import StateLayout, as_layout, check_pruned_states
 from ..selective_scan.reference import _bc_per_channel, _masks
+from ..slot_pool import loop_over_slot_pool
 
 
 def selective_state_update_ref(
@@ -72,26 +73,14 @@ def selective_state_update_ref(
             )
         )  # fmt: skip
     if state_batch_indices is not None:  # one row at a time, each on its own state row
-        out = torch.zeros_like(x)
-        for i, row in enumerate(state_batch_indices.tolist()):
-            if not 0 <= row < state.shape[0] or row == pad_slot_id:
-                continue
-            one = slice(i, i + 1)
-            out[one] = selective_state_update_ref(
-                state[row : row + 1],
-                x[one],
-                dt[one],
-                A,
-                B[one],
-                C[one],
-                D,
-                None if z is None else z[one],
-                dt_bias,
-                dt_softplus,
-                state_mask=layout,
-                pruned_states=pruned_states,
-            )
-        return out
+
+        def step_row(one: slice, state_row: torch.Tensor) -> torch.Tensor:
+            return selective_state_update_ref(
+                state_row, x[one], dt[one], A, B[one], C[one], D, None if z is None else z[one], dt_bias,
+                dt_softplus, state_mask=layout, pruned_states=pruned_states,
+            )  # fmt: skip
+
+        return loop_over_slot_pool(state, x, state_batch_indices, pad_slot_id, step_row)
     dtype = math_dtype(state, x, dt, A, B, C, D, z, dt_bias)
     d, n = shape.d_inner, shape.d_state
     compact = layout is not None and state.shape[-1] != n
